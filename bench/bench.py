@@ -1,0 +1,270 @@
+"""otpsvc benchmark: run with ``.venv/bin/python bench/bench.py`` (about a minute, loopback only).
+
+Measures, in one run on this machine:
+1. ms per argon2 verify at the configured parameters (and the library defaults, for scale);
+2. raw argon2 verifies/s of 2 processes, then ``/otp/check`` requests/s under gunicorn with 2 sync
+   workers, and their ratio (target: the service keeps >= 85% of the raw rate);
+3. Redis round trips per start and per check, counted with MONITOR (target: <= 4 and <= 3);
+4. bytes of Redis memory per pending verification (target: <= 512).
+
+Everything runs on loopback: a bundled redis-server, a local stand-in for Termii's voice-call
+endpoint, and gunicorn. Request loops are bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+from argon2 import PasswordHasher
+
+from otpsvc.config import Argon2Params
+from otpsvc.core.keyring import Keyring
+from otpsvc.dev.monitor import commands_sent
+from otpsvc.dev.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "bench-client-key-0123456789abcdef"
+
+
+class TermiiStandIn(BaseHTTPRequestHandler):
+    """Answers POST /api/sms/otp/call as Termii does and remembers each code it was given."""
+
+    codes: dict[str, str] = {}  # noqa: RUF012 - shared by the handler threads on purpose
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            self.codes[body["phone_number"]] = str(body["code"])
+        payload = json.dumps({"code": "ok", "message_id": "1", "message": "Successfully Sent"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload.encode())
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def ms_per_verify(hasher: PasswordHasher, seconds: float = 1.0) -> float:
+    encoded = hasher.hash(b"x" * 32)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        hasher.verify(encoded, b"x" * 32)
+        count += 1
+    return (time.perf_counter() - start) / count * 1000
+
+
+def _verify_loop(args: tuple[Argon2Params, float]) -> tuple[int, float]:
+    params, seconds = args
+    keyring = Keyring(b"s" * 40, params)
+    verifier = keyring.hash_code("id", "123456")
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        keyring.verify_code(verifier, "id", "654321")
+        count += 1
+    return count, time.process_time() - cpu
+
+
+def raw_verifies(params: Argon2Params, seconds: float) -> tuple[float, float]:
+    """Verifies per second of 2 processes (wall clock), and verifies per CPU-second."""
+    with multiprocessing.Pool(2) as pool:
+        results = pool.map(_verify_loop, [(params, seconds)] * 2)
+    count = sum(c for c, _ in results)
+    return count / seconds, count / sum(cpu for _, cpu in results)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def drive(url: str, bodies: list[dict[str, str]], threads: int) -> float:
+    """POST every body from ``threads`` keep-alive sessions; requests per second."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    chunks = [bodies[i::threads] for i in range(threads)]
+    failures: list[int] = []
+
+    def work(chunk: list[dict[str, str]]) -> None:
+        with requests.Session() as session:
+            for body in chunk:
+                status = session.post(url, json=body, headers=headers, timeout=10).status_code
+                if status != 200:
+                    failures.append(status)
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in chunks]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"{len(failures)} checks failed, e.g. HTTP {failures[0]}")
+    return len(bodies) / elapsed
+
+
+def phone(i: int) -> str:
+    return f"+23480{3000000 + i:08d}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--verifications", type=int, default=400)
+    parser.add_argument("--checks-each", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--memory-kib", type=int, default=Argon2Params.memory_kib)
+    parser.add_argument("--time-cost", type=int, default=Argon2Params.time_cost)
+    options = parser.parse_args()
+
+    params = Argon2Params(memory_kib=options.memory_kib, time_cost=options.time_cost)
+    chosen = PasswordHasher(params.time_cost, params.memory_kib, params.parallelism, 16, 16)
+    print(f"argon2id m={params.memory_kib} KiB t={params.time_cost} p={params.parallelism}:")
+    print(f"  {ms_per_verify(chosen):.2f} ms per verify (one core)")
+    print(f"  library defaults (64 MiB, t=3, p=4): {ms_per_verify(PasswordHasher(), 2):.1f} ms")
+
+    termii = ThreadingHTTPServer(("127.0.0.1", 0), TermiiStandIn)
+    threading.Thread(target=termii.serve_forever, daemon=True).start()
+    with RedisServer() as server:
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")},
+            "OTPSVC_REDIS_URL": server.url,
+            "OTPSVC_SECRET_KEY": "bench-secret-0123456789abcdef0123456789",
+            "OTPSVC_API_KEYS": f"webapp-prod:{API_KEY}",
+            "OTPSVC_PROVIDERS": "termii",
+            "OTPSVC_TERMII_BASE_URL": f"http://127.0.0.1:{termii.server_port}",
+            "OTPSVC_TERMII_API_KEY": "bench-termii-key",
+            "OTPSVC_MAX_CHECK_ATTEMPTS": str(options.checks_each),
+            "OTPSVC_RATE_LIMIT_START_IP": "100000 per minute",
+            "OTPSVC_RATE_LIMIT_START_PHONE": "100000 per minute",
+            "OTPSVC_RATE_LIMIT_CHECK_IP": "100000 per minute",
+            "OTPSVC_LOG_LEVEL": "WARNING",
+            "OTPSVC_ARGON2_MEMORY_KIB": str(params.memory_kib),
+            "OTPSVC_ARGON2_TIME_COST": str(params.time_cost),
+        }
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    requests.get(base + "/healthz", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            with requests.Session() as session:
+
+                def start(i: int) -> str:
+                    response = session.post(
+                        base + "/otp/start", json={"phone": phone(i)}, headers=headers, timeout=10
+                    )
+                    return str(response.json()["id"])
+
+                ids = [start(i) for i in range(options.verifications)]
+                code0 = TermiiStandIn.codes[phone(0).lstrip("+")]
+                session.post(
+                    base + "/otp/check", json={"id": ids[0], "code": code0}, headers=headers
+                )
+                start_commands = commands_sent(server.url, lambda: start(options.verifications))
+                wrong = "000000"
+                check_commands = commands_sent(
+                    server.url,
+                    lambda: session.post(
+                        base + "/otp/check", json={"id": ids[1], "code": wrong}, headers=headers
+                    ),
+                )
+                code2 = TermiiStandIn.codes[phone(2).lstrip("+")]
+                right_commands = commands_sent(
+                    server.url,
+                    lambda: session.post(
+                        base + "/otp/check", json={"id": ids[2], "code": code2}, headers=headers
+                    ),
+                )
+
+            client = redis.Redis.from_url(server.url, decode_responses=True)
+            record = client.memory_usage(next(client.scan_iter("otpsvc:{*}:v:*")))
+            index = client.memory_usage(next(client.scan_iter("otpsvc:{*}:o:*")))
+            before = client.info("memory")["used_memory"]
+            extra = 1000
+            with requests.Session() as session:
+                for i in range(extra):
+                    session.post(
+                        base + "/otp/start",
+                        json={"phone": phone(10_000 + i)},
+                        headers=headers,
+                        timeout=10,
+                    )
+            per_verification = (client.info("memory")["used_memory"] - before) / extra
+
+            # Termii codes never start with 0, so "000000" is always wrong: every check is a
+            # full argon2 verify, and none ends its verification early.
+            bodies = [
+                {"id": vid, "code": "000000"}
+                for vid in ids[3:]
+                for _ in range(options.checks_each - 1)
+            ]
+            raw, raw_per_cpu = raw_verifies(params, options.seconds)
+            workers = [
+                int(pid)
+                for pid in subprocess.run(
+                    ["pgrep", "-P", str(gunicorn.pid)], capture_output=True, text=True, check=True
+                ).stdout.split()
+            ]
+            cpu_before = cpu_seconds(workers)
+            served = drive(base + "/otp/check", bodies, options.threads)
+            served_per_cpu = len(bodies) / (cpu_seconds(workers) - cpu_before)
+        finally:
+            gunicorn.terminate()
+            gunicorn.wait(10)
+            termii.shutdown()
+
+    print("\n/otp/check under gunicorn (2 sync workers, wrong codes, 16 client threads):")
+    print(f"  raw argon2, 2 processes: {raw:.0f} verifies/s, {raw_per_cpu:.0f} per CPU-second")
+    print(
+        f"  service: {served:.0f} checks/s ({len(bodies)} checks) = {served / raw:.0%} of raw;"
+        " the load generator and Redis share the same 2 cores"
+    )
+    print(
+        f"  service per CPU-second of the 2 workers: {served_per_cpu:.0f} checks"
+        f" = {served_per_cpu / raw_per_cpu:.0%} of raw argon2 per CPU-second"
+    )
+    print("\nRedis round trips (MONITOR, commands run inside Lua not counted):")
+    print(f"  start: {len(start_commands)} {start_commands}")
+    print(f"  check, wrong code: {len(check_commands)} {check_commands}")
+    print(f"  check, right code: {len(right_commands)} {right_commands}")
+    print("\nRedis memory per pending verification:")
+    print(f"  MEMORY USAGE record + index: {record} + {index} = {record + index} bytes")
+    print(f"  used_memory growth over {extra} starts: {per_verification:.0f} bytes each")
+    print("  (the growth also holds the rate limiter's per-number entries)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from otpsvc.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The HTTP edge: schemas, authentication, rate limits and problem responses."""

@@ -1,0 +1,142 @@
+"""The application factory: the one place an otpsvc app is built. Nothing connects at import."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+from flask_limiter import Limiter
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from otpsvc.api import dev, health, otp, problems
+from otpsvc.api.context import Runtime, body_phone, client_ip, runtime
+from otpsvc.config import Settings, load_settings
+from otpsvc.core.keyring import Keyring
+from otpsvc.core.service import Policy, VerificationService
+from otpsvc.dev.inbox import CallInbox
+from otpsvc.logs import JsonFormatter
+from otpsvc.store import VerificationStore, connect
+from otpsvc.voice.base import Timeouts
+from otpsvc.voice.dispatch import Dispatcher
+from otpsvc.voice.registry import ProviderContext, build_providers
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None, *, clock: Callable[[], float] = time.time
+) -> Flask:
+    """Build the app from ``OTPSVC_*`` settings (the environment, or ``config`` in tests)."""
+    settings = load_settings(config)
+    _configure_logging(settings)
+
+    app = Flask("otpsvc")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
+
+    client = connect(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+    )
+    store = VerificationStore(client, settings.redis_prefix)
+    inbox = CallInbox() if settings.dev_mode else None
+    providers = build_providers(
+        settings.providers,
+        dict(settings.provider_settings),
+        ProviderContext(
+            timeouts=Timeouts(settings.provider_connect_timeout, settings.provider_read_timeout),
+            brand=settings.brand,
+            inbox=inbox,
+        ),
+    )
+    dispatcher = Dispatcher(providers, settings.providers)
+    service = VerificationService(
+        store=store,
+        keyring=Keyring(settings.secret_key, settings.argon2),
+        dispatcher=dispatcher,
+        policy=Policy.from_settings(settings),
+        clock=clock,
+    )
+    limiter = _limiter(app, settings, client)
+    app.extensions["otpsvc"] = Runtime(
+        settings=settings,
+        redis=client,
+        store=store,
+        service=service,
+        dispatcher=dispatcher,
+        limiter=limiter,
+        inbox=inbox,
+    )
+
+    problems.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(otp.bp)
+    if settings.dev_mode:
+        app.register_blueprint(dev.bp)
+    _apply_limits(app, limiter, settings)
+    return app
+
+
+def _limiter(app: Flask, settings: Settings, client: Any) -> Limiter:
+    """Limits live in the same Redis and fail closed: no swallowed errors, no in-memory fallback."""
+    storage_options: dict[str, Any] = {
+        "connection_pool": client.connection_pool,
+        "key_prefix": f"{settings.redis_prefix}:rl",
+        "wrap_exceptions": True,
+    }
+    limiter = Limiter(
+        key_func=client_ip,
+        storage_uri=settings.redis_url,
+        storage_options=storage_options,
+        strategy="moving-window",
+        swallow_errors=False,
+        in_memory_fallback_enabled=False,
+        headers_enabled=False,
+    )
+    limiter.init_app(app)
+    return limiter
+
+
+def _phone_limit_key() -> str:
+    """The number's keyed hash: limiter keys in Redis never hold a number in the clear."""
+    phone = body_phone()
+    return runtime().service.keyring.phone_key(phone.e164) if phone else ""
+
+
+def _apply_limits(app: Flask, limiter: Limiter, settings: Settings) -> None:
+    """Wrap the views with their limits; they run after authentication, before the view body."""
+    wrap: list[tuple[str, str, Callable[[], str], Callable[[], bool] | None]] = [
+        ("otp.start", settings.rate_limit_start_ip, client_ip, None),
+        ("otp.check", settings.rate_limit_check_ip, client_ip, None),
+        # An unreadable number is answered with 422 by the view; it has no bucket of its own.
+        (
+            "otp.start",
+            settings.rate_limit_start_phone,
+            _phone_limit_key,
+            lambda: body_phone() is None,
+        ),
+    ]
+    for endpoint, limit, key_func, exempt_when in wrap:
+        scope = f"{endpoint}:{'ip' if key_func is client_ip else 'phone'}"
+        decorate: Any = limiter.limit(
+            limit, key_func=key_func, scope=scope, exempt_when=exempt_when
+        )
+        app.view_functions[endpoint] = decorate(app.view_functions[endpoint])
+
+
+def _configure_logging(settings: Settings) -> None:
+    """JSON lines on stderr for the ``otpsvc`` loggers, unless the host set up logging itself."""
+    logger = logging.getLogger("otpsvc")
+    logger.setLevel(settings.log_level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)

@@ -1,0 +1,274 @@
+"""Settings: read once from ``OTPSVC_*`` (or a mapping in tests), validated, frozen.
+
+This is the only module that reads the environment. A bad or missing setting stops start-up with one
+:class:`~otpsvc.errors.ConfigError` that lists every problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import limits
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
+
+from otpsvc.errors import ConfigError
+from otpsvc.voice.registry import PROVIDERS
+
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+MIN_API_KEY_LENGTH = 24
+MIN_SECRET_LENGTH = 32
+MAX_CODE_TTL = 600
+
+
+@dataclass(frozen=True)
+class Argon2Params:
+    """argon2id cost. Defaults measured on a 2-core machine: about 10 ms a verify (README)."""
+
+    memory_kib: int = 16384
+    time_cost: int = 1
+    parallelism: int = 1
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    name: str
+    key_digest: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = field(repr=False)
+    secret_key: bytes = field(repr=False)
+    clients: tuple[ApiClient, ...]
+    providers: tuple[str, ...]
+    provider_settings: Mapping[str, Any] = field(repr=False)
+    dev_mode: bool = False
+    redis_prefix: str = "otpsvc"
+    redis_socket_timeout: float = 1.0
+    redis_connect_timeout: float = 1.0
+    code_length: int = 6
+    code_ttl: int = 300
+    max_check_attempts: int = 5
+    max_sends: int = 5
+    resend_cooldown: int = 30
+    argon2: Argon2Params = Argon2Params()
+    rate_limit_start_ip: str = "10 per minute;60 per hour"
+    rate_limit_start_phone: str = "5 per 10 minutes;20 per day"
+    rate_limit_check_ip: str = "30 per minute;300 per hour"
+    trusted_proxies: int = 0
+    provider_connect_timeout: float = 3.05
+    provider_read_timeout: float = 10.0
+    brand: str = "otpsvc"
+    default_locale: str = "en"
+    log_level: str = "INFO"
+
+
+def _limit_string(value: str) -> None:
+    try:
+        limits.parse_many(value)
+    except ValueError as exc:
+        raise ValidationError("not a rate limit such as '10 per minute;100 per day'") from exc
+
+
+class _SettingsSchema(Schema):
+    """The environment as strings, keyed by the variable names, so errors name the variable."""
+
+    dev_mode = fields.Boolean(data_key="OTPSVC_DEV_MODE", load_default=False)
+    redis_url = fields.String(
+        data_key="OTPSVC_REDIS_URL",
+        required=True,
+        validate=validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL"),
+    )
+    redis_prefix = fields.String(
+        data_key="OTPSVC_REDIS_PREFIX",
+        load_default="otpsvc",
+        validate=validate.Regexp(r"^[A-Za-z0-9_.:-]{1,32}$"),
+    )
+    redis_socket_timeout = fields.Float(
+        data_key="OTPSVC_REDIS_TIMEOUT", load_default=1.0, validate=validate.Range(0.01, 30)
+    )
+    redis_connect_timeout = fields.Float(
+        data_key="OTPSVC_REDIS_CONNECT_TIMEOUT", load_default=1.0, validate=validate.Range(0.01, 30)
+    )
+    secret_key = fields.String(
+        data_key="OTPSVC_SECRET_KEY",
+        required=True,
+        validate=validate.Length(
+            min=MIN_SECRET_LENGTH, error=f"must be at least {MIN_SECRET_LENGTH} characters"
+        ),
+    )
+    api_keys = fields.String(data_key="OTPSVC_API_KEYS", required=True)
+    providers = fields.String(data_key="OTPSVC_PROVIDERS", required=True)
+    code_length = fields.Integer(
+        data_key="OTPSVC_CODE_LENGTH", load_default=6, validate=validate.Range(4, 8)
+    )
+    code_ttl = fields.Integer(
+        data_key="OTPSVC_CODE_TTL", load_default=300, validate=validate.Range(30, MAX_CODE_TTL)
+    )
+    max_check_attempts = fields.Integer(
+        data_key="OTPSVC_MAX_CHECK_ATTEMPTS", load_default=5, validate=validate.Range(1, 10)
+    )
+    max_sends = fields.Integer(
+        data_key="OTPSVC_MAX_SENDS", load_default=5, validate=validate.Range(1, 10)
+    )
+    resend_cooldown = fields.Integer(
+        data_key="OTPSVC_RESEND_COOLDOWN", load_default=30, validate=validate.Range(0, 600)
+    )
+    argon2_memory_kib = fields.Integer(
+        data_key="OTPSVC_ARGON2_MEMORY_KIB",
+        load_default=16384,
+        validate=validate.Range(64, 1 << 20),
+    )
+    argon2_time_cost = fields.Integer(
+        data_key="OTPSVC_ARGON2_TIME_COST", load_default=1, validate=validate.Range(1, 10)
+    )
+    argon2_parallelism = fields.Integer(
+        data_key="OTPSVC_ARGON2_PARALLELISM", load_default=1, validate=validate.Range(1, 8)
+    )
+    rate_limit_start_ip = fields.String(
+        data_key="OTPSVC_RATE_LIMIT_START_IP",
+        load_default=Settings.rate_limit_start_ip,
+        validate=_limit_string,
+    )
+    rate_limit_start_phone = fields.String(
+        data_key="OTPSVC_RATE_LIMIT_START_PHONE",
+        load_default=Settings.rate_limit_start_phone,
+        validate=_limit_string,
+    )
+    rate_limit_check_ip = fields.String(
+        data_key="OTPSVC_RATE_LIMIT_CHECK_IP",
+        load_default=Settings.rate_limit_check_ip,
+        validate=_limit_string,
+    )
+    trusted_proxies = fields.Integer(
+        data_key="OTPSVC_TRUSTED_PROXIES", load_default=0, validate=validate.Range(0, 5)
+    )
+    provider_connect_timeout = fields.Float(
+        data_key="OTPSVC_PROVIDER_CONNECT_TIMEOUT",
+        load_default=3.05,
+        validate=validate.Range(0.05, 30),
+    )
+    provider_read_timeout = fields.Float(
+        data_key="OTPSVC_PROVIDER_READ_TIMEOUT", load_default=10.0, validate=validate.Range(0.1, 60)
+    )
+    brand = fields.String(
+        data_key="OTPSVC_BRAND",
+        load_default="otpsvc",
+        validate=validate.Regexp(r"^[\w .&'-]{1,40}$", error="1-40 letters, digits, spaces"),
+    )
+    default_locale = fields.String(
+        data_key="OTPSVC_DEFAULT_LOCALE",
+        load_default="en",
+        validate=validate.Regexp(r"^[a-z]{2}$", error="a two-letter language code"),
+    )
+    log_level = fields.String(
+        data_key="OTPSVC_LOG_LEVEL",
+        load_default="INFO",
+        validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    )
+
+    @validates("api_keys")
+    def _check_api_keys(self, value: str, **_: object) -> None:
+        _parse_api_keys(value)
+
+    @validates("providers")
+    def _check_providers(self, value: str, **_: object) -> None:
+        names = _split(value)
+        if not names:
+            raise ValidationError("name at least one provider")
+        unknown = [n for n in names if n not in PROVIDERS]
+        if unknown:
+            raise ValidationError(
+                f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(sorted(PROVIDERS))}"
+            )
+
+    @post_load
+    def _build(self, data: dict[str, Any], **_: object) -> dict[str, Any]:
+        data["argon2"] = Argon2Params(
+            memory_kib=data.pop("argon2_memory_kib"),
+            time_cost=data.pop("argon2_time_cost"),
+            parallelism=data.pop("argon2_parallelism"),
+        )
+        data["clients"] = _parse_api_keys(data.pop("api_keys"))
+        data["providers"] = tuple(_split(data["providers"]))
+        data["secret_key"] = data["secret_key"].encode()
+        return data
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
+    """``name:key,name:key`` -> clients holding only a digest of each key."""
+    clients: list[ApiClient] = []
+    for index, entry in enumerate(_split(value), start=1):
+        name, sep, key = entry.partition(":")
+        if not sep or not CLIENT_NAME.match(name):
+            raise ValidationError(
+                f"entry {index} must be name:key with name [A-Za-z0-9_.-]{{1,32}}"
+            )
+        if len(key) < MIN_API_KEY_LENGTH or not key.isprintable() or " " in key:
+            raise ValidationError(
+                f"key of client {name!r} must be at least {MIN_API_KEY_LENGTH} printable characters"
+            )
+        clients.append(ApiClient(name=name, key_digest=hashlib.sha256(key.encode()).digest()))
+    if not clients:
+        raise ValidationError("name at least one client as name:key")
+    if len({c.name for c in clients}) != len(clients):
+        raise ValidationError("client names must be unique")
+    if len({c.key_digest for c in clients}) != len(clients):
+        raise ValidationError("keys must be unique")
+    return tuple(clients)
+
+
+def _problems(messages: Any, prefix: str = "") -> list[str]:
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, value in messages.items():
+            out += _problems(value, f"{key}: " if not prefix else f"{prefix}{key}: ")
+        return out
+    if isinstance(messages, list):
+        return [f"{prefix}{m}" for m in messages if isinstance(m, str)] + [
+            p for m in messages if not isinstance(m, str) for p in _problems(m, prefix)
+        ]
+    return [f"{prefix}{messages}"]
+
+
+def environment() -> dict[str, str]:
+    """The ``OTPSVC_*`` variables of the process environment."""
+    return {k: v for k, v in os.environ.items() if k.startswith("OTPSVC_")}
+
+
+def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
+    """Build the settings from ``source`` (default: the process environment)."""
+    env = environment() if source is None else source
+    relevant = {k: v for k, v in env.items() if k.startswith("OTPSVC_")}
+    problems: list[str] = []
+    try:
+        core: dict[str, Any] = _SettingsSchema().load(relevant, unknown=EXCLUDE)
+    except ValidationError as exc:
+        problems += _problems(exc.messages)
+        core = {}
+
+    provider_settings: dict[str, Any] = {}
+    for name in core.get("providers", ()):
+        spec = PROVIDERS[name]
+        if spec.dev_only and not core.get("dev_mode"):
+            problems.append(f"OTPSVC_PROVIDERS: {name!r} is for dev mode only (otpsvc dev)")
+        if spec.settings_schema is None:
+            continue
+        schema = spec.settings_schema()
+        try:
+            provider_settings[name] = schema.load(relevant, unknown=EXCLUDE)
+        except ValidationError as exc:
+            problems += _problems(exc.messages)
+
+    if problems:
+        raise ConfigError(sorted(problems))
+    return Settings(provider_settings=provider_settings, **core)

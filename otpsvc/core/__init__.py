@@ -1,0 +1,1 @@
+"""The verification lifecycle, free of Flask: codes, hashing, phone numbers and the service."""

@@ -1,0 +1,23 @@
+"""One-time codes and verification ids from the operating system's CSPRNG."""
+
+from __future__ import annotations
+
+import secrets
+
+
+def generate_code(length: int, *, leading_zero: bool = True) -> str:
+    """A uniform code of exactly ``length`` digits.
+
+    Without ``leading_zero`` the first digit is 1-9, for providers that take the code as a number.
+    """
+    if not 4 <= length <= 8:
+        raise ValueError("code length must be 4 to 8")
+    if leading_zero:
+        return f"{secrets.randbelow(10**length):0{length}d}"
+    low = 10 ** (length - 1)
+    return str(low + secrets.randbelow(9 * low))
+
+
+def new_verification_id(tag: str) -> str:
+    """The phone's 4-hex-digit store tag, then 128 random bits: 36 lowercase hex digits."""
+    return tag + secrets.token_hex(16)

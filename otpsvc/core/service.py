@@ -1,0 +1,296 @@
+"""The verification lifecycle: start (or resend), check, read and cancel.
+
+Every decision that must hold under concurrency is taken inside one Lua script in the store; this
+module generates codes, hashes them, places calls and turns store outcomes into results or errors.
+All time comes from one clock, so expiry is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from otpsvc.config import Settings
+from otpsvc.core.audit import audit
+from otpsvc.core.codes import generate_code, new_verification_id
+from otpsvc.core.keyring import Keyring
+from otpsvc.core.models import CheckOutcome, StartOutcome, Status, Verification
+from otpsvc.core.phones import Phone
+from otpsvc.errors import (
+    DeliveryFailed,
+    InvalidRequest,
+    MaxAttemptsReached,
+    MaxSendsReached,
+    NotFound,
+    ResendTooSoon,
+)
+from otpsvc.store import Reservation, VerificationStore
+from otpsvc.voice.base import CallRequest
+from otpsvc.voice.dispatch import DeliveryError, Dispatcher
+
+log = logging.getLogger("otpsvc.core")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Policy:
+    code_length: int
+    code_ttl_ms: int
+    max_attempts: int
+    max_sends: int
+    resend_cooldown_ms: int
+    default_locale: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            code_length=settings.code_length,
+            code_ttl_ms=settings.code_ttl * 1000,
+            max_attempts=settings.max_check_attempts,
+            max_sends=settings.max_sends,
+            resend_cooldown_ms=settings.resend_cooldown * 1000,
+            default_locale=settings.default_locale,
+        )
+
+
+class VerificationService:
+    def __init__(
+        self,
+        *,
+        store: VerificationStore,
+        keyring: Keyring,
+        dispatcher: Dispatcher,
+        policy: Policy,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.dispatcher = dispatcher
+        self.policy = policy
+        self.clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def start(
+        self,
+        *,
+        client: str,
+        phone: Phone,
+        code_length: int | None = None,
+        locale: str | None = None,
+        client_ref: str | None = None,
+    ) -> StartOutcome:
+        """Open a verification and call the phone, or resend the client's open one for it."""
+        now_ms = self._now_ms()
+        phone_key = self.keyring.phone_key(phone.e164)
+        fields: dict[str, str | int] = {
+            "c": client,
+            "pk": phone_key,
+            "pm": phone.masked,
+            "len": code_length or self.policy.code_length,
+            "loc": locale or self.policy.default_locale,
+        }
+        if client_ref:
+            fields["ref"] = client_ref
+        reservation = self.store.reserve(
+            now_ms=now_ms,
+            candidate_id=new_verification_id(VerificationStore.tag_of(phone_key)),
+            client=client,
+            phone_key=phone_key,
+            ttl_ms=self.policy.code_ttl_ms,
+            max_sends=self.policy.max_sends,
+            cooldown_ms=self.policy.resend_cooldown_ms,
+            max_attempts=self.policy.max_attempts,
+            fields=fields,
+        )
+        self._refuse_unless_sendable(reservation, now_ms, client, phone)
+        record = reservation.record
+        gen = int(record["g"])
+
+        route = self.dispatcher.route()
+        code = generate_code(
+            int(record["len"]), leading_zero=not self.dispatcher.needs_numeric_code(route)
+        )
+        verifier = self.keyring.hash_code(reservation.id, code)
+        call = CallRequest(
+            verification_id=reservation.id, phone=phone.e164, code=code, locale=record["loc"]
+        )
+        try:
+            result = self.dispatcher.place(route, call)
+        except DeliveryError as exc:
+            self.store.finalize(
+                reservation.id,
+                gen,
+                accepted=False,
+                verifier="",
+                provider=exc.last_provider,
+                message_id=None,
+                delivery_status="failed",
+                now_ms=self._now_ms(),
+            )
+            audit(
+                "delivery_failed",
+                id=reservation.id,
+                client=client,
+                phone=phone.masked,
+                providers=[e.provider for e in exc.errors],
+            )
+            raise DeliveryFailed(
+                "no provider accepted the call; no code was issued",
+                verification_id=reservation.id,
+            ) from exc
+
+        outcome = self.store.finalize(
+            reservation.id,
+            gen,
+            accepted=True,
+            verifier=verifier,
+            provider=result.provider,
+            message_id=result.message_id,
+            delivery_status=result.status,
+            now_ms=self._now_ms(),
+        )
+        created = reservation.outcome == "new"
+        if outcome != "ok":
+            # Canceled, or replaced by a concurrent resend, while the call was being placed.
+            log.info("send %s of %s was %s", gen, reservation.id, outcome)
+            return StartOutcome(self.get(client=client, verification_id=reservation.id), created)
+        audit(
+            "start",
+            id=reservation.id,
+            client=client,
+            phone=phone.masked,
+            send=int(record["s"]),
+            provider=result.provider,
+            delivery=result.status,
+        )
+        record.update(p=result.provider, ds=result.status)
+        if result.message_id:
+            record["mid"] = result.message_id
+        return StartOutcome(self._to_verification(reservation.id, record), created)
+
+    def _refuse_unless_sendable(
+        self, reservation: Reservation, now_ms: int, client: str, phone: Phone
+    ) -> None:
+        record = reservation.record
+        wait_until = {
+            "locked": (int(record["ea"]), MaxAttemptsReached),
+            "max_sends": (int(record["ea"]), MaxSendsReached),
+            "cooldown": (int(record["ra"]), ResendTooSoon),
+        }.get(reservation.outcome)
+        if wait_until is None:
+            return
+        until_ms, error = wait_until
+        audit(
+            "start_refused",
+            id=reservation.id,
+            client=client,
+            phone=phone.masked,
+            reason=reservation.outcome,
+        )
+        messages = {
+            "locked": "no check attempts are left for this number; wait for it to expire",
+            "max_sends": "this verification has been sent the maximum number of times",
+            "cooldown": "a new call for this verification is not allowed yet",
+        }
+        raise error((until_ms - now_ms) / 1000, messages[reservation.outcome])
+
+    def check(self, *, client: str, verification_id: str, code: str) -> CheckOutcome:
+        """Compare a code once. The attempt is counted before the comparison, atomically."""
+        now_ms = self._now_ms()
+        max_attempts = self.policy.max_attempts
+        ticket = self.store.begin_check(
+            verification_id,
+            client=client,
+            now_ms=now_ms,
+            max_attempts=max_attempts,
+            code_length=len(code),
+        )
+        if ticket.outcome == "not_found":
+            raise NotFound("no pending verification with this id")
+        if ticket.outcome == "locked":
+            audit("check_locked", id=verification_id, client=client)
+            raise MaxAttemptsReached(
+                (ticket.expires_at_ms - now_ms) / 1000,
+                "this verification has no check attempts left",
+            )
+        if ticket.outcome == "bad_length":
+            raise InvalidRequest({"code": [f"must be exactly {ticket.code_length} digits"]})
+        remaining = max(0, max_attempts - ticket.attempts)
+        if ticket.outcome == "no_code":
+            return CheckOutcome(verification_id, False, Status.PENDING, remaining)
+
+        if self.keyring.verify_code(ticket.verifier, verification_id, code):
+            result = self.store.approve(verification_id, gen=ticket.gen, now_ms=self._now_ms())
+            if result == "approved":
+                audit("check", id=verification_id, client=client, result="approved")
+                return CheckOutcome(verification_id, True, Status.APPROVED, remaining)
+            if result == "not_found":
+                raise NotFound("no pending verification with this id")
+            # 'superseded': the code was right for a call that a resend has since replaced.
+        status = Status.MAX_ATTEMPTS_REACHED if remaining == 0 else Status.PENDING
+        audit(
+            "check",
+            id=verification_id,
+            client=client,
+            result="wrong_code",
+            attempts_remaining=remaining,
+        )
+        if status is Status.MAX_ATTEMPTS_REACHED:
+            audit("lockout", id=verification_id, client=client)
+        return CheckOutcome(verification_id, False, status, remaining)
+
+    def get(self, *, client: str, verification_id: str) -> Verification:
+        fields = self.store.load(verification_id)
+        if not fields or fields.get("c") != client:
+            raise NotFound("no verification with this id")
+        return self._to_verification(verification_id, fields)
+
+    def cancel(self, *, client: str, verification_id: str) -> Verification:
+        result = self.store.cancel(
+            verification_id,
+            client=client,
+            now_ms=self._now_ms(),
+            max_attempts=self.policy.max_attempts,
+        )
+        if result == "not_found":
+            raise NotFound("no pending verification with this id")
+        if result == "locked":
+            verification = self.get(client=client, verification_id=verification_id)
+            raise MaxAttemptsReached(
+                verification.expires_at - self.clock(),
+                "this verification has no check attempts left; it cannot be canceled",
+            )
+        audit("cancel", id=verification_id, client=client)
+        return self.get(client=client, verification_id=verification_id)
+
+    def _to_verification(self, verification_id: str, f: dict[str, str]) -> Verification:
+        expires_ms = int(f["ea"])
+        attempts = int(f.get("a", 0))
+        status = Status(f["st"])
+        if status is Status.PENDING:
+            if expires_ms <= self._now_ms():
+                status = Status.EXPIRED
+            elif attempts >= self.policy.max_attempts:
+                status = Status.MAX_ATTEMPTS_REACHED
+        return Verification(
+            id=verification_id,
+            client=f["c"],
+            phone_masked=f["pm"],
+            code_length=int(f["len"]),
+            locale=f["loc"],
+            client_ref=f.get("ref"),
+            status=status,
+            attempts=attempts,
+            max_attempts=self.policy.max_attempts,
+            sends=int(f["s"]),
+            created_at=int(f["ca"]) / 1000,
+            expires_at=expires_ms / 1000,
+            resend_at=int(f["ra"]) / 1000,
+            provider=f.get("p"),
+            provider_message_id=f.get("mid"),
+            delivery_status=f.get("ds"),
+        )

@@ -1,0 +1,38 @@
+"""The local call inbox of dev mode: what the console provider would have said on the phone.
+
+It lives in the memory of the one dev-mode process. It is the only place besides a real call that
+holds a plain code, which is why it exists in dev mode only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InboxCall:
+    verification_id: str
+    phone: str
+    code: str
+    text: str
+    at: float
+
+
+class CallInbox:
+    """A bounded, thread-safe list of the latest calls, newest first."""
+
+    def __init__(self, size: int = 50) -> None:
+        self._calls: deque[InboxCall] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, call: InboxCall) -> int:
+        with self._lock:
+            self._calls.appendleft(call)
+            return len(self._calls)
+
+    def latest(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(call) for call in self._calls]

@@ -1,0 +1,46 @@
+"""Counting the commands a piece of work sends to Redis, with MONITOR.
+
+Commands that Lua scripts run inside Redis are not counted: one EVALSHA is one round trip.
+Used by the tests and the benchmark; MONITOR slows a server down, so never point it at production.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import redis
+
+_SENTINEL = "otpsvc-monitor-done"
+
+
+def commands_sent(redis_url: str, action: Callable[[], object]) -> list[str]:
+    """The names of the top-level commands Redis received while ``action`` ran."""
+    seen: list[str] = []
+    ready = threading.Event()
+    marker = redis.Redis.from_url(redis_url, single_connection_client=True)
+    marker.ping()  # connected before counting starts, so its handshake is not counted
+    listener = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def listen() -> None:
+        with listener.monitor() as monitor:  # type: ignore[no-untyped-call]
+            ready.set()
+            while True:
+                command = monitor.next_command()
+                if _SENTINEL in command["command"]:
+                    return
+                if command.get("client_type") != "lua":
+                    seen.append(str(command["command"]).split()[0].upper())
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        if not ready.wait(5):
+            raise TimeoutError("MONITOR did not start")
+        action()
+    finally:
+        marker.echo(_SENTINEL)
+        thread.join(10)
+        marker.close()
+        listener.close()
+    return seen

@@ -1,0 +1,133 @@
+"""The exception tree of otpsvc.
+
+Every error a caller can see is an :class:`OtpError`: it carries the HTTP status and a stable
+machine ``code`` that the edge renders as an RFC 9457 problem. The core raises these; only ``api``
+renders them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+class ConfigError(Exception):
+    """Settings are missing or invalid; the message lists every problem, one per line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            "invalid otpsvc configuration:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+class OtpError(Exception):
+    """Root of every error that maps to an HTTP problem response."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal Server Error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.title
+        super().__init__(self.detail)
+
+    def extensions(self) -> dict[str, object]:
+        """Extra members of the problem document, beside type/title/status/detail/code."""
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (for example ``Retry-After``)."""
+        return {}
+
+
+class InvalidRequest(OtpError):
+    """The request body or parameters failed validation; ``errors`` names each field."""
+
+    status = 422
+    code = "validation_error"
+    title = "Unprocessable Content"
+
+    def __init__(self, errors: Mapping[str, Sequence[str]], detail: str | None = None) -> None:
+        self.errors = {field: list(messages) for field, messages in errors.items()}
+        fields = ", ".join(sorted(self.errors))
+        super().__init__(detail or f"invalid field(s): {fields}")
+
+    def extensions(self) -> dict[str, object]:
+        return {"errors": self.errors}
+
+
+class Unauthorized(OtpError):
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="otpsvc"'}
+
+
+class NotFound(OtpError):
+    """Unknown, expired, finished or someone else's verification: indistinguishable on purpose."""
+
+    status = 404
+    code = "not_found"
+    title = "Not Found"
+
+
+class TooManyRequests(OtpError):
+    """Base of every 429: carries the seconds until the caller may try again."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too Many Requests"
+
+    def __init__(self, retry_after: float, detail: str | None = None) -> None:
+        self.retry_after = max(1, int(-(-retry_after // 1)))
+        super().__init__(detail)
+
+    def extensions(self) -> dict[str, object]:
+        return {"retry_after": self.retry_after}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+
+
+class MaxAttemptsReached(TooManyRequests):
+    code = "max_attempts_reached"
+
+
+class ResendTooSoon(TooManyRequests):
+    code = "resend_too_soon"
+
+
+class MaxSendsReached(TooManyRequests):
+    code = "max_sends_reached"
+
+
+class DeliveryFailed(OtpError):
+    """No provider placed the call; the verification holds no usable code."""
+
+    status = 502
+    code = "delivery_failed"
+    title = "Bad Gateway"
+
+    def __init__(self, detail: str, verification_id: str | None = None) -> None:
+        self.verification_id = verification_id
+        super().__init__(detail)
+
+    def extensions(self) -> dict[str, object]:
+        return {"id": self.verification_id} if self.verification_id else {}
+
+
+class StoreUnavailable(OtpError):
+    """Redis did not answer in time; nothing was approved and no call was placed."""
+
+    status = 503
+    code = "store_unavailable"
+    title = "Service Unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}

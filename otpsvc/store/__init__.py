@@ -1,0 +1,5 @@
+"""Redis persistence of verifications."""
+
+from otpsvc.store.redis_store import CheckTicket, Reservation, VerificationStore, connect
+
+__all__ = ["CheckTicket", "Reservation", "VerificationStore", "connect"]

@@ -1,0 +1,222 @@
+"""Verification records in Redis: key names, TTLs and the Lua scripts, in one class.
+
+Layout (every key of one phone number shares the hash tag ``{tag}``, the first four hex digits of
+the number's keyed hash, so each script touches one Redis Cluster slot):
+
+- ``<prefix>:{tag}:v:<id>``: a hash, the verification record. Verification ids start with their tag.
+- ``<prefix>:{tag}:o:<client>:<phone key>``: the id of the client's open verification for the
+  number.
+
+Field names of the record are short on purpose (memory per pending verification is a target):
+``c`` client, ``pk`` phone key, ``pm`` masked phone, ``len`` code length, ``loc`` locale, ``ref``
+client reference, ``st`` status, ``a`` attempts taken, ``s`` sends, ``g`` send generation, ``ca``
+created, ``ea`` expires, ``ra`` resend allowed, ``fa`` finished (ms), ``h`` argon2 verifier,
+``p`` provider, ``mid`` provider message id, ``ds`` delivery status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from otpsvc.errors import StoreUnavailable
+
+log = logging.getLogger("otpsvc.store")
+
+TAG_LENGTH = 4
+
+
+def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> redis.Redis:
+    """A client with bounded waits: no command waits longer than ``socket_timeout``.
+
+    A connection error is retried once on a fresh connection (after a Redis restart the pool holds
+    dead sockets); a timeout is never retried, since the command may have run.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(redis.ConnectionError,)),
+        health_check_interval=30,
+        decode_responses=True,
+        client_name="otpsvc",
+    )
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What reserve decided, with the verification record as it stands after that decision."""
+
+    outcome: str
+    id: str
+    record: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CheckTicket:
+    outcome: str
+    verifier: str
+    gen: int
+    attempts: int
+    expires_at_ms: int
+    code_length: int
+
+
+def _script(name: str) -> str:
+    return resources.files("otpsvc.store").joinpath("scripts", f"{name}.lua").read_text()
+
+
+class VerificationStore:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._reserve = client.register_script(_script("reserve"))
+        self._finalize = client.register_script(_script("finalize"))
+        self._begin_check = client.register_script(_script("begin_check"))
+        self._approve = client.register_script(_script("approve"))
+        self._cancel = client.register_script(_script("cancel"))
+
+    # Key names -----------------------------------------------------------------------------
+
+    @staticmethod
+    def tag_of(phone_key: str) -> str:
+        return phone_key[:TAG_LENGTH]
+
+    def _record_prefix(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:v:"
+
+    def record_key(self, verification_id: str) -> str:
+        return self._record_prefix(verification_id[:TAG_LENGTH]) + verification_id
+
+    def open_key(self, client: str, phone_key: str) -> str:
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:o:{client}:{phone_key}"
+
+    # Operations ----------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        *,
+        now_ms: int,
+        candidate_id: str,
+        client: str,
+        phone_key: str,
+        ttl_ms: int,
+        max_sends: int,
+        cooldown_ms: int,
+        max_attempts: int,
+        fields: Mapping[str, str | int],
+    ) -> Reservation:
+        pairs = [str(x) for kv in fields.items() for x in kv]
+        with self._guard():
+            raw = self._run(
+                self._reserve,
+                [self.open_key(client, phone_key), self.record_key(candidate_id)],
+                [
+                    now_ms,
+                    candidate_id,
+                    self._record_prefix(self.tag_of(phone_key)),
+                    ttl_ms,
+                    max_sends,
+                    cooldown_ms,
+                    max_attempts,
+                    *pairs,
+                ],
+            )
+        outcome, vid, *flat = raw
+        return Reservation(str(outcome), str(vid), dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def finalize(
+        self,
+        verification_id: str,
+        gen: int,
+        *,
+        accepted: bool,
+        verifier: str,
+        provider: str,
+        message_id: str | None,
+        delivery_status: str,
+        now_ms: int,
+    ) -> str:
+        with self._guard():
+            return str(
+                self._run(
+                    self._finalize,
+                    [self.record_key(verification_id)],
+                    [
+                        gen,
+                        "accepted" if accepted else "failed",
+                        verifier,
+                        provider,
+                        message_id or "",
+                        delivery_status,
+                        now_ms,
+                    ],
+                )
+            )
+
+    def begin_check(
+        self, verification_id: str, *, client: str, now_ms: int, max_attempts: int, code_length: int
+    ) -> CheckTicket:
+        with self._guard():
+            outcome, verifier, gen, attempts, expires, length = self._run(
+                self._begin_check,
+                [self.record_key(verification_id)],
+                [now_ms, client, max_attempts, code_length],
+            )
+        return CheckTicket(
+            str(outcome), str(verifier), int(gen), int(attempts), int(expires), int(length)
+        )
+
+    def approve(self, verification_id: str, *, gen: int, now_ms: int) -> str:
+        with self._guard():
+            return str(self._run(self._approve, [self.record_key(verification_id)], [gen, now_ms]))
+
+    def cancel(self, verification_id: str, *, client: str, now_ms: int, max_attempts: int) -> str:
+        with self._guard():
+            return str(
+                self._run(
+                    self._cancel,
+                    [self.record_key(verification_id)],
+                    [now_ms, client, max_attempts],
+                )
+            )
+
+    def load(self, verification_id: str) -> dict[str, str]:
+        """The record's fields; empty when there is none."""
+        with self._guard():
+            return cast(dict[str, str], self.redis.hgetall(self.record_key(verification_id)))
+
+    def ping(self) -> None:
+        with self._guard():
+            self.redis.ping()
+
+    def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy``, or None when the server does not say."""
+        with self._guard():
+            info: dict[str, Any] = self.redis.info("memory")
+        policy = info.get("maxmemory_policy")
+        return str(policy) if policy is not None else None
+
+    # Plumbing ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _run(script: Script, keys: list[str], args: list[Any]) -> Any:
+        return script(keys=keys, args=args)
+
+    @staticmethod
+    @contextmanager
+    def _guard() -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            log.warning("redis unavailable: %s", type(exc).__name__)
+            raise StoreUnavailable("the verification store did not answer") from exc

@@ -1,0 +1,23 @@
+-- Take one check attempt before the code is compared, so attempts cannot be raced past the cap.
+-- KEYS[1]  the verification record
+-- ARGV[1]  now, ms        ARGV[2]  the calling client      ARGV[3]  max check attempts
+-- ARGV[4]  length of the submitted code
+-- Returns {outcome, hash, gen, attempts, expires_at, code length}; outcome is one of
+--   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
+local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len')
+if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) then
+  return {'not_found', '', 0, 0, 0, 0}
+end
+local attempts, gen, expires, length = tonumber(f[4]), tonumber(f[6]), tonumber(f[3]), tonumber(f[7])
+if attempts >= tonumber(ARGV[3]) then
+  return {'locked', '', gen, attempts, expires, length}
+end
+if length ~= tonumber(ARGV[4]) then
+  return {'bad_length', '', gen, attempts, expires, length}
+end
+if not f[5] then
+  -- A resend is in flight: no code is valid, and nothing can be guessed.
+  return {'no_code', '', gen, attempts, expires, length}
+end
+attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
+return {'verify', f[5], gen, attempts, expires, length}

@@ -1,0 +1,167 @@
+"""The provider interface: what a voice provider takes, returns and raises.
+
+A provider places one call that reads a code to a phone. It knows nothing about Flask, Redis or the
+verification lifecycle. Every failure leaves a provider as one :class:`ProviderError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import requests
+
+log = logging.getLogger("otpsvc.voice")
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One call to place. ``phone`` is E.164 with the leading ``+``; ``code`` is the plain code."""
+
+    verification_id: str
+    phone: str
+    code: str
+    locale: str
+
+    def __repr__(self) -> str:
+        # The code and the number must never reach a log line through a stray repr().
+        return f"CallRequest(verification_id={self.verification_id!r}, locale={self.locale!r})"
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The provider accepted the call. ``status`` is the delivery status to show the caller."""
+
+    provider: str
+    message_id: str | None
+    status: str = "queued"
+
+
+class ProviderError(Exception):
+    """The provider did not accept the call.
+
+    ``ambiguous`` is true when the request may have reached the provider and been acted on (a read
+    timeout, a dropped connection after sending): the call may be ringing; it must not be repeated.
+    ``provider_code`` and ``provider_text`` keep the provider's own words, never the code.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        reason: str,
+        *,
+        provider_code: str | None = None,
+        provider_text: str | None = None,
+        http_status: int | None = None,
+        ambiguous: bool = False,
+    ) -> None:
+        self.provider = provider
+        self.reason = reason
+        self.provider_code = provider_code
+        self.provider_text = provider_text
+        self.http_status = http_status
+        self.ambiguous = ambiguous
+        parts = [f"{provider}: {reason}"]
+        if http_status is not None:
+            parts.append(f"HTTP {http_status}")
+        if provider_code is not None:
+            parts.append(f"code {provider_code}")
+        if provider_text:
+            parts.append(repr(provider_text[:200]))
+        super().__init__(", ".join(parts))
+
+
+class VoiceProvider(Protocol):
+    """What the dispatcher needs of a provider."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def numeric_code(self) -> bool:
+        """True when the provider takes the code as a number, so it must not start with 0."""
+        ...
+
+    def place_call(self, call: CallRequest) -> CallResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float
+
+
+class HttpProvider:
+    """Shared plumbing of the HTTP providers: one keep-alive session, explicit timeouts, no retries.
+
+    The POST that places a call is never retried here: a repeated request can ring a phone twice.
+    """
+
+    name: ClassVar[str]
+    numeric_code: ClassVar[bool] = False
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        self.timeouts = timeouts
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "otpsvc"
+        self.session.trust_env = False
+
+    def close(self) -> None:
+        self.session.close()
+
+    def post(
+        self,
+        url: str,
+        *,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """POST once; turn every transport failure into a :class:`ProviderError`."""
+        try:
+            return self.session.post(
+                url,
+                json=json,
+                data=data,
+                headers=dict(headers or {}),
+                timeout=(self.timeouts.connect, self.timeouts.read),
+                allow_redirects=False,
+            )
+        except requests.ConnectTimeout as exc:
+            raise ProviderError(self.name, "connect timeout") from exc
+        except requests.ReadTimeout as exc:
+            raise ProviderError(self.name, "read timeout", ambiguous=True) from exc
+        except requests.ConnectionError as exc:
+            # Refused or unresolvable before anything was sent is definite; a connection dropped
+            # while waiting for the answer is not.
+            ambiguous = not _never_sent(exc)
+            raise ProviderError(self.name, "connection failed", ambiguous=ambiguous) from exc
+        except requests.RequestException as exc:
+            raise ProviderError(self.name, f"request failed: {type(exc).__name__}") from exc
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """True when the connection failed before the request could reach the provider."""
+    text = str(exc)
+    return any(
+        marker in text
+        for marker in (
+            "NewConnectionError",
+            "Connection refused",
+            "Name or service not known",
+            "Failed to resolve",
+            "No route to host",
+        )
+    )
+
+
+def json_body(response: requests.Response) -> Any:
+    """The JSON body, or None when the body is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,55 @@
+"""The closed set of voice providers: name -> settings schema and factory.
+
+Adding a provider is one module, one line here and one fake server in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import Schema
+
+from otpsvc.dev.inbox import CallInbox
+from otpsvc.voice.base import Timeouts, VoiceProvider
+from otpsvc.voice.console import ConsoleProvider
+from otpsvc.voice.termii import TermiiProvider, TermiiSettingsSchema
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What every provider factory may use besides its own settings."""
+
+    timeouts: Timeouts
+    brand: str
+    inbox: CallInbox | None
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    settings_schema: type[Schema] | None
+    factory: Callable[[Any, ProviderContext], VoiceProvider]
+    dev_only: bool = False
+
+
+def _console(_: Any, ctx: ProviderContext) -> VoiceProvider:
+    if ctx.inbox is None:
+        raise RuntimeError("the console provider needs the dev-mode call inbox")
+    return ConsoleProvider(ctx.inbox, ctx.brand)
+
+
+PROVIDERS: dict[str, ProviderSpec] = {
+    "console": ProviderSpec(settings_schema=None, factory=_console, dev_only=True),
+    "termii": ProviderSpec(
+        settings_schema=TermiiSettingsSchema,
+        factory=lambda settings, ctx: TermiiProvider(settings, ctx.timeouts),
+    ),
+}
+
+
+def build_providers(
+    names: tuple[str, ...], settings: dict[str, Any], ctx: ProviderContext
+) -> dict[str, VoiceProvider]:
+    """One provider instance per configured name, each with its validated settings."""
+    return {name: PROVIDERS[name].factory(settings.get(name), ctx) for name in names}

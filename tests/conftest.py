@@ -1,0 +1,186 @@
+"""Fixtures: a real redis-server, a fake clock, fake providers and contract-checked clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from openapi_core import Config, OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+from werkzeug.test import TestResponse
+
+from otpsvc import create_app
+from otpsvc.dev.redis_server import RedisServer
+from tests.fakes.termii import FakeTermii
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "otpsvc" / "openapi.yaml"
+KEY_A = "client-a-key-0123456789abcdef"
+KEY_B = "client-b-key-0123456789abcdef"
+TERMII_KEY = "termii-test-api-key"
+SECRET = "test-secret-key-0123456789abcdef0123456789"
+PHONE = "+2348031234567"
+PHONE_MASKED = "+234*******567"
+
+
+class FakeClock:
+    """The service's only clock; tests move it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("OTPSVC_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def termii() -> Iterator[FakeTermii]:
+    fake = FakeTermii(api_key=TERMII_KEY)
+    yield fake
+    fake.close()
+    assert not fake.violations, f"requests broke Termii's documented shape: {fake.violations}"
+
+
+def base_env(redis_url: str) -> dict[str, str]:
+    return {
+        "OTPSVC_REDIS_URL": redis_url,
+        "OTPSVC_SECRET_KEY": SECRET,
+        "OTPSVC_API_KEYS": f"client-a:{KEY_A},client-b:{KEY_B}",
+        "OTPSVC_RATE_LIMIT_START_IP": "1000 per minute",
+        "OTPSVC_RATE_LIMIT_START_PHONE": "1000 per minute",
+        "OTPSVC_RATE_LIMIT_CHECK_IP": "1000 per minute",
+        "OTPSVC_PROVIDER_READ_TIMEOUT": "2",
+    }
+
+
+@pytest.fixture
+def make_app(
+    redis_url: str, redis_client: redis.Redis, clock: FakeClock, termii: FakeTermii
+) -> Iterator[Callable[..., Flask]]:
+    """Build apps on the real Redis and the fake Termii; settings override per test."""
+    apps: list[Flask] = []
+
+    def factory(**overrides: str) -> Flask:
+        env = {
+            **base_env(redis_url),
+            "OTPSVC_PROVIDERS": "termii",
+            "OTPSVC_TERMII_BASE_URL": termii.url,
+            "OTPSVC_TERMII_API_KEY": TERMII_KEY,
+            **overrides,
+        }
+        app = create_app(env, clock=clock)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        runtime = app.extensions["otpsvc"]
+        runtime.dispatcher.close()
+        runtime.redis.close()
+
+
+@pytest.fixture(scope="session")
+def openapi() -> OpenAPI:
+    config = Config(
+        extra_media_type_deserializers={
+            "application/problem+json": json.loads,
+            "application/yaml": lambda data: data.decode() if isinstance(data, bytes) else data,
+        }
+    )
+    return OpenAPI.from_file_path(str(SPEC_PATH), config=config)
+
+
+class Api:
+    """A test client for one API key; every response is checked against openapi.yaml."""
+
+    def __init__(self, app: Flask, key: str | None, openapi: OpenAPI) -> None:
+        self.app = app
+        self.client = app.test_client()
+        self.key = key
+        self.openapi = openapi
+
+    def request(self, method: str, path: str, **kwargs: Any) -> TestResponse:
+        headers = dict(kwargs.pop("headers", {}))
+        if self.key is not None:
+            headers.setdefault("Authorization", f"Bearer {self.key}")
+        response = self.client.open(path, method=method, headers=headers, **kwargs)
+        self.openapi.validate_response(
+            MockRequest("http://127.0.0.1:8080", method.lower(), path, headers=headers),
+            MockResponse(
+                response.get_data(),
+                status_code=response.status_code,
+                headers=dict(response.headers),
+                content_type=response.mimetype or "",
+            ),
+        )
+        if response.status_code >= 400:
+            assert response.mimetype == "application/problem+json", response.data
+        return response
+
+    def start(self, phone: str = PHONE, **fields: Any) -> TestResponse:
+        return self.request("POST", "/otp/start", json={"phone": phone, **fields})
+
+    def check(self, verification_id: str, code: str) -> TestResponse:
+        return self.request("POST", "/otp/check", json={"id": verification_id, "code": code})
+
+    def get(self, verification_id: str) -> TestResponse:
+        return self.request("GET", f"/otp/{verification_id}")
+
+    def cancel(self, verification_id: str) -> TestResponse:
+        return self.request("POST", f"/otp/{verification_id}/cancel")
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def api(app: Flask, openapi: OpenAPI) -> Api:
+    return Api(app, KEY_A, openapi)
+
+
+@pytest.fixture
+def api_b(app: Flask, openapi: OpenAPI) -> Api:
+    return Api(app, KEY_B, openapi)
+
+
+def wrong_code(code: str) -> str:
+    """A code of the same length that is certainly not ``code``."""
+    return str((int(code) + 1) % 10 ** len(code)).zfill(len(code))

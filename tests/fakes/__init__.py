@@ -1,0 +1,1 @@
+"""Real local HTTP servers that play each voice provider as its documentation describes."""

@@ -1,0 +1,91 @@
+"""Settings: every problem reported at once, by variable name; secrets never in a repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from otpsvc.config import load_settings
+from otpsvc.errors import ConfigError
+
+VALID = {
+    "OTPSVC_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "OTPSVC_SECRET_KEY": "s" * 40,
+    "OTPSVC_API_KEYS": "web:" + "k" * 30,
+    "OTPSVC_PROVIDERS": "termii",
+    "OTPSVC_TERMII_API_KEY": "termii-key-123",
+}
+
+
+def problems(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return str(info.value)
+
+
+def test_defaults_are_the_documented_ones():
+    """A minimal valid environment gives the documented defaults."""
+    s = load_settings(VALID)
+    assert (s.code_length, s.code_ttl, s.max_check_attempts, s.max_sends, s.resend_cooldown) == (
+        6,
+        300,
+        5,
+        5,
+        30,
+    )
+    assert (s.argon2.memory_kib, s.argon2.time_cost, s.argon2.parallelism) == (16384, 1, 1)
+    assert s.trusted_proxies == 0
+    assert s.provider_settings["termii"].base_url == "https://api.ng.termii.com"
+
+
+def test_empty_environment_lists_every_missing_setting():
+    """All required variables are named in one error, one per line."""
+    text = problems({})
+    for name in ("OTPSVC_REDIS_URL", "OTPSVC_SECRET_KEY", "OTPSVC_API_KEYS", "OTPSVC_PROVIDERS"):
+        assert name in text
+    assert len(text.splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTPSVC_CODE_LENGTH", "3"),
+        ("OTPSVC_CODE_LENGTH", "9"),
+        ("OTPSVC_CODE_TTL", "601"),
+        ("OTPSVC_MAX_CHECK_ATTEMPTS", "0"),
+        ("OTPSVC_RESEND_COOLDOWN", "-1"),
+        ("OTPSVC_SECRET_KEY", "short"),
+        ("OTPSVC_API_KEYS", "web:short"),
+        ("OTPSVC_API_KEYS", "no-colon-here-aaaaaaaaaaaaaaaaaaaa"),
+        ("OTPSVC_API_KEYS", f"a:{'k' * 30},a:{'j' * 30}"),
+        ("OTPSVC_API_KEYS", f"a:{'k' * 30},b:{'k' * 30}"),
+        ("OTPSVC_PROVIDERS", "nosuch"),
+        ("OTPSVC_PROVIDERS", "console"),
+        ("OTPSVC_RATE_LIMIT_START_IP", "lots"),
+        ("OTPSVC_REDIS_URL", "http://x"),
+        ("OTPSVC_TERMII_BASE_URL", "not a url"),
+        ("OTPSVC_ARGON2_MEMORY_KIB", "1"),
+    ],
+)
+def test_invalid_value_is_named(name: str, value: str):
+    """Each invalid value stops start-up with a message naming its variable."""
+    assert name in problems({**VALID, name: value})
+
+
+def test_termii_needs_its_key():
+    """Selecting termii without OTPSVC_TERMII_API_KEY is a configuration error."""
+    env = {k: v for k, v in VALID.items() if k != "OTPSVC_TERMII_API_KEY"}
+    assert "OTPSVC_TERMII_API_KEY" in problems(env)
+
+
+def test_console_provider_only_in_dev_mode():
+    """The console provider is accepted with OTPSVC_DEV_MODE and refused without."""
+    assert "dev mode only" in problems({**VALID, "OTPSVC_PROVIDERS": "console"})
+    assert load_settings({**VALID, "OTPSVC_PROVIDERS": "console", "OTPSVC_DEV_MODE": "true"})
+
+
+def test_repr_holds_no_secret():
+    """Settings can be printed without showing keys, the secret or the Redis URL's password."""
+    env = {**VALID, "OTPSVC_REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0"}
+    text = repr(load_settings(env))
+    for secret in ("s" * 40, "k" * 30, "termii-key-123", "hunter2"):
+        assert secret not in text

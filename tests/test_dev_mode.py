@@ -1,0 +1,72 @@
+"""`otpsvc dev`: runs with nothing but the package, prints a working key, cleans up after itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from otpsvc.dev.redis_server import free_port
+
+
+def wait_for(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def test_dev_mode_serves_a_full_verification(tmp_path: Path):
+    """Start, read the code from the dev inbox, check it: approved; Ctrl-C stops its Redis too."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    out = (tmp_path / "out.txt").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(base + "/healthz")
+        out.flush()
+        printed = Path(out.name).read_text()
+        key = re.search(r"API key: (\S+)", printed).group(1)
+        assert f"Authorization: Bearer {key}" in printed
+        auth = {"Authorization": f"Bearer {key}"}
+        started = requests.post(
+            base + "/otp/start", json={"phone": "+2348031234567"}, headers=auth, timeout=10
+        )
+        assert started.status_code == 201
+        calls = requests.get(base + "/dev/calls", headers=auth, timeout=10).json()["calls"]
+        assert calls[0]["phone"] == "+234*******567"
+        code = calls[0]["code"]
+        assert " ".join(code) in calls[0]["text"].replace(",", "")
+        checked = requests.post(
+            base + "/otp/check",
+            json={"id": started.json()["id"], "code": code},
+            headers=auth,
+            timeout=10,
+        )
+        assert checked.json()["valid"] is True
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 1  # the bundled redis-server
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(15)
+    assert code not in Path(out.name).read_text()
+    redis_pid = int(children[0])
+    assert not Path(f"/proc/{redis_pid}").exists()

@@ -11,7 +11,7 @@ from flask import Flask
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from otpsvc.api import dev, health, otp, problems
+from otpsvc.api import dev, health, otp, problems, webhooks
 from otpsvc.api.context import Runtime, body_phone, client_ip, runtime
 from otpsvc.config import Settings, load_settings
 from otpsvc.core.keyring import Keyring
@@ -19,7 +19,8 @@ from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
-from otpsvc.voice.base import Timeouts
+from otpsvc.store.breaker import BreakerStore
+from otpsvc.voice.base import Speech, Timeouts
 from otpsvc.voice.dispatch import Dispatcher
 from otpsvc.voice.registry import ProviderContext, build_providers
 
@@ -49,15 +50,23 @@ def create_app(
     store = VerificationStore(client, settings.redis_prefix)
     inbox = CallInbox() if settings.dev_mode else None
     providers = build_providers(
-        settings.providers,
+        settings.all_providers,
         dict(settings.provider_settings),
         ProviderContext(
             timeouts=Timeouts(settings.provider_connect_timeout, settings.provider_read_timeout),
-            brand=settings.brand,
+            speech=Speech(brand=settings.brand, repeats=settings.call_repeats),
+            public_url=settings.public_url,
             inbox=inbox,
         ),
     )
-    dispatcher = Dispatcher(providers, settings.providers)
+    breaker = BreakerStore(
+        client,
+        settings.redis_prefix,
+        threshold=settings.breaker_threshold,
+        window_ms=settings.breaker_window * 1000,
+        cooloff_ms=settings.breaker_cooloff * 1000,
+    )
+    dispatcher = Dispatcher(providers, settings.providers, settings.routes, breaker, clock)
     service = VerificationService(
         store=store,
         keyring=Keyring(settings.secret_key, settings.argon2),
@@ -79,6 +88,7 @@ def create_app(
     problems.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(otp.bp)
+    app.register_blueprint(webhooks.bp)
     if settings.dev_mode:
         app.register_blueprint(dev.bp)
     _apply_limits(app, limiter, settings)

@@ -47,6 +47,8 @@ class Settings:
     clients: tuple[ApiClient, ...]
     providers: tuple[str, ...]
     provider_settings: Mapping[str, Any] = field(repr=False)
+    #: Per country calling code, the ordered providers; others use ``providers``.
+    routes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     dev_mode: bool = False
     redis_prefix: str = "otpsvc"
     redis_socket_timeout: float = 1.0
@@ -65,7 +67,19 @@ class Settings:
     provider_read_timeout: float = 10.0
     brand: str = "otpsvc"
     default_locale: str = "en"
+    call_repeats: int = 2
+    public_url: str | None = None
+    breaker_threshold: int = 5
+    breaker_window: int = 60
+    breaker_cooloff: int = 30
+    deny_block: int = 3600
     log_level: str = "INFO"
+
+    @property
+    def all_providers(self) -> tuple[str, ...]:
+        """Every provider named by the default order or a route, once, in first-seen order."""
+        names = [*self.providers, *(n for route in self.routes.values() for n in route)]
+        return tuple(dict.fromkeys(names))
 
 
 def _limit_string(value: str) -> None:
@@ -104,6 +118,28 @@ class _SettingsSchema(Schema):
     )
     api_keys = fields.String(data_key="OTPSVC_API_KEYS", required=True)
     providers = fields.String(data_key="OTPSVC_PROVIDERS", required=True)
+    routes = fields.String(data_key="OTPSVC_ROUTES", load_default="")
+    call_repeats = fields.Integer(
+        data_key="OTPSVC_CALL_REPEATS", load_default=2, validate=validate.Range(1, 4)
+    )
+    public_url = fields.Url(
+        data_key="OTPSVC_PUBLIC_URL",
+        load_default=None,
+        schemes={"http", "https"},
+        require_tld=False,
+    )
+    breaker_threshold = fields.Integer(
+        data_key="OTPSVC_BREAKER_THRESHOLD", load_default=5, validate=validate.Range(1, 100)
+    )
+    breaker_window = fields.Integer(
+        data_key="OTPSVC_BREAKER_WINDOW", load_default=60, validate=validate.Range(1, 3600)
+    )
+    breaker_cooloff = fields.Integer(
+        data_key="OTPSVC_BREAKER_COOLOFF", load_default=30, validate=validate.Range(1, 3600)
+    )
+    deny_block = fields.Integer(
+        data_key="OTPSVC_DENY_BLOCK", load_default=3600, validate=validate.Range(60, 86400)
+    )
     code_length = fields.Integer(
         data_key="OTPSVC_CODE_LENGTH", load_default=6, validate=validate.Range(4, 8)
     )
@@ -181,11 +217,11 @@ class _SettingsSchema(Schema):
         names = _split(value)
         if not names:
             raise ValidationError("name at least one provider")
-        unknown = [n for n in names if n not in PROVIDERS]
-        if unknown:
-            raise ValidationError(
-                f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(sorted(PROVIDERS))}"
-            )
+        _known_providers(names)
+
+    @validates("routes")
+    def _check_routes(self, value: str, **_: object) -> None:
+        _parse_routes(value)
 
     @post_load
     def _build(self, data: dict[str, Any], **_: object) -> dict[str, Any]:
@@ -196,12 +232,41 @@ class _SettingsSchema(Schema):
         )
         data["clients"] = _parse_api_keys(data.pop("api_keys"))
         data["providers"] = tuple(_split(data["providers"]))
+        data["routes"] = _parse_routes(data["routes"])
+        if data["public_url"]:
+            data["public_url"] = data["public_url"].rstrip("/")
         data["secret_key"] = data["secret_key"].encode()
         return data
 
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _known_providers(names: list[str]) -> None:
+    unknown = [n for n in names if n not in PROVIDERS]
+    if unknown:
+        raise ValidationError(
+            f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(sorted(PROVIDERS))}"
+        )
+
+
+def _parse_routes(value: str) -> dict[int, tuple[str, ...]]:
+    """``234=termii,sevenio;20,966=cequens`` -> {234: ("termii", "sevenio"), 20: ...}"""
+    routes: dict[int, tuple[str, ...]] = {}
+    for entry in (part.strip() for part in value.split(";") if part.strip()):
+        codes, sep, names = entry.partition("=")
+        providers = _split(names)
+        if not sep or not providers:
+            raise ValidationError(f"{entry!r} must be codes=provider,provider")
+        _known_providers(providers)
+        for code in _split(codes):
+            if not code.isdigit() or not 1 <= int(code) <= 999:
+                raise ValidationError(f"{code!r} is not a country calling code")
+            if int(code) in routes:
+                raise ValidationError(f"country calling code {code} has two routes")
+            routes[int(code)] = tuple(providers)
+    return routes
 
 
 def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
@@ -257,10 +322,13 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         core = {}
 
     provider_settings: dict[str, Any] = {}
-    for name in core.get("providers", ()):
+    names = [*core.get("providers", ()), *(n for r in core.get("routes", {}).values() for n in r)]
+    for name in dict.fromkeys(names):
         spec = PROVIDERS[name]
         if spec.dev_only and not core.get("dev_mode"):
             problems.append(f"OTPSVC_PROVIDERS: {name!r} is for dev mode only (otpsvc dev)")
+        if spec.needs_public_url and not core.get("public_url"):
+            problems.append(f"OTPSVC_PUBLIC_URL: required by {name!r} for its callbacks")
         if spec.settings_schema is None:
             continue
         schema = spec.settings_schema()

@@ -107,6 +107,12 @@ class MaxSendsReached(TooManyRequests):
     code = "max_sends_reached"
 
 
+class NumberBlocked(TooManyRequests):
+    """The number's owner said a recent call was not theirs: no calls to it for a while."""
+
+    code = "number_blocked"
+
+
 class DeliveryFailed(OtpError):
     """No provider placed the call; the verification holds no usable code."""
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 import redis
@@ -19,12 +20,23 @@ from werkzeug.test import TestResponse
 
 from otpsvc import create_app
 from otpsvc.dev.redis_server import RedisServer
+from tests.fakes.alphasms import FakeAlphasms
+from tests.fakes.cequens import FakeCequens
+from tests.fakes.http import FakeServer
+from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "otpsvc" / "openapi.yaml"
 KEY_A = "client-a-key-0123456789abcdef"
 KEY_B = "client-b-key-0123456789abcdef"
 TERMII_KEY = "termii-test-api-key"
+SEVENIO_KEY = "sevenio-test-api-key"
+SEVENIO_SIGNING_KEY = "sevenio-signing-key-0123456789"
+TERMII_WEBHOOK_SECRET = "termii-webhook-secret-0123"
+CEQUENS_USER = "otpsvc-service"
+CEQUENS_KEY = "cequens-test-api-key"
+ALPHASMS_KEY = "alphasms-test-api-key"
+PUBLIC_URL = "https://otpsvc.example.test"
 SECRET = "test-secret-key-0123456789abcdef0123456789"
 PHONE = "+2348031234567"
 PHONE_MASKED = "+234*******567"
@@ -69,12 +81,30 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def termii() -> Iterator[FakeTermii]:
-    fake = FakeTermii(api_key=TERMII_KEY)
+def _served(fake: FakeServer) -> Iterator[FakeServer]:
     yield fake
     fake.close()
-    assert not fake.violations, f"requests broke Termii's documented shape: {fake.violations}"
+    assert not fake.violations, f"requests broke the provider's documented shape: {fake.violations}"
+
+
+@pytest.fixture
+def termii() -> Iterator[FakeTermii]:
+    yield from _served(FakeTermii(api_key=TERMII_KEY))  # type: ignore[misc]
+
+
+@pytest.fixture
+def sevenio() -> Iterator[FakeSevenio]:
+    yield from _served(FakeSevenio(api_key=SEVENIO_KEY))  # type: ignore[misc]
+
+
+@pytest.fixture
+def cequens() -> Iterator[FakeCequens]:
+    yield from _served(FakeCequens(CEQUENS_USER, CEQUENS_KEY))  # type: ignore[misc]
+
+
+@pytest.fixture
+def alphasms() -> Iterator[FakeAlphasms]:
+    yield from _served(FakeAlphasms(api_key=ALPHASMS_KEY))  # type: ignore[misc]
 
 
 def base_env(redis_url: str) -> dict[str, str]:
@@ -91,17 +121,32 @@ def base_env(redis_url: str) -> dict[str, str]:
 
 @pytest.fixture
 def make_app(
-    redis_url: str, redis_client: redis.Redis, clock: FakeClock, termii: FakeTermii
+    redis_url: str,
+    redis_client: redis.Redis,
+    clock: FakeClock,
+    termii: FakeTermii,
+    sevenio: FakeSevenio,
+    cequens: FakeCequens,
+    alphasms: FakeAlphasms,
 ) -> Iterator[Callable[..., Flask]]:
-    """Build apps on the real Redis and the fake Termii; settings override per test."""
+    """Build apps on the real Redis and the fake providers (Termii by default); overrides apply."""
     apps: list[Flask] = []
 
     def factory(**overrides: str) -> Flask:
         env = {
             **base_env(redis_url),
             "OTPSVC_PROVIDERS": "termii",
+            "OTPSVC_PUBLIC_URL": PUBLIC_URL,
             "OTPSVC_TERMII_BASE_URL": termii.url,
             "OTPSVC_TERMII_API_KEY": TERMII_KEY,
+            "OTPSVC_SEVENIO_BASE_URL": sevenio.url,
+            "OTPSVC_SEVENIO_API_KEY": SEVENIO_KEY,
+            "OTPSVC_SEVENIO_SIGNING_KEY": SEVENIO_SIGNING_KEY,
+            "OTPSVC_CEQUENS_BASE_URL": cequens.url,
+            "OTPSVC_CEQUENS_USERNAME": CEQUENS_USER,
+            "OTPSVC_CEQUENS_API_KEY": CEQUENS_KEY,
+            "OTPSVC_ALPHASMS_BASE_URL": alphasms.url,
+            "OTPSVC_ALPHASMS_API_KEY": ALPHASMS_KEY,
             **overrides,
         }
         app = create_app(env, clock=clock)
@@ -141,7 +186,13 @@ class Api:
             headers.setdefault("Authorization", f"Bearer {self.key}")
         response = self.client.open(path, method=method, headers=headers, **kwargs)
         self.openapi.validate_response(
-            MockRequest("http://127.0.0.1:8080", method.lower(), path, headers=headers),
+            MockRequest(
+                "http://127.0.0.1:8080",
+                method.lower(),
+                path.partition("?")[0],
+                args=dict(parse_qsl(path.partition("?")[2])),
+                headers=headers,
+            ),
             MockResponse(
                 response.get_data(),
                 status_code=response.status_code,

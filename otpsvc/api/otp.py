@@ -44,6 +44,7 @@ def start() -> tuple[Response, int]:
         code_length=data.get("code_length"),
         locale=data.get("locale"),
         client_ref=data.get("client_ref"),
+        mode=data["mode"],
     )
     return jsonify(verification_view(outcome.verification)), 201 if outcome.created else 200
 

@@ -38,6 +38,10 @@ class StartRequest(Schema):
             r"^[a-z]{2}(-[A-Z]{2})?$", error="must be a language tag such as 'en' or 'fr-FR'"
         )
     )
+    mode = fields.String(
+        load_default="code",
+        validate=validate.OneOf(["code", "keypress"], error="must be 'code' or 'keypress'"),
+    )
     client_ref = fields.String(
         validate=[
             validate.Length(1, 64),
@@ -90,6 +94,7 @@ def verification_view(v: Verification) -> dict[str, Any]:
         "id": v.id,
         "status": v.status.value,
         "phone": v.phone_masked,
+        "mode": v.mode,
         "code_length": v.code_length,
         "locale": v.locale,
         "client_ref": v.client_ref,

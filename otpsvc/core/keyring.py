@@ -26,6 +26,7 @@ class Keyring:
     def __init__(self, secret: bytes, argon2: Argon2Params) -> None:
         self._code_key = _subkey(secret, "code")
         self._phone_key = _subkey(secret, "phone")
+        self._callback_key = _subkey(secret, "callback")
         self._hasher = PasswordHasher(
             time_cost=argon2.time_cost,
             memory_cost=argon2.memory_kib,
@@ -37,6 +38,17 @@ class Keyring:
     def phone_key(self, e164: str) -> str:
         """A stable keyed name for a number: 24 hex digits (96 bits)."""
         return hmac.new(self._phone_key, e164.encode(), hashlib.sha256).hexdigest()[:24]
+
+    def callback_token(self, verification_id: str) -> str:
+        """An unguessable token naming one verification, for provider callback URLs."""
+        mac = hmac.new(self._callback_key, verification_id.encode(), hashlib.sha256)
+        return f"{verification_id}.{mac.hexdigest()[:32]}"
+
+    def verification_for_token(self, token: str) -> str | None:
+        """The verification a callback token names, or None when the token was not made here."""
+        verification_id, _, _ = token.partition(".")
+        expected = self.callback_token(verification_id)
+        return verification_id if hmac.compare_digest(expected, token) else None
 
     def _code_digest(self, verification_id: str, code: str) -> bytes:
         return hmac.new(

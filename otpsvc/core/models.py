@@ -12,6 +12,7 @@ class Status(StrEnum):
     CANCELED = "canceled"
     EXPIRED = "expired"
     FAILED = "failed"
+    DENIED = "denied"
     MAX_ATTEMPTS_REACHED = "max_attempts_reached"
 
 
@@ -22,6 +23,7 @@ class Verification:
     id: str
     client: str
     phone_masked: str
+    mode: str
     code_length: int
     locale: str
     client_ref: str | None

@@ -23,11 +23,13 @@ from otpsvc.errors import (
     MaxAttemptsReached,
     MaxSendsReached,
     NotFound,
+    NumberBlocked,
     ResendTooSoon,
 )
 from otpsvc.store import Reservation, VerificationStore
 from otpsvc.voice.base import CallRequest
-from otpsvc.voice.dispatch import DeliveryError, Dispatcher
+from otpsvc.voice.dispatch import DeliveryError, Dispatcher, NoRoute
+from otpsvc.voice.scripts import choose_locale
 
 log = logging.getLogger("otpsvc.core")
 
@@ -42,6 +44,7 @@ class Policy:
     max_sends: int
     resend_cooldown_ms: int
     default_locale: str
+    deny_block_ms: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -52,6 +55,7 @@ class Policy:
             max_sends=settings.max_sends,
             resend_cooldown_ms=settings.resend_cooldown * 1000,
             default_locale=settings.default_locale,
+            deny_block_ms=settings.deny_block * 1000,
         )
 
 
@@ -82,8 +86,13 @@ class VerificationService:
         code_length: int | None = None,
         locale: str | None = None,
         client_ref: str | None = None,
+        mode: str = "code",
     ) -> StartOutcome:
         """Open a verification and call the phone, or resend the client's open one for it."""
+        try:
+            route = self.dispatcher.route_for(phone.country_code, mode)
+        except NoRoute as exc:
+            raise InvalidRequest({"mode": [str(exc)]}) from exc
         now_ms = self._now_ms()
         phone_key = self.keyring.phone_key(phone.e164)
         fields: dict[str, str | int] = {
@@ -91,10 +100,12 @@ class VerificationService:
             "pk": phone_key,
             "pm": phone.masked,
             "len": code_length or self.policy.code_length,
-            "loc": locale or self.policy.default_locale,
+            "loc": choose_locale(locale, phone.region, self.policy.default_locale),
         }
         if client_ref:
             fields["ref"] = client_ref
+        if mode == "keypress":
+            fields["m"] = "k"
         reservation = self.store.reserve(
             now_ms=now_ms,
             candidate_id=new_verification_id(VerificationStore.tag_of(phone_key)),
@@ -105,18 +116,26 @@ class VerificationService:
             cooldown_ms=self.policy.resend_cooldown_ms,
             max_attempts=self.policy.max_attempts,
             fields=fields,
+            mode=mode,
         )
         self._refuse_unless_sendable(reservation, now_ms, client, phone)
         record = reservation.record
         gen = int(record["g"])
 
-        route = self.dispatcher.route()
-        code = generate_code(
-            int(record["len"]), leading_zero=not self.dispatcher.needs_numeric_code(route)
-        )
-        verifier = self.keyring.hash_code(reservation.id, code)
+        if mode == "keypress":
+            code, verifier = "", ""
+        else:
+            code = generate_code(
+                int(record["len"]), leading_zero=not self.dispatcher.needs_numeric_code(route)
+            )
+            verifier = self.keyring.hash_code(reservation.id, code)
         call = CallRequest(
-            verification_id=reservation.id, phone=phone.e164, code=code, locale=record["loc"]
+            verification_id=reservation.id,
+            phone=phone.e164,
+            code=code,
+            locale=record["loc"],
+            mode=mode,
+            callback_token=self.keyring.callback_token(reservation.id),
         )
         try:
             result = self.dispatcher.place(route, call)
@@ -143,6 +162,7 @@ class VerificationService:
                 verification_id=reservation.id,
             ) from exc
 
+        indexed = self.dispatcher.providers[result.provider].reports_by_message_id
         outcome = self.store.finalize(
             reservation.id,
             gen,
@@ -152,6 +172,8 @@ class VerificationService:
             message_id=result.message_id,
             delivery_status=result.status,
             now_ms=self._now_ms(),
+            # Reports may come a while after the code expired; an hour covers them.
+            index_message_ms=self.policy.code_ttl_ms + 3_600_000 if indexed else 0,
         )
         created = reservation.outcome == "new"
         if outcome != "ok":
@@ -177,9 +199,10 @@ class VerificationService:
     ) -> None:
         record = reservation.record
         wait_until = {
-            "locked": (int(record["ea"]), MaxAttemptsReached),
-            "max_sends": (int(record["ea"]), MaxSendsReached),
-            "cooldown": (int(record["ra"]), ResendTooSoon),
+            "locked": (int(record.get("ea", 0)), MaxAttemptsReached),
+            "max_sends": (int(record.get("ea", 0)), MaxSendsReached),
+            "cooldown": (int(record.get("ra", 0)), ResendTooSoon),
+            "blocked": (int(record.get("until", 0)), NumberBlocked),
         }.get(reservation.outcome)
         if wait_until is None:
             return
@@ -195,6 +218,7 @@ class VerificationService:
             "locked": "no check attempts are left for this number; wait for it to expire",
             "max_sends": "this verification has been sent the maximum number of times",
             "cooldown": "a new call for this verification is not allowed yet",
+            "blocked": "the owner of this number said a recent call was not theirs",
         }
         raise error((until_ms - now_ms) / 1000, messages[reservation.outcome])
 
@@ -267,6 +291,55 @@ class VerificationService:
         audit("cancel", id=verification_id, client=client)
         return self.get(client=client, verification_id=verification_id)
 
+    def delivery_report(
+        self,
+        *,
+        status: str,
+        verification_id: str | None = None,
+        provider: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Apply a provider's report on a call, found by verification id or by message id."""
+        verification_id = self._find(verification_id, provider, message_id)
+        if verification_id is None:
+            return "unknown"
+        result = self.store.record_delivery(
+            verification_id, message_id=message_id, status=status, now_ms=self._now_ms()
+        )
+        audit("delivery", id=verification_id, provider=provider, status=status, result=result)
+        return result
+
+    def keypress(
+        self,
+        *,
+        key: str,
+        verification_id: str | None = None,
+        provider: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Apply a key pressed on a keypress-mode call: 1 approves, 9 denies and blocks."""
+        verification_id = self._find(verification_id, provider, message_id)
+        fields = self.store.load(verification_id) if verification_id else {}
+        if not verification_id or not fields:
+            return "unknown"
+        result = self.store.record_keypress(
+            verification_id,
+            phone_key=fields["pk"],
+            key=key,
+            now_ms=self._now_ms(),
+            deny_ms=self.policy.deny_block_ms,
+        )
+        audit("keypress", id=verification_id, client=fields["c"], phone=fields["pm"], result=result)
+        return result
+
+    def _find(
+        self, verification_id: str | None, provider: str | None, message_id: str | None
+    ) -> str | None:
+        """The verification a callback is about: named directly, or by the provider's message id."""
+        if verification_id is None and provider and message_id:
+            return self.store.verification_for_message(provider, message_id)
+        return verification_id
+
     def _to_verification(self, verification_id: str, f: dict[str, str]) -> Verification:
         expires_ms = int(f["ea"])
         attempts = int(f.get("a", 0))
@@ -280,6 +353,7 @@ class VerificationService:
             id=verification_id,
             client=f["c"],
             phone_masked=f["pm"],
+            mode="keypress" if f.get("m") == "k" else "code",
             code_length=int(f["len"]),
             locale=f["loc"],
             client_ref=f.get("ref"),

@@ -5,13 +5,18 @@ the number's keyed hash, so each script touches one Redis Cluster slot):
 
 - ``<prefix>:{tag}:v:<id>``: a hash, the verification record. Verification ids start with their tag.
 - ``<prefix>:{tag}:o:<client>:<phone key>``: the id of the client's open verification for the
-  number.
+  number (``ok:`` for keypress mode).
+- ``<prefix>:{tag}:d:<phone key>``: the number is blocked after its owner pressed "it was not me".
+- ``<prefix>:msg:<provider>:<message id>``: the verification a provider's call belongs to, for
+  delivery reports that name only the provider's message id.
+- ``<prefix>:nonce:<provider>:<nonce>``: a webhook nonce already seen (replay protection).
 
 Field names of the record are short on purpose (memory per pending verification is a target):
 ``c`` client, ``pk`` phone key, ``pm`` masked phone, ``len`` code length, ``loc`` locale, ``ref``
 client reference, ``st`` status, ``a`` attempts taken, ``s`` sends, ``g`` send generation, ``ca``
 created, ``ea`` expires, ``ra`` resend allowed, ``fa`` finished (ms), ``h`` argon2 verifier,
-``p`` provider, ``mid`` provider message id, ``ds`` delivery status.
+``p`` provider, ``mid`` provider message id, ``ds`` delivery status, ``m`` mode (``k`` for
+keypress; absent for code).
 """
 
 from __future__ import annotations
@@ -52,6 +57,16 @@ def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> redis
     )
 
 
+@contextmanager
+def store_guard() -> Iterator[None]:
+    """Every Redis failure leaves the store as :class:`StoreUnavailable` (HTTP 503)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        raise StoreUnavailable("the verification store did not answer") from exc
+
+
 @dataclass(frozen=True)
 class Reservation:
     """What reserve decided, with the verification record as it stands after that decision."""
@@ -84,6 +99,8 @@ class VerificationStore:
         self._begin_check = client.register_script(_script("begin_check"))
         self._approve = client.register_script(_script("approve"))
         self._cancel = client.register_script(_script("cancel"))
+        self._delivery = client.register_script(_script("delivery"))
+        self._keypress = client.register_script(_script("keypress"))
 
     # Key names -----------------------------------------------------------------------------
 
@@ -97,8 +114,15 @@ class VerificationStore:
     def record_key(self, verification_id: str) -> str:
         return self._record_prefix(verification_id[:TAG_LENGTH]) + verification_id
 
-    def open_key(self, client: str, phone_key: str) -> str:
-        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:o:{client}:{phone_key}"
+    def open_key(self, client: str, phone_key: str, mode: str = "code") -> str:
+        kind = "ok" if mode == "keypress" else "o"
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:{kind}:{client}:{phone_key}"
+
+    def deny_key(self, phone_key: str) -> str:
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:d:{phone_key}"
+
+    def message_key(self, provider: str, message_id: str) -> str:
+        return f"{self.prefix}:msg:{provider}:{message_id}"
 
     # Operations ----------------------------------------------------------------------------
 
@@ -114,12 +138,17 @@ class VerificationStore:
         cooldown_ms: int,
         max_attempts: int,
         fields: Mapping[str, str | int],
+        mode: str = "code",
     ) -> Reservation:
         pairs = [str(x) for kv in fields.items() for x in kv]
-        with self._guard():
+        with store_guard():
             raw = self._run(
                 self._reserve,
-                [self.open_key(client, phone_key), self.record_key(candidate_id)],
+                [
+                    self.open_key(client, phone_key, mode),
+                    self.record_key(candidate_id),
+                    self.deny_key(phone_key),
+                ],
                 [
                     now_ms,
                     candidate_id,
@@ -145,28 +174,37 @@ class VerificationStore:
         message_id: str | None,
         delivery_status: str,
         now_ms: int,
+        index_message_ms: int = 0,
     ) -> str:
-        with self._guard():
-            return str(
-                self._run(
-                    self._finalize,
-                    [self.record_key(verification_id)],
-                    [
-                        gen,
-                        "accepted" if accepted else "failed",
-                        verifier,
-                        provider,
-                        message_id or "",
-                        delivery_status,
-                        now_ms,
-                    ],
-                )
-            )
+        """Record a send's outcome. With ``index_message_ms`` the provider's message id is also
+        mapped to the verification for that long, in the same round trip, for delivery reports."""
+        args = [
+            gen,
+            "accepted" if accepted else "failed",
+            verifier,
+            provider,
+            message_id or "",
+            delivery_status,
+            now_ms,
+        ]
+        keys = [self.record_key(verification_id)]
+        with store_guard():
+            if not (index_message_ms and message_id and accepted):
+                return str(self._run(self._finalize, keys, args))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._finalize.sha, len(keys), *keys, *args)
+            pipe.set(self.message_key(provider, message_id), verification_id, px=index_message_ms)
+            outcome, _ = pipe.execute(raise_on_error=False)
+            if isinstance(outcome, redis.exceptions.NoScriptError):
+                outcome = self._run(self._finalize, keys, args)
+            elif isinstance(outcome, Exception):
+                raise outcome
+            return str(outcome)
 
     def begin_check(
         self, verification_id: str, *, client: str, now_ms: int, max_attempts: int, code_length: int
     ) -> CheckTicket:
-        with self._guard():
+        with store_guard():
             outcome, verifier, gen, attempts, expires, length = self._run(
                 self._begin_check,
                 [self.record_key(verification_id)],
@@ -177,11 +215,11 @@ class VerificationStore:
         )
 
     def approve(self, verification_id: str, *, gen: int, now_ms: int) -> str:
-        with self._guard():
+        with store_guard():
             return str(self._run(self._approve, [self.record_key(verification_id)], [gen, now_ms]))
 
     def cancel(self, verification_id: str, *, client: str, now_ms: int, max_attempts: int) -> str:
-        with self._guard():
+        with store_guard():
             return str(
                 self._run(
                     self._cancel,
@@ -190,18 +228,53 @@ class VerificationStore:
                 )
             )
 
+    def verification_for_message(self, provider: str, message_id: str) -> str | None:
+        with store_guard():
+            found = self.redis.get(self.message_key(provider, message_id))
+        return str(found) if found else None
+
+    def record_delivery(
+        self, verification_id: str, *, message_id: str | None, status: str, now_ms: int
+    ) -> str:
+        with store_guard():
+            return str(
+                self._run(
+                    self._delivery,
+                    [self.record_key(verification_id)],
+                    [message_id or "", status, now_ms],
+                )
+            )
+
+    def record_keypress(
+        self, verification_id: str, *, phone_key: str, key: str, now_ms: int, deny_ms: int
+    ) -> str:
+        with store_guard():
+            return str(
+                self._run(
+                    self._keypress,
+                    [self.record_key(verification_id), self.deny_key(phone_key)],
+                    [key, now_ms, deny_ms],
+                )
+            )
+
+    def first_use_of_nonce(self, provider: str, nonce: str, ttl_seconds: int) -> bool:
+        """True the first time a webhook nonce is seen; False for a replay."""
+        with store_guard():
+            key = f"{self.prefix}:nonce:{provider}:{nonce}"
+            return bool(self.redis.set(key, 1, nx=True, ex=ttl_seconds))
+
     def load(self, verification_id: str) -> dict[str, str]:
         """The record's fields; empty when there is none."""
-        with self._guard():
+        with store_guard():
             return cast(dict[str, str], self.redis.hgetall(self.record_key(verification_id)))
 
     def ping(self) -> None:
-        with self._guard():
+        with store_guard():
             self.redis.ping()
 
     def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy``, or None when the server does not say."""
-        with self._guard():
+        with store_guard():
             info: dict[str, Any] = self.redis.info("memory")
         policy = info.get("maxmemory_policy")
         return str(policy) if policy is not None else None
@@ -211,12 +284,3 @@ class VerificationStore:
     @staticmethod
     def _run(script: Script, keys: list[str], args: list[Any]) -> Any:
         return script(keys=keys, args=args)
-
-    @staticmethod
-    @contextmanager
-    def _guard() -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            log.warning("redis unavailable: %s", type(exc).__name__)
-            raise StoreUnavailable("the verification store did not answer") from exc

@@ -12,22 +12,32 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import requests
+from marshmallow import fields, validate
 
 log = logging.getLogger("otpsvc.voice")
 
 
 @dataclass(frozen=True)
 class CallRequest:
-    """One call to place. ``phone`` is E.164 with the leading ``+``; ``code`` is the plain code."""
+    """One call to place. ``phone`` is E.164 with the leading ``+``; ``code`` is the plain code.
+
+    In ``keypress`` mode there is no code: the call asks the person to press 1 (it was me) or 9
+    (it was not), and the provider reports the key on the callback that ``callback_token`` names.
+    """
 
     verification_id: str
     phone: str
     code: str
     locale: str
+    mode: str = "code"
+    callback_token: str = ""
 
     def __repr__(self) -> str:
         # The code and the number must never reach a log line through a stray repr().
-        return f"CallRequest(verification_id={self.verification_id!r}, locale={self.locale!r})"
+        return (
+            f"CallRequest(verification_id={self.verification_id!r}, locale={self.locale!r}, "
+            f"mode={self.mode!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,16 @@ class VoiceProvider(Protocol):
         """True when the provider takes the code as a number, so it must not start with 0."""
         ...
 
+    @property
+    def supports_dtmf(self) -> bool:
+        """True when the provider reports the keys pressed during a call (keypress mode)."""
+        ...
+
+    @property
+    def reports_by_message_id(self) -> bool:
+        """True when this provider's verified webhooks name a call only by its message id."""
+        ...
+
     def place_call(self, call: CallRequest) -> CallResult: ...
 
     def close(self) -> None: ...
@@ -95,6 +115,14 @@ class Timeouts:
     read: float
 
 
+@dataclass(frozen=True)
+class Speech:
+    """How calls speak: the brand they name and how often the code is repeated."""
+
+    brand: str
+    repeats: int = 2
+
+
 class HttpProvider:
     """Shared plumbing of the HTTP providers: one keep-alive session, explicit timeouts, no retries.
 
@@ -103,6 +131,8 @@ class HttpProvider:
 
     name: ClassVar[str]
     numeric_code: ClassVar[bool] = False
+    supports_dtmf: ClassVar[bool] = False
+    reports_by_message_id: bool = False
 
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts
@@ -157,6 +187,20 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
             "No route to host",
         )
     )
+
+
+def base_url_field(variable: str, default: str) -> fields.Url:
+    """A provider's base URL setting (http or https, a bare host allowed for local servers)."""
+    return fields.Url(
+        data_key=variable, load_default=default, schemes={"http", "https"}, require_tld=False
+    )
+
+
+def secret_field(variable: str, *, required: bool = True) -> fields.String:
+    """A provider's API key or signing secret: at least 8 characters."""
+    if required:
+        return fields.String(data_key=variable, required=True, validate=validate.Length(min=8))
+    return fields.String(data_key=variable, load_default=None, validate=validate.Length(min=8))
 
 
 def json_body(response: requests.Response) -> Any:

@@ -7,8 +7,8 @@ import time
 from itertools import count
 
 from otpsvc.dev.inbox import CallInbox, InboxCall
-from otpsvc.voice.base import CallRequest, CallResult
-from otpsvc.voice.scripts import spoken_text
+from otpsvc.voice.base import CallRequest, CallResult, Speech
+from otpsvc.voice.scripts import code_text
 
 log = logging.getLogger("otpsvc.voice.console")
 
@@ -16,14 +16,18 @@ log = logging.getLogger("otpsvc.voice.console")
 class ConsoleProvider:
     name = "console"
     numeric_code = False
+    supports_dtmf = False
+    reports_by_message_id = False
 
-    def __init__(self, inbox: CallInbox, brand: str) -> None:
+    def __init__(self, inbox: CallInbox, speech: Speech) -> None:
         self.inbox = inbox
-        self.brand = brand
+        self.speech = speech
         self._ids = count(1)
 
     def place_call(self, call: CallRequest) -> CallResult:
-        text = spoken_text(call.code, call.locale, brand=self.brand)
+        text = code_text(
+            call.code, call.locale, brand=self.speech.brand, repeats=self.speech.repeats
+        )
         self.inbox.add(
             InboxCall(
                 verification_id=call.verification_id,

@@ -1,15 +1,18 @@
 """Choosing providers for a call and failing over between them.
 
-A definite failure (refused connection, HTTP error, provider error code) moves on to the next
-provider. An ambiguous one (the request went out and no answer came back) stops here: the call may
-be ringing, and a second call to a person's phone is a visible bug. That send is reported with
-delivery status ``unknown``; the person can ask for a new call once the resend cooldown has passed.
+A route is the ordered list of providers for the phone's country (``OTPSVC_ROUTES``, else
+``OTPSVC_PROVIDERS``). Providers whose circuit is open are skipped. A definite failure (refused
+connection, HTTP error, provider error code) moves on to the next provider. An ambiguous one (the
+request went out and no answer came back) stops here: the call may be ringing, and a second call
+to a person's phone is a visible bug. That send is reported with delivery status ``unknown``; the
+person can ask for a new call once the resend cooldown has passed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from otpsvc.voice.base import CallRequest, CallResult, ProviderError, VoiceProvider
 
@@ -17,7 +20,7 @@ log = logging.getLogger("otpsvc.voice")
 
 
 class DeliveryError(Exception):
-    """Every provider of the route failed definitely; ``errors`` holds each one's failure."""
+    """Every provider of the route failed definitely or was skipped; ``errors`` says why."""
 
     def __init__(self, errors: Sequence[ProviderError]) -> None:
         self.errors = tuple(errors)
@@ -25,15 +28,39 @@ class DeliveryError(Exception):
         super().__init__("; ".join(str(e) for e in errors) or "no provider configured")
 
 
+class NoRoute(Exception):
+    """No configured provider can serve this call (keypress mode needs key-press reports)."""
+
+
+class Breaker(Protocol):
+    def open_until(self, names: Sequence[str]) -> dict[str, int]: ...
+
+    def record_failure(self, name: str, now_ms: int) -> int: ...
+
+
 class Dispatcher:
     def __init__(
-        self, providers: Mapping[str, VoiceProvider], default_route: Sequence[str]
+        self,
+        providers: Mapping[str, VoiceProvider],
+        default_route: Sequence[str],
+        routes: Mapping[int, Sequence[str]],
+        breaker: Breaker,
+        clock: Callable[[], float],
     ) -> None:
         self.providers = dict(providers)
         self.default_route = tuple(default_route)
+        self.routes = {code: tuple(names) for code, names in routes.items()}
+        self.breaker = breaker
+        self.clock = clock
 
-    def route(self) -> tuple[VoiceProvider, ...]:
-        return tuple(self.providers[name] for name in self.default_route)
+    def route_for(self, country_code: int, mode: str = "code") -> tuple[VoiceProvider, ...]:
+        names = self.routes.get(country_code, self.default_route)
+        route = tuple(self.providers[name] for name in names)
+        if mode == "keypress":
+            route = tuple(p for p in route if p.supports_dtmf)
+            if not route:
+                raise NoRoute("no provider for this number reports key presses")
+        return route
 
     @staticmethod
     def needs_numeric_code(route: Sequence[VoiceProvider]) -> bool:
@@ -41,12 +68,19 @@ class Dispatcher:
         return any(provider.numeric_code for provider in route)
 
     def place(self, route: Sequence[VoiceProvider], call: CallRequest) -> CallResult:
+        now_ms = int(self.clock() * 1000)
+        open_until = self.breaker.open_until([p.name for p in route])
         errors: list[ProviderError] = []
         for provider in route:
+            if open_until[provider.name] > now_ms:
+                errors.append(ProviderError(provider.name, "circuit open: provider cooling off"))
+                continue
             try:
                 return provider.place_call(call)
             except ProviderError as exc:
                 log.warning("provider failed for verification %s: %s", call.verification_id, exc)
+                if self.breaker.record_failure(provider.name, now_ms):
+                    log.warning("circuit of provider %s is open", provider.name)
                 if exc.ambiguous:
                     return CallResult(provider=provider.name, message_id=None, status="unknown")
                 errors.append(exc)

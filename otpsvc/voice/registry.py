@@ -12,8 +12,11 @@ from typing import Any
 from marshmallow import Schema
 
 from otpsvc.dev.inbox import CallInbox
-from otpsvc.voice.base import Timeouts, VoiceProvider
+from otpsvc.voice.alphasms import AlphasmsProvider, AlphasmsSettingsSchema
+from otpsvc.voice.base import Speech, Timeouts, VoiceProvider
+from otpsvc.voice.cequens import CequensProvider, CequensSettingsSchema
 from otpsvc.voice.console import ConsoleProvider
+from otpsvc.voice.sevenio import SevenioProvider, SevenioSettingsSchema
 from otpsvc.voice.termii import TermiiProvider, TermiiSettingsSchema
 
 
@@ -22,7 +25,8 @@ class ProviderContext:
     """What every provider factory may use besides its own settings."""
 
     timeouts: Timeouts
-    brand: str
+    speech: Speech
+    public_url: str | None
     inbox: CallInbox | None
 
 
@@ -31,12 +35,20 @@ class ProviderSpec:
     settings_schema: type[Schema] | None
     factory: Callable[[Any, ProviderContext], VoiceProvider]
     dev_only: bool = False
+    #: The provider calls back on URLs of this service, so OTPSVC_PUBLIC_URL is required.
+    needs_public_url: bool = False
 
 
 def _console(_: Any, ctx: ProviderContext) -> VoiceProvider:
     if ctx.inbox is None:
         raise RuntimeError("the console provider needs the dev-mode call inbox")
-    return ConsoleProvider(ctx.inbox, ctx.brand)
+    return ConsoleProvider(ctx.inbox, ctx.speech)
+
+
+def _cequens(settings: Any, ctx: ProviderContext) -> VoiceProvider:
+    if ctx.public_url is None:
+        raise RuntimeError("the cequens provider needs OTPSVC_PUBLIC_URL")
+    return CequensProvider(settings, ctx.timeouts, ctx.speech, ctx.public_url)
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
@@ -44,6 +56,17 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "termii": ProviderSpec(
         settings_schema=TermiiSettingsSchema,
         factory=lambda settings, ctx: TermiiProvider(settings, ctx.timeouts),
+    ),
+    "sevenio": ProviderSpec(
+        settings_schema=SevenioSettingsSchema,
+        factory=lambda settings, ctx: SevenioProvider(settings, ctx.timeouts, ctx.speech),
+    ),
+    "cequens": ProviderSpec(
+        settings_schema=CequensSettingsSchema, factory=_cequens, needs_public_url=True
+    ),
+    "alphasms": ProviderSpec(
+        settings_schema=AlphasmsSettingsSchema,
+        factory=lambda settings, ctx: AlphasmsProvider(settings, ctx.timeouts, ctx.speech),
     ),
 }
 

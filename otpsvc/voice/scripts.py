@@ -1,31 +1,159 @@
-"""What a call says: the code read digit by digit, with pauses, repeated."""
+"""What a call says, per locale: the code read digit by digit, with pauses, repeated.
+
+Digits are written as words ("four, eight, two"), never as numerals: a text-to-speech engine reads
+"482913" as a big number, "4, 8" as a decimal in languages with a decimal comma, and "4." as an
+ordinal in German. Words joined by the language's comma keep every digit's own word. Where a
+provider takes SSML the pauses are ``<break>`` elements instead.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from xml.sax.saxutils import escape
 
 
 @dataclass(frozen=True)
 class Script:
     intro: str
     again: str
+    digits: tuple[str, ...]
     separator: str
+    keypress: str
 
 
 SCRIPTS: dict[str, Script] = {
     "en": Script(
         intro="Your {brand} verification code is",
         again="Again, your code is",
+        digits=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
         separator=", ",
+        keypress=(
+            "Someone asked to sign in to {brand} with this phone number. "
+            "If it was you, press 1. If it was not you, press 9."
+        ),
+    ),
+    "fr": Script(
+        intro="Votre code de vérification {brand} est",
+        again="Je répète, votre code est",
+        digits=("zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"),
+        separator=", ",
+        keypress=(
+            "Quelqu'un a demandé à se connecter à {brand} avec ce numéro. "
+            "Si c'est vous, appuyez sur 1. Sinon, appuyez sur 9."
+        ),
+    ),
+    "de": Script(
+        intro="Ihr {brand} Bestätigungscode lautet",
+        again="Ich wiederhole, Ihr Code lautet",
+        digits=("null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"),
+        separator=", ",
+        keypress=(
+            "Jemand möchte sich mit dieser Telefonnummer bei {brand} anmelden. "
+            "Wenn Sie das waren, drücken Sie die 1. Wenn nicht, drücken Sie die 9."
+        ),
+    ),
+    "uk": Script(
+        intro="Ваш код підтвердження {brand}",
+        again="Повторюю, ваш код",
+        digits=(
+            "нуль",
+            "один",
+            "два",
+            "три",
+            "чотири",
+            "п'ять",
+            "шість",
+            "сім",
+            "вісім",
+            "дев'ять",
+        ),
+        separator=", ",
+        keypress=(
+            "Хтось хоче увійти до {brand} з цим номером телефону. "
+            "Якщо це ви, натисніть 1. Якщо ні, натисніть 9."
+        ),
+    ),
+    "ar": Script(
+        intro="رمز التحقق الخاص بك من {brand} هو",
+        again="أكرر، رمزك هو",
+        digits=("صفر", "واحد", "اثنان", "ثلاثة", "أربعة", "خمسة", "ستة", "سبعة", "ثمانية", "تسعة"),
+        separator="، ",
+        keypress=(
+            "طلب شخص ما تسجيل الدخول إلى {brand} بهذا الرقم. "
+            "إذا كنت أنت، اضغط 1. إذا لم تكن أنت، اضغط 9."
+        ),
+    ),
+    "pt": Script(
+        intro="O seu código de verificação {brand} é",
+        again="Repito, o seu código é",
+        digits=("zero", "um", "dois", "três", "quatro", "cinco", "seis", "sete", "oito", "nove"),
+        separator=", ",
+        keypress=(
+            "Alguém pediu para entrar em {brand} com este número. "
+            "Se foi você, pressione 1. Se não foi, pressione 9."
+        ),
+    ),
+    "es": Script(
+        intro="Su código de verificación de {brand} es",
+        again="Repito, su código es",
+        digits=("cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve"),
+        separator=", ",
+        keypress=(
+            "Alguien pidió iniciar sesión en {brand} con este número. "
+            "Si fue usted, pulse 1. Si no fue usted, pulse 9."
+        ),
     ),
 }
 DEFAULT_LOCALE = "en"
 
+#: The language usually spoken in a country (ISO 3166 alpha-2), for calls without a locale.
+REGION_LANGUAGES: dict[str, str] = {
+    **dict.fromkeys(["FR", "BE", "LU", "MC", "SN", "CI", "CM", "ML", "BF", "NE", "TG", "BJ"], "fr"),
+    **dict.fromkeys(["DE", "AT", "LI"], "de"),
+    "UA": "uk",
+    **dict.fromkeys(
+        ["EG", "SA", "AE", "QA", "KW", "BH", "OM", "JO", "LB", "IQ", "LY", "SD", "YE"], "ar"
+    ),
+    **dict.fromkeys(["PT", "BR", "AO", "MZ", "CV"], "pt"),
+    **dict.fromkeys(
+        ["ES", "MX", "AR", "CO", "CL", "PE", "VE", "EC", "GT", "CU", "BO", "DO", "UY", "PY"], "es"
+    ),
+}
 
-def spoken_text(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
-    """Plain text for text-to-speech: each digit its own word, so it is never read as one number."""
-    script = SCRIPTS.get(locale.split("-")[0], SCRIPTS[DEFAULT_LOCALE])
-    digits = script.separator.join(code)
+PAUSE_MS = 400
+
+
+def script_for(locale: str) -> Script:
+    return SCRIPTS.get(locale.split("-")[0], SCRIPTS[DEFAULT_LOCALE])
+
+
+def choose_locale(requested: str | None, region: str | None, default: str) -> str:
+    """The request's locale, else the phone's country's language, else the configured default."""
+    if requested and requested.split("-")[0] in SCRIPTS:
+        return requested.split("-")[0]
+    if region and region in REGION_LANGUAGES:
+        return REGION_LANGUAGES[region]
+    return default if default in SCRIPTS else DEFAULT_LOCALE
+
+
+def code_text(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
+    """Plain text for text-to-speech: each digit its own word, separated by a pause mark."""
+    script = script_for(locale)
+    digits = script.separator.join(script.digits[int(d)] for d in code)
     sentences = [f"{script.intro.format(brand=brand)}: {digits}."]
     sentences += [f"{script.again}: {digits}."] * (repeats - 1)
     return " ".join(sentences)
+
+
+def code_ssml(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
+    """The same as SSML, with a timed break between digits."""
+    script = script_for(locale)
+    pause = f'<break time="{PAUSE_MS}ms"/>'
+    digits = pause.join(escape(script.digits[int(d)]) for d in code)
+    parts = [f"{escape(script.intro.format(brand=brand))}{pause}{digits}."]
+    parts += [f"{escape(script.again)}{pause}{digits}."] * (repeats - 1)
+    return "<speak>" + '<break time="800ms"/>'.join(parts) + "</speak>"
+
+
+def keypress_text(locale: str, *, brand: str) -> str:
+    return script_for(locale).keypress.format(brand=brand)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marshmallow import Schema, fields, post_load, validate
+from marshmallow import Schema, post_load
 
 from otpsvc.voice.base import (
     CallRequest,
@@ -16,7 +16,9 @@ from otpsvc.voice.base import (
     HttpProvider,
     ProviderError,
     Timeouts,
+    base_url_field,
     json_body,
+    secret_field,
 )
 
 CALL_PATH = "/api/sms/otp/call"
@@ -26,25 +28,25 @@ CALL_PATH = "/api/sms/otp/call"
 class TermiiSettings:
     base_url: str
     api_key: str
+    webhook_secret: str | None = None
 
     def __repr__(self) -> str:
         return f"TermiiSettings(base_url={self.base_url!r})"
 
 
 class TermiiSettingsSchema(Schema):
-    base_url = fields.Url(
-        data_key="OTPSVC_TERMII_BASE_URL",
-        load_default="https://api.ng.termii.com",
-        schemes={"http", "https"},
-        require_tld=False,
-    )
-    api_key = fields.String(
-        data_key="OTPSVC_TERMII_API_KEY", required=True, validate=validate.Length(min=8)
-    )
+    base_url = base_url_field("OTPSVC_TERMII_BASE_URL", "https://api.ng.termii.com")
+    api_key = secret_field("OTPSVC_TERMII_API_KEY")
+
+    webhook_secret = secret_field("OTPSVC_TERMII_WEBHOOK_SECRET", required=False)
 
     @post_load
     def _build(self, data: dict[str, str], **_: object) -> TermiiSettings:
-        return TermiiSettings(base_url=data["base_url"].rstrip("/"), api_key=data["api_key"])
+        return TermiiSettings(
+            base_url=data["base_url"].rstrip("/"),
+            api_key=data["api_key"],
+            webhook_secret=data["webhook_secret"],
+        )
 
 
 class TermiiProvider(HttpProvider):
@@ -55,6 +57,7 @@ class TermiiProvider(HttpProvider):
         super().__init__(timeouts)
         self.settings = settings
         self.url = settings.base_url + CALL_PATH
+        self.reports_by_message_id = settings.webhook_secret is not None
 
     def place_call(self, call: CallRequest) -> CallResult:
         if call.code.startswith("0"):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 
@@ -19,10 +20,66 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     query: dict[str, str] = field(default_factory=dict)
+    form: dict[str, str] = field(default_factory=dict)
+    client_port: int = 0
 
     @property
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Turns each HTTP/1.1 request (keep-alive kept) into a WSGI call on the fake."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        path, _, query = self.path.partition("?")
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": self.command,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": str(self.server.server_port),
+            "SERVER_PROTOCOL": self.request_version,
+            "REMOTE_ADDR": self.client_address[0],
+            "REMOTE_PORT": str(self.client_address[1]),
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(length),
+            "wsgi.input": io.BytesIO(self.rfile.read(length)),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": io.StringIO(),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+        for name, value in self.headers.items():
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                environ[key] = value
+        response = self.server.fake.dispatch(environ)
+        body = response.get_data()
+        self.send_response(response.status_code)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _serve  # noqa: N815 - the names http.server looks up
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeServer
 
 
 class FakeServer:
@@ -35,16 +92,21 @@ class FakeServer:
         self.hang = False
         self._release = threading.Event()
         self._lock = threading.Lock()
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
         self.port = self._server.server_port
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
         self._thread.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def connections(self) -> int:
+        """How many distinct client connections the recorded requests came on."""
+        return len({r.client_port for r in self.requests})
 
     def violation(self, text: str) -> Response:
         """The client broke the documented request shape: remember it and answer 400."""
@@ -54,7 +116,7 @@ class FakeServer:
     def handle(self, request: Request, recorded: Recorded) -> Response:
         raise NotImplementedError
 
-    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+    def dispatch(self, environ: dict[str, Any]) -> Response:
         request = Request(environ)
         recorded = Recorded(
             method=request.method,
@@ -62,14 +124,17 @@ class FakeServer:
             headers=dict(request.headers),
             body=request.get_data(),
             query=dict(request.args),
+            client_port=int(environ.get("REMOTE_PORT") or 0),
         )
+        if request.mimetype == "application/x-www-form-urlencoded":
+            recorded.form = dict(request.form)
         with self._lock:
             self.requests.append(recorded)
         if self.hang:
             self._release.wait(60)
         elif self.delay:
             time.sleep(self.delay)
-        return self.handle(request, recorded)(environ, start_response)
+        return self.handle(request, recorded)
 
     def close(self) -> None:
         self._release.set()

@@ -4,8 +4,9 @@
 -- ARGV[4]  length of the submitted code
 -- Returns {outcome, hash, gen, attempts, expires_at, code length}; outcome is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
-local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len')
-if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) then
+-- A keypress-mode verification has no code: checking one is not_found.
+local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm')
+if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] == 'k' then
   return {'not_found', '', 0, 0, 0, 0}
 end
 local attempts, gen, expires, length = tonumber(f[4]), tonumber(f[6]), tonumber(f[3]), tonumber(f[7])

@@ -2,7 +2,7 @@
 -- KEYS[1]  the verification record
 -- ARGV[1]  the send's generation (from reserve); a newer send wins and this one is dropped
 -- ARGV[2]  'accepted' (a provider took the call) or 'failed' (none did)
--- ARGV[3]  argon2 verifier of the code (only with 'accepted')
+-- ARGV[3]  argon2 verifier of the code (only with 'accepted'; '' in keypress mode)
 -- ARGV[4]  provider name                  ARGV[5]  provider message id ('' if none)
 -- ARGV[6]  delivery status                ARGV[7]  now, ms
 -- Returns 'ok' | 'failed' | 'superseded' | 'gone'
@@ -23,7 +23,10 @@ if ARGV[2] == 'failed' then
   end
   return 'failed'
 end
-redis.call('HSET', KEYS[1], 'h', ARGV[3], 'p', ARGV[4], 'ds', ARGV[6])
+redis.call('HSET', KEYS[1], 'p', ARGV[4], 'ds', ARGV[6])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'h', ARGV[3])
+end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'mid', ARGV[5])
 end

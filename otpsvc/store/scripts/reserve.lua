@@ -2,6 +2,7 @@
 -- Every key shares the phone's hash tag, so the script runs on one Redis Cluster slot.
 -- KEYS[1]  the client's open-verification index for this phone; its value is a verification id
 -- KEYS[2]  the record of the candidate new verification (ARGV[3] .. ARGV[2])
+-- KEYS[3]  the number's deny block, set when the person pressed "it was not me"
 -- ARGV[1]  now, ms                        ARGV[2]  candidate id
 -- ARGV[3]  record key prefix: the open verification's record is ARGV[3] .. <its id>, same tag
 -- ARGV[4]  code lifetime, ms              ARGV[5]  max sends per verification
@@ -9,10 +10,16 @@
 -- ARGV[7]  max check attempts
 -- ARGV[8..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
---   new | resend | locked (attempts used up) | max_sends | cooldown
+--   new | resend | locked (attempts used up) | max_sends | cooldown | blocked (the record is then
+--   just {'until', <ms>})
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[4])
 local cooldown = tonumber(ARGV[6])
+
+local blocked_for = redis.call('PTTL', KEYS[3])
+if blocked_for > 0 then
+  return {'blocked', '', 'until', now + blocked_for}
+end
 
 local open_id = redis.call('GET', KEYS[1])
 if open_id then

@@ -1,0 +1,191 @@
+"""``/webhooks``: what providers report about calls. Verified, idempotent, never approving a code.
+
+- ``POST /webhooks/sevenio``: seven.io hooks (``voice_status``, ``voice_dtmf``), created with
+  ``request_method: JSON``. ``X-Signature`` is HMAC-SHA256 with the signing key over timestamp,
+  nonce, method, full URL and MD5 of the body; older than 30 s or a reused nonce is refused.
+- ``GET|POST /webhooks/cequens/<token>/status`` and ``.../dtmf``: CEQUENS callbacks; the token in
+  the URL is made with the server secret for one verification.
+- ``POST /webhooks/termii``: Termii events with ``X-Termii-Signature`` (HMAC-SHA512 of the body);
+  enabled only when ``OTPSVC_TERMII_WEBHOOK_SECRET`` is set.
+
+A bad signature is 401 and changes nothing. A report about an unknown or finished verification is
+accepted (200) so the provider stops retrying, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from otpsvc.api.context import runtime
+from otpsvc.errors import NotFound, Unauthorized
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+SEVENIO_MAX_AGE = 30
+NONCE_TTL = 2 * SEVENIO_MAX_AGE + 60
+
+# Status words of each provider, mapped to otpsvc's delivery statuses.
+SEVENIO_STATUSES = {
+    "initiated": "initiated",
+    "ringing": "ringing",
+    "in-progress": "in-progress",
+    "completed": "completed",
+    "no-answer": "no-answer",
+    "busy": "busy",
+    "failed": "failed",
+}
+CEQUENS_STATUSES = {
+    **SEVENIO_STATUSES,
+    "queued": "initiated",
+    "answered": "in-progress",
+    "noanswer": "no-answer",
+    "no_answer": "no-answer",
+}
+TERMII_STATUSES = {
+    "message sent": "initiated",
+    "delivered": "completed",
+    "message failed": "failed",
+    "dnd active on phone number": "failed",
+}
+# Unconfirmed CEQUENS field names, tried in order (see otpsvc.voice.cequens).
+CEQUENS_STATUS_FIELDS = ("status", "callStatus")
+CEQUENS_DTMF_FIELDS = ("dtmf", "digits", "input")
+
+
+def _done(result: str) -> Response:
+    return jsonify({"received": True, "result": result})
+
+
+def _public_url() -> str:
+    """The URL the provider called: the configured public base, else what this request says."""
+    base = runtime().settings.public_url
+    if base:
+        query = request.query_string.decode()
+        return base + request.path + (f"?{query}" if query else "")
+    return request.url
+
+
+def sevenio_signature(
+    key: str, timestamp: str, nonce: str, method: str, url: str, body: bytes
+) -> str:
+    message = "\n".join(
+        [timestamp, nonce, method, url, hashlib.md5(body, usedforsecurity=False).hexdigest()]
+    )
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+@bp.post("/sevenio")
+def sevenio() -> Response:
+    rt = runtime()
+    settings = rt.settings.provider_settings.get("sevenio")
+    if settings is None or not settings.signing_key:
+        raise NotFound("seven.io webhooks are not enabled")
+    body = request.get_data()
+    timestamp = request.headers.get("X-Timestamp", "")
+    nonce = request.headers.get("X-Nonce", "")
+    expected = sevenio_signature(
+        settings.signing_key, timestamp, nonce, request.method, _public_url(), body
+    )
+    if not hmac.compare_digest(expected, request.headers.get("X-Signature", "")):
+        raise Unauthorized("bad signature")
+    if not timestamp.isdigit() or abs(rt.service.clock() - int(timestamp)) > SEVENIO_MAX_AGE:
+        raise Unauthorized("stale or missing timestamp")
+    if not nonce or not rt.store.first_use_of_nonce("sevenio", nonce, NONCE_TTL):
+        raise Unauthorized("nonce already used")
+
+    payload: Any = request.get_json(silent=True)
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict):
+        return _done("ignored")
+    event = payload.get("webhook_event")
+    message_id = str(data.get("id", "")) or None
+    verification_id = _known_id(data.get("foreign_id"))
+    if event == "voice_dtmf":
+        result = rt.service.keypress(
+            key=str(data.get("dtmf_digit", "")),
+            verification_id=verification_id,
+            provider="sevenio",
+            message_id=message_id,
+        )
+        return _done(result)
+    if event == "voice_status":
+        status = SEVENIO_STATUSES.get(str(data.get("status", "")).lower())
+        if status is None:
+            return _done("ignored")
+        return _done(
+            rt.service.delivery_report(
+                status=status,
+                verification_id=verification_id,
+                provider="sevenio",
+                message_id=message_id,
+            )
+        )
+    return _done("ignored")
+
+
+def _known_id(value: object) -> str | None:
+    """A verification id named in a payload, if it looks like one (it is still looked up)."""
+    text = str(value) if value else ""
+    return text if len(text) == 36 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _cequens_field(names: tuple[str, ...]) -> str:
+    payload: Any = request.get_json(silent=True) if request.is_json else None
+    for name in names:
+        value = request.args.get(name) or request.form.get(name)
+        if value is None and isinstance(payload, dict):
+            value = payload.get(name)
+        if value is not None:
+            return str(value)
+    return ""
+
+
+def _cequens_verification(token: str) -> str:
+    verification_id = runtime().service.keyring.verification_for_token(token)
+    if verification_id is None:
+        raise Unauthorized("unknown callback token")
+    return verification_id
+
+
+@bp.route("/cequens/<token>/status", methods=["GET", "POST"])
+def cequens_status(token: str) -> Response:
+    verification_id = _cequens_verification(token)
+    status = CEQUENS_STATUSES.get(_cequens_field(CEQUENS_STATUS_FIELDS).lower())
+    if status is None:
+        return _done("ignored")
+    return _done(runtime().service.delivery_report(status=status, verification_id=verification_id))
+
+
+@bp.route("/cequens/<token>/dtmf", methods=["GET", "POST"])
+def cequens_dtmf(token: str) -> Response:
+    verification_id = _cequens_verification(token)
+    key = _cequens_field(CEQUENS_DTMF_FIELDS)[:1]
+    return _done(runtime().service.keypress(key=key, verification_id=verification_id))
+
+
+@bp.post("/termii")
+def termii() -> Response:
+    rt = runtime()
+    settings = rt.settings.provider_settings.get("termii")
+    if settings is None or not settings.webhook_secret:
+        raise NotFound("Termii webhooks are not enabled")
+    expected = hmac.new(
+        settings.webhook_secret.encode(), request.get_data(), hashlib.sha512
+    ).hexdigest()
+    if not hmac.compare_digest(expected, request.headers.get("X-Termii-Signature", "")):
+        raise Unauthorized("bad signature")
+    payload: Any = request.get_json(silent=True)
+    if not isinstance(payload, dict) or not payload.get("message_id"):
+        return _done("ignored")
+    status = TERMII_STATUSES.get(str(payload.get("status", "")).lower())
+    if status is None:
+        return _done("ignored")
+    return _done(
+        rt.service.delivery_report(
+            status=status, provider="termii", message_id=str(payload["message_id"])
+        )
+    )

@@ -1,0 +1,26 @@
+-- Record what a provider reported about a call. Idempotent; older or out-of-order reports lose.
+-- KEYS[1]  the verification record
+-- ARGV[1]  the provider's message id for the call ('' when the callback names the verification)
+-- ARGV[2]  delivery status: initiated | ringing | in-progress | completed | no-answer | busy | failed
+-- ARGV[3]  now, ms
+-- Returns 'applied' | 'ignored' (a report of an older send, or no newer than what is known) | 'gone'
+local rank = {initiated = 1, ringing = 2, ['in-progress'] = 3,
+  completed = 4, ['no-answer'] = 4, busy = 4, failed = 4}
+local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st')
+if not f[3] then
+  return 'gone'
+end
+if ARGV[1] ~= '' and f[1] ~= ARGV[1] then
+  return 'ignored'
+end
+local new_rank = rank[ARGV[2]]
+local old_rank = rank[f[2]] or 0
+if not new_rank or new_rank <= old_rank then
+  return 'ignored'
+end
+redis.call('HSET', KEYS[1], 'ds', ARGV[2])
+if ARGV[2] == 'no-answer' or ARGV[2] == 'busy' or ARGV[2] == 'failed' then
+  -- Nobody heard the code: the person may ask for a new call at once.
+  redis.call('HSET', KEYS[1], 'ra', ARGV[3])
+end
+return 'applied'

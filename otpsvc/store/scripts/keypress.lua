@@ -1,0 +1,20 @@
+-- Apply the key a person pressed on a keypress-mode call: 1 approves, 9 denies and blocks the number.
+-- A code-mode verification is never approved here.
+-- KEYS[1]  the verification record        KEYS[2]  the number's deny block (same hash tag)
+-- ARGV[1]  the key pressed                ARGV[2]  now, ms
+-- ARGV[3]  how long a denial blocks new starts for the number, ms
+-- Returns 'approved' | 'denied' | 'ignored'
+local f = redis.call('HMGET', KEYS[1], 'm', 'st', 'ea')
+if f[1] ~= 'k' or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[2]) then
+  return 'ignored'
+end
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'st', 'approved', 'fa', ARGV[2])
+  return 'approved'
+end
+if ARGV[1] == '9' then
+  redis.call('HSET', KEYS[1], 'st', 'denied', 'fa', ARGV[2])
+  redis.call('SET', KEYS[2], 1, 'PX', ARGV[3])
+  return 'denied'
+end
+return 'ignored'

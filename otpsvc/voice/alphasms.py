@@ -1,0 +1,108 @@
+"""AlphaSMS (Ukraine) voice message: ``POST {base}/api/json.php`` with ``type: voice``.
+
+AlphaSMS answers HTTP 200 whatever happens: the request's ``success``/``error`` and each item's
+``success``/``error`` say whether the call was accepted. Errors are text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import Schema, post_load
+
+from otpsvc.voice.base import (
+    CallRequest,
+    CallResult,
+    HttpProvider,
+    ProviderError,
+    Speech,
+    Timeouts,
+    base_url_field,
+    json_body,
+    secret_field,
+)
+from otpsvc.voice.scripts import code_text
+
+API_PATH = "/api/json.php"
+
+#: Google text-to-speech voices that AlphaSMS names, per locale: (language, voice name).
+VOICES: dict[str, tuple[str, str]] = {
+    "uk": ("uk-UA", "uk-UA-Standard-A"),
+    "en": ("en-US", "en-US-Standard-C"),
+    "fr": ("fr-FR", "fr-FR-Standard-A"),
+    "de": ("de-DE", "de-DE-Standard-A"),
+    "ar": ("ar-XA", "ar-XA-Standard-A"),
+    "pt": ("pt-PT", "pt-PT-Standard-A"),
+    "es": ("es-ES", "es-ES-Standard-A"),
+}
+
+
+@dataclass(frozen=True)
+class AlphasmsSettings:
+    base_url: str
+    api_key: str
+
+    def __repr__(self) -> str:
+        return f"AlphasmsSettings(base_url={self.base_url!r})"
+
+
+class AlphasmsSettingsSchema(Schema):
+    base_url = base_url_field("OTPSVC_ALPHASMS_BASE_URL", "https://alphasms.ua")
+    api_key = secret_field("OTPSVC_ALPHASMS_API_KEY")
+
+    @post_load
+    def _build(self, data: dict[str, str], **_: object) -> AlphasmsSettings:
+        return AlphasmsSettings(base_url=data["base_url"].rstrip("/"), api_key=data["api_key"])
+
+
+def item_id(verification_id: str) -> int:
+    """AlphaSMS wants an integer id per item: 48 bits of the verification id's random part."""
+    return int(verification_id[4:16], 16)
+
+
+class AlphasmsProvider(HttpProvider):
+    name = "alphasms"
+
+    def __init__(self, settings: AlphasmsSettings, timeouts: Timeouts, speech: Speech) -> None:
+        super().__init__(timeouts)
+        self.settings = settings
+        self.speech = speech
+        self.url = settings.base_url + API_PATH
+
+    def body_for(self, call: CallRequest) -> dict[str, Any]:
+        locale = call.locale if call.locale in VOICES else "en"
+        language, voice_name = VOICES[locale]
+        return {
+            "auth": self.settings.api_key,
+            "data": [
+                {
+                    "type": "voice",
+                    "id": item_id(call.verification_id),
+                    "phone": int(call.phone.lstrip("+")),
+                    "message": code_text(
+                        call.code, locale, brand=self.speech.brand, repeats=self.speech.repeats
+                    ),
+                    "voice": {"gender": "female", "language": language, "name": voice_name},
+                    "dtmf": False,
+                }
+            ],
+        }
+
+    def place_call(self, call: CallRequest) -> CallResult:
+        response = self.post(self.url, json=self.body_for(call))
+        payload = json_body(response)
+        if response.status_code != 200 or not isinstance(payload, dict):
+            raise ProviderError(self.name, "unexpected answer", http_status=response.status_code)
+        if payload.get("success") is not True:
+            raise ProviderError(
+                self.name, "request refused", provider_text=str(payload.get("error") or "")[:200]
+            )
+        items = payload.get("data")
+        item = items[0] if isinstance(items, list) and items else None
+        if not isinstance(item, dict) or item.get("success") is not True:
+            error = item.get("error") if isinstance(item, dict) else "no item in the answer"
+            raise ProviderError(self.name, "call refused", provider_text=str(error)[:200])
+        data = item.get("data")
+        message_id = data.get("msg_id") if isinstance(data, dict) else None
+        return CallResult(provider=self.name, message_id=str(message_id) if message_id else None)

@@ -1,0 +1,221 @@
+"""CEQUENS text-to-speech "call with user input".
+
+Sign in with the service user name and API key to get a bearer token (a JWT), keep it until it
+expires (one per process, shared by all threads), and sign in again once when a call answers 401.
+The call carries the spoken text, the voice, repeats, the answer timeout, and this service's
+status and DTMF callback URLs, each holding an unguessable per-verification token.
+
+The public documentation confirms only ``sayText`` and ``dtmfCallbackEndpoint``; every other name
+below (paths, JSON keys, the reply shape) is an assumption kept in this one block. Confirm them
+with CEQUENS before going live.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import Schema, fields, post_load, validate
+
+from otpsvc.voice.base import (
+    CallRequest,
+    CallResult,
+    HttpProvider,
+    ProviderError,
+    Speech,
+    Timeouts,
+    base_url_field,
+    json_body,
+    secret_field,
+)
+from otpsvc.voice.scripts import code_text, keypress_text
+
+SIGNIN_PATH = "/auth/v1/tokens"
+CALL_PATH = "/voice/v1/calls"
+SIGNIN_FIELDS = ("userName", "apiKey")
+TOKEN_FIELD = "access_token"  # noqa: S105 - a JSON key, not a secret
+CALL_FIELDS = {
+    "recipient": "recipientNumber",
+    "text": "sayText",
+    "voice": "voiceName",
+    "neural": "neuralTts",
+    "repeats": "sayTextRepeats",
+    "answer_timeout": "answerTimeout",
+    "collect_dtmf": "collectDtmf",
+    "dtmf_callback": "dtmfCallbackEndpoint",
+    "status_callback": "statusCallbackEndpoint",
+    "metadata": "metaData",
+}
+CALL_ID_FIELDS = ("callId", "id", "requestId")
+#: When a token says nothing of its expiry, it is kept this long.
+DEFAULT_TOKEN_SECONDS = 600
+#: Tokens are renewed this long before they expire, so none expires in flight.
+TOKEN_MARGIN_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class CequensSettings:
+    base_url: str
+    username: str
+    api_key: str
+    voice: str
+
+    def __repr__(self) -> str:
+        return f"CequensSettings(base_url={self.base_url!r}, voice={self.voice!r})"
+
+
+class CequensSettingsSchema(Schema):
+    base_url = base_url_field("OTPSVC_CEQUENS_BASE_URL", "https://apis.cequens.com")
+    username = fields.String(
+        data_key="OTPSVC_CEQUENS_USERNAME", required=True, validate=validate.Length(min=1)
+    )
+    api_key = secret_field("OTPSVC_CEQUENS_API_KEY")
+    voice = fields.String(
+        data_key="OTPSVC_CEQUENS_VOICE", load_default="Zeina", validate=validate.Length(1, 40)
+    )
+
+    @post_load
+    def _build(self, data: dict[str, str], **_: object) -> CequensSettings:
+        return CequensSettings(
+            base_url=data["base_url"].rstrip("/"),
+            username=data["username"],
+            api_key=data["api_key"],
+            voice=data["voice"],
+        )
+
+
+def callback_urls(public_url: str, token: str) -> tuple[str, str]:
+    """(status URL, DTMF URL) for one verification's callback token."""
+    base = f"{public_url}/webhooks/cequens/{token}"
+    return f"{base}/status", f"{base}/dtmf"
+
+
+class CequensProvider(HttpProvider):
+    name = "cequens"
+    supports_dtmf = True
+
+    def __init__(
+        self,
+        settings: CequensSettings,
+        timeouts: Timeouts,
+        speech: Speech,
+        public_url: str,
+        clock: Any = time.time,
+    ) -> None:
+        super().__init__(timeouts)
+        self.settings = settings
+        self.public_url = public_url
+        self.speech = speech
+        self.clock = clock
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._lock = threading.Lock()
+
+    def _sign_in(self) -> str:
+        user_field, key_field = SIGNIN_FIELDS
+        try:
+            response = self.post(
+                self.settings.base_url + SIGNIN_PATH,
+                json={user_field: self.settings.username, key_field: self.settings.api_key},
+            )
+        except ProviderError as exc:
+            # No call can have been placed before a token exists: never an ambiguous failure.
+            raise ProviderError(self.name, f"sign-in failed: {exc.reason}") from exc
+        payload = json_body(response)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        token = data.get(TOKEN_FIELD) if isinstance(data, dict) else None
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            raise ProviderError(
+                self.name,
+                "sign-in refused",
+                http_status=response.status_code,
+                provider_code=_reply_code(payload),
+                provider_text=_reply_text(payload),
+            )
+        return token
+
+    def token(self, *, renew: bool = False) -> str:
+        """The cached token, signing in when there is none, it is about to expire, or on renew."""
+        with self._lock:
+            now = self.clock()
+            if renew or self._token is None or now >= self._token_expires - TOKEN_MARGIN_SECONDS:
+                self._token = self._sign_in()
+                self._token_expires = _expiry(self._token) or now + DEFAULT_TOKEN_SECONDS
+            return self._token
+
+    def body_for(self, call: CallRequest) -> dict[str, Any]:
+        keypress = call.mode == "keypress"
+        if keypress:
+            text = keypress_text(call.locale, brand=self.speech.brand)
+        else:
+            text = code_text(call.code, call.locale, brand=self.speech.brand, repeats=1)
+        status_url, dtmf_url = callback_urls(self.public_url, call.callback_token)
+        values: dict[str, Any] = {
+            "recipient": call.phone,
+            "text": text,
+            "voice": self.settings.voice,
+            "neural": False,
+            "repeats": self.speech.repeats,
+            "answer_timeout": 30,
+            "collect_dtmf": keypress,
+            "status_callback": status_url,
+            "metadata": {"verification": call.verification_id},
+        }
+        if keypress:
+            values["dtmf_callback"] = dtmf_url
+        return {CALL_FIELDS[key]: value for key, value in values.items()}
+
+    def place_call(self, call: CallRequest) -> CallResult:
+        body = self.body_for(call)
+        url = self.settings.base_url + CALL_PATH
+        response = self.post(url, json=body, headers=self._auth(self.token()))
+        if response.status_code == 401:
+            # An expired or revoked token: the call was not placed, so one retry is safe.
+            response = self.post(url, json=body, headers=self._auth(self.token(renew=True)))
+        payload = json_body(response)
+        reply = _reply_code(payload)
+        if response.status_code not in (200, 201, 202) or reply not in (None, "0"):
+            raise ProviderError(
+                self.name,
+                "call refused",
+                http_status=response.status_code,
+                provider_code=reply,
+                provider_text=_reply_text(payload),
+            )
+        data = payload.get("data") if isinstance(payload, dict) else None
+        call_id = next(
+            (str(data[f]) for f in CALL_ID_FIELDS if isinstance(data, dict) and data.get(f)),
+            None,
+        )
+        return CallResult(provider=self.name, message_id=call_id)
+
+    @staticmethod
+    def _auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _reply_code(payload: Any) -> str | None:
+    if isinstance(payload, dict) and payload.get("replyCode") is not None:
+        return str(payload["replyCode"])
+    return None
+
+
+def _reply_text(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        text = payload.get("replyMessage") or payload.get("message")
+        return str(text)[:200] if text else None
+    return None
+
+
+def _expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (not verified: it is only a hint for when to renew)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,143 @@
+"""seven.io (formerly sms77) text-to-speech call: ``POST {base}/voice``.
+
+seven.io answers HTTP 200 even for errors: the return code is in the body, either the JSON
+``success`` field or the first line of a plain-text answer (``100`` = sent). Key presses and call
+status arrive on the account's webhooks (``voice_dtmf``, ``voice_status``), signed with the
+signing key; see ``otpsvc.api.webhooks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marshmallow import Schema, fields, post_load, validate
+
+from otpsvc.voice.base import (
+    CallRequest,
+    CallResult,
+    HttpProvider,
+    ProviderError,
+    Speech,
+    Timeouts,
+    base_url_field,
+    json_body,
+    secret_field,
+)
+from otpsvc.voice.scripts import code_ssml, keypress_text
+
+MAX_TEXT = 10_000
+SENT = "100"
+
+# seven.io's return codes (php-client StatusCode, js-client ErrorCode).
+RETURN_CODES = {
+    "100": "sent",
+    "101": "sent partially",
+    "201": "invalid sender or country",
+    "202": "invalid recipient",
+    "300": "missing authentication",
+    "301": "recipient missing",
+    "305": "text missing",
+    "306": "invalid sender",
+    "401": "text too long",
+    "402": "reload lock: the same call was sent moments ago",
+    "403": "daily limit for this number reached",
+    "500": "not enough credits",
+    "600": "carrier failed",
+    "700": "unknown error",
+    "900": "invalid API key",
+    "901": "signature verification failed",
+    "902": "API access disabled or missing rights",
+    "903": "server IP not allowed",
+}
+
+
+@dataclass(frozen=True)
+class SevenioSettings:
+    base_url: str
+    api_key: str
+    sender: str | None
+    signing_key: str | None
+
+    def __repr__(self) -> str:
+        return f"SevenioSettings(base_url={self.base_url!r}, sender={self.sender!r})"
+
+
+class SevenioSettingsSchema(Schema):
+    base_url = base_url_field("OTPSVC_SEVENIO_BASE_URL", "https://gateway.seven.io/api")
+    api_key = secret_field("OTPSVC_SEVENIO_API_KEY")
+    sender = fields.String(
+        data_key="OTPSVC_SEVENIO_FROM", load_default=None, validate=validate.Length(1, 16)
+    )
+    signing_key = secret_field("OTPSVC_SEVENIO_SIGNING_KEY", required=False)
+
+    @post_load
+    def _build(self, data: dict[str, str | None], **_: object) -> SevenioSettings:
+        return SevenioSettings(
+            base_url=str(data["base_url"]).rstrip("/"),
+            api_key=str(data["api_key"]),
+            sender=data["sender"],
+            signing_key=data["signing_key"],
+        )
+
+
+class SevenioProvider(HttpProvider):
+    name = "sevenio"
+    supports_dtmf = True
+
+    def __init__(self, settings: SevenioSettings, timeouts: Timeouts, speech: Speech) -> None:
+        super().__init__(timeouts)
+        self.settings = settings
+        self.speech = speech
+        self.url = settings.base_url + "/voice"
+        self.reports_by_message_id = settings.signing_key is not None
+
+    def text_for(self, call: CallRequest) -> str:
+        if call.mode == "keypress":
+            return keypress_text(call.locale, brand=self.speech.brand)
+        return code_ssml(
+            call.code, call.locale, brand=self.speech.brand, repeats=self.speech.repeats
+        )
+
+    def place_call(self, call: CallRequest) -> CallResult:
+        text = self.text_for(call)
+        if len(text) > MAX_TEXT:
+            raise ProviderError(self.name, f"text longer than {MAX_TEXT} characters")
+        form = {"to": call.phone, "text": text, "json": "1", "foreign_id": call.verification_id}
+        if self.settings.sender:
+            form["from"] = self.settings.sender
+        response = self.post(
+            self.url,
+            data=form,
+            headers={"X-Api-Key": self.settings.api_key, "Accept": "application/json"},
+        )
+        if response.status_code >= 400:
+            raise ProviderError(
+                self.name,
+                "call refused",
+                http_status=response.status_code,
+                provider_text=response.text[:200] or None,
+            )
+        code, message_id = _parse(response.text, json_body(response))
+        if code != SENT:
+            raise ProviderError(
+                self.name,
+                RETURN_CODES.get(code, "unexpected answer"),
+                http_status=response.status_code,
+                provider_code=code,
+            )
+        return CallResult(provider=self.name, message_id=message_id)
+
+
+def _parse(text: str, payload: object) -> tuple[str, str | None]:
+    """(return code, message id) from a JSON answer, a plain-text one, or a bare code."""
+    if isinstance(payload, dict):
+        messages = payload.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else {}
+        message_id = first.get("id") if isinstance(first, dict) else None
+        return str(payload.get("success", "")), str(message_id) if message_id else None
+    if isinstance(payload, int):
+        return str(payload), None
+    lines = text.strip().splitlines()
+    if not lines:
+        return "", None
+    return lines[0].strip(), lines[1].strip() if len(lines) > 1 else None

@@ -1,0 +1,83 @@
+"""CEQUENS sign-in and "call with user input", with bearer tokens that expire or are revoked.
+
+Names other than ``sayText`` and ``dtmfCallbackEndpoint`` are the same assumptions the provider
+module makes; the fake checks the shape the module sends, so a rename shows up in both.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+
+from werkzeug.wrappers import Request, Response
+
+from tests.fakes.http import FakeServer, Recorded, json_response
+
+REQUIRED = {
+    "recipientNumber",
+    "sayText",
+    "voiceName",
+    "neuralTts",
+    "sayTextRepeats",
+    "answerTimeout",
+    "collectDtmf",
+    "statusCallbackEndpoint",
+    "metaData",
+}
+
+
+def make_jwt(expires_at: float) -> str:
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256'})}.{part({'exp': int(expires_at)})}.{secrets.token_hex(8)}"
+
+
+class FakeCequens(FakeServer):
+    def __init__(self, username: str, api_key: str) -> None:
+        super().__init__()
+        self.username = username
+        self.api_key = api_key
+        self.tokens: dict[str, float] = {}
+        self.token_lifetime = 3600.0
+        self.mode = "ok"
+
+    @property
+    def sign_ins(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path == "/auth/v1/tokens"]
+
+    @property
+    def calls(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path == "/voice/v1/calls"]
+
+    def revoke_tokens(self) -> None:
+        """Every issued token stops working, as when it expires early or is revoked."""
+        self.tokens.clear()
+
+    def handle(self, request: Request, recorded: Recorded) -> Response:
+        if request.method == "POST" and request.path == "/auth/v1/tokens":
+            body = recorded.json
+            if body != {"userName": self.username, "apiKey": self.api_key}:
+                return json_response({"replyCode": 1, "replyMessage": "Invalid credentials"}, 401)
+            expires = time.time() + self.token_lifetime
+            token = make_jwt(expires)
+            self.tokens[token] = expires
+            return json_response({"replyCode": 0, "data": {"access_token": token}})
+        if request.method == "POST" and request.path == "/voice/v1/calls":
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if self.tokens.get(token, 0) < time.time():
+                return json_response({"replyCode": 401, "replyMessage": "Unauthorized"}, 401)
+            body = recorded.json
+            missing = REQUIRED - set(body)
+            if missing:
+                return self.violation(f"missing {sorted(missing)}")
+            if body["collectDtmf"] and "dtmfCallbackEndpoint" not in body:
+                return self.violation("collectDtmf without dtmfCallbackEndpoint")
+            if self.mode == "server_error":
+                return json_response({"replyCode": 500, "replyMessage": "Server error"}, 500)
+            if self.mode == "refused":
+                return json_response({"replyCode": 7, "replyMessage": "Insufficient balance"})
+            return json_response({"replyCode": 0, "data": {"callId": secrets.token_hex(8)}})
+        return self.violation(f"unexpected {request.method} {request.path}")

@@ -1,0 +1,241 @@
+"""Each provider's request shape, its documented errors, and connection reuse."""
+
+from __future__ import annotations
+
+import pytest
+
+from otpsvc.voice.scripts import code_ssml
+from tests.conftest import CEQUENS_USER, KEY_A, PUBLIC_URL, SEVENIO_KEY, Api
+from tests.fakes.alphasms import FakeAlphasms
+from tests.fakes.cequens import FakeCequens
+from tests.fakes.sevenio import FakeSevenio
+from tests.fakes.termii import FakeTermii
+
+DE_MOBILE = "+4915123456789"
+UA_MOBILE = "+380501234567"
+
+
+@pytest.fixture
+def seven_api(make_app, openapi) -> Api:
+    return Api(make_app(OTPSVC_PROVIDERS="sevenio", OTPSVC_SEVENIO_FROM="otpsvc"), KEY_A, openapi)
+
+
+def spoken_code(text: str, words: list[str]) -> str:
+    """The digits a text reads out, from its digit words in order."""
+    found = []
+    for token in text.replace("<break", " <break").replace(",", " ").replace(".", " ").split():
+        token = token.split(">")[-1]
+        if token in words:
+            found.append(str(words.index(token)))
+    return "".join(found)
+
+
+DE_WORDS = ["null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"]
+
+
+def test_sevenio_request_shape(seven_api: Api, sevenio: FakeSevenio):
+    """X-Api-Key, to, SSML text in the number's language, json=1, foreign_id = verification id."""
+    data = seven_api.start(DE_MOBILE).get_json()
+    call = sevenio.calls[-1]
+    assert call.headers["X-Api-Key"] == SEVENIO_KEY
+    form = call.form
+    assert form["to"] == DE_MOBILE
+    assert form["json"] == "1"
+    assert form["from"] == "otpsvc"
+    assert form["foreign_id"] == data["id"]
+    assert form["text"].startswith("<speak>Ihr otpsvc Bestätigungscode lautet")
+    code = spoken_code(form["text"], DE_WORDS)[:6]
+    assert form["text"] == code_ssml(code, "de", brand="otpsvc", repeats=2)
+    assert data["provider"] == "sevenio"
+    assert data["delivery"]["provider_message_id"] == "1384013"
+    assert data["locale"] == "de"
+
+
+def test_sevenio_code_is_checkable(seven_api: Api, sevenio: FakeSevenio):
+    """The code read by seven.io approves the verification."""
+    vid = seven_api.start(DE_MOBILE).get_json()["id"]
+    code = spoken_code(sevenio.calls[-1].form["text"], DE_WORDS)[:6]
+    assert seven_api.check(vid, code).get_json()["valid"] is True
+
+
+def test_sevenio_plain_text_answer_is_understood(seven_api: Api, sevenio: FakeSevenio):
+    """A plain-text answer '100\\n<id>\\n<price>' is a success with that message id."""
+    sevenio.mode = "plain"
+    data = seven_api.start(DE_MOBILE).get_json()
+    assert data["delivery"]["provider_message_id"] == "1384013"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "900",
+        "901",
+        "902",
+        "903",
+        "201",
+        "202",
+        "301",
+        "305",
+        "401",
+        "402",
+        "403",
+        "500",
+        "600",
+        "700",
+    ],
+)
+def test_sevenio_error_codes_on_http_200_fail_delivery(seven_api: Api, sevenio: FakeSevenio, code):
+    """A bare return code other than 100, with HTTP 200, is a failed delivery (502)."""
+    sevenio.mode = code
+    response = seven_api.start(DE_MOBILE)
+    assert response.status_code == 502
+    assert response.get_json()["code"] == "delivery_failed"
+
+
+def test_sevenio_http_error_fails_delivery(seven_api: Api, sevenio: FakeSevenio):
+    """HTTP 500 from seven.io is a failed delivery."""
+    sevenio.mode = "http500"
+    assert seven_api.start(DE_MOBILE).status_code == 502
+
+
+def test_one_connection_serves_many_starts(seven_api: Api, sevenio: FakeSevenio):
+    """Ten calls to seven.io reuse one keep-alive connection."""
+    for i in range(10):
+        assert seven_api.start(f"+491512345678{i}").status_code == 201
+    assert len(sevenio.calls) == 10
+    assert sevenio.connections() == 1
+
+
+def test_termii_connection_is_reused(api: Api, termii: FakeTermii):
+    """Ten calls to Termii reuse one keep-alive connection."""
+    for i in range(10):
+        api.start(f"+23480312345{i:02d}")
+    assert termii.connections() == 1
+
+
+@pytest.fixture
+def cequens_api(make_app, openapi) -> Api:
+    return Api(make_app(OTPSVC_PROVIDERS="cequens"), KEY_A, openapi)
+
+
+def test_cequens_signs_in_once_for_many_calls(cequens_api: Api, cequens: FakeCequens):
+    """The bearer token is fetched once and reused by every call while it is valid."""
+    for i in range(5):
+        assert cequens_api.start(f"+2010012345{i:02d}").status_code == 201
+    assert len(cequens.sign_ins) == 1
+    assert len(cequens.calls) == 5
+    assert cequens.sign_ins[0].json["userName"] == CEQUENS_USER
+
+
+def test_cequens_signs_in_again_once_on_401(cequens_api: Api, cequens: FakeCequens):
+    """A revoked token: the call gets 401, the provider signs in again and the call goes through."""
+    cequens_api.start("+201001234500")
+    cequens.revoke_tokens()
+    response = cequens_api.start("+201001234501")
+    assert response.status_code == 201
+    assert len(cequens.sign_ins) == 2
+    assert len(cequens.calls) == 3  # the refused one and its retry
+
+
+def test_cequens_expired_token_is_renewed_before_use(make_app, openapi, cequens: FakeCequens):
+    """A token whose exp has passed is renewed before the call, without a 401 round."""
+    cequens.token_lifetime = 1  # expires within the renewal margin
+    api = Api(make_app(OTPSVC_PROVIDERS="cequens"), KEY_A, openapi)
+    api.start("+201001234500")
+    api.start("+201001234501")
+    assert len(cequens.sign_ins) == 2
+    assert all(c.json for c in cequens.calls)
+    assert len(cequens.calls) == 2
+
+
+def test_cequens_request_shape(cequens_api: Api, cequens: FakeCequens):
+    """Arabic text for an Egyptian number, the Zeina voice, repeats and a tokened status URL."""
+    data = cequens_api.start("+201001234567").get_json()
+    body = cequens.calls[-1].json
+    assert body["recipientNumber"] == "+201001234567"
+    assert body["voiceName"] == "Zeina"
+    assert body["sayTextRepeats"] == 2
+    assert body["answerTimeout"] == 30
+    assert body["collectDtmf"] is False
+    assert body["sayText"].startswith("رمز التحقق الخاص بك من otpsvc هو")
+    assert body["statusCallbackEndpoint"].startswith(f"{PUBLIC_URL}/webhooks/cequens/{data['id']}.")
+    assert body["statusCallbackEndpoint"].endswith("/status")
+
+
+@pytest.mark.parametrize("mode", ["server_error", "refused"])
+def test_cequens_failures_fail_delivery(cequens_api: Api, cequens: FakeCequens, mode):
+    """HTTP 500 or a non-zero replyCode is a failed delivery."""
+    cequens.mode = mode
+    assert cequens_api.start("+201001234567").status_code == 502
+
+
+@pytest.fixture
+def alpha_api(make_app, openapi) -> Api:
+    return Api(make_app(OTPSVC_PROVIDERS="alphasms"), KEY_A, openapi)
+
+
+def test_alphasms_request_shape(alpha_api: Api, alphasms: FakeAlphasms):
+    """JSON with auth and one voice item: integer id and phone, Ukrainian voice and text."""
+    data = alpha_api.start(UA_MOBILE).get_json()
+    call = alphasms.calls[-1]
+    assert call.headers["Content-Type"] == "application/json"
+    item = call.json["data"][0]
+    assert item["type"] == "voice"
+    assert item["phone"] == 380501234567
+    assert item["voice"] == {"gender": "female", "language": "uk-UA", "name": "uk-UA-Standard-A"}
+    assert item["message"].startswith("Ваш код підтвердження otpsvc")
+    assert item["dtmf"] is False
+    assert data["delivery"]["provider_message_id"] == "123456789"
+
+
+def test_alphasms_access_denied_on_http_200(make_app, openapi, alphasms: FakeAlphasms):
+    """{"success": false, "error": "Access denied"} with HTTP 200 is a failed delivery."""
+    api = Api(
+        make_app(OTPSVC_PROVIDERS="alphasms", OTPSVC_ALPHASMS_API_KEY="wrong-key-123"),
+        KEY_A,
+        openapi,
+    )
+    response = api.start(UA_MOBILE)
+    assert response.status_code == 502
+
+
+@pytest.mark.parametrize("mode", ["item_error", "server_error"])
+def test_alphasms_item_and_server_errors(alpha_api: Api, alphasms: FakeAlphasms, mode):
+    """A refused item or a non-JSON answer is a failed delivery."""
+    alphasms.mode = mode
+    assert alpha_api.start(UA_MOBILE).status_code == 502
+
+
+def test_slow_provider_within_the_timeout_is_fine(make_app, openapi, sevenio: FakeSevenio):
+    """A seven.io answer that takes 0.3 s with a 2 s read timeout is a normal success."""
+    api = Api(make_app(OTPSVC_PROVIDERS="sevenio"), KEY_A, openapi)
+    sevenio.delay = 0.3
+    data = api.start(DE_MOBILE).get_json()
+    assert data["delivery"]["status"] == "queued"
+
+
+def test_hanging_sevenio_is_unknown_not_repeated(make_app, openapi, sevenio: FakeSevenio):
+    """seven.io hanging past the read timeout: 201 with delivery 'unknown' and one request only."""
+    api = Api(
+        make_app(OTPSVC_PROVIDERS="sevenio", OTPSVC_PROVIDER_READ_TIMEOUT="0.3"), KEY_A, openapi
+    )
+    sevenio.hang = True
+    data = api.start(DE_MOBILE).get_json()
+    assert data["delivery"]["status"] == "unknown"
+    assert len(sevenio.calls) == 1
+
+
+def test_hanging_cequens_sign_in_is_a_definite_failure(
+    make_app, openapi, cequens: FakeCequens, sevenio: FakeSevenio
+):
+    """A sign-in that never answers placed no call: the next provider takes it (no 'unknown')."""
+    api = Api(
+        make_app(OTPSVC_PROVIDERS="cequens,sevenio", OTPSVC_PROVIDER_READ_TIMEOUT="0.3"),
+        KEY_A,
+        openapi,
+    )
+    cequens.hang = True
+    data = api.start("+201001234567").get_json()
+    assert data["provider"] == "sevenio"
+    assert data["delivery"]["status"] == "queued"
+    assert cequens.calls == []

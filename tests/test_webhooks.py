@@ -1,0 +1,300 @@
+"""Provider callbacks: signatures, replay, staleness, delivery status, and keypress approval."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+
+import pytest
+
+from tests.conftest import (
+    KEY_A,
+    PUBLIC_URL,
+    SEVENIO_SIGNING_KEY,
+    TERMII_WEBHOOK_SECRET,
+    Api,
+    FakeClock,
+    wrong_code,
+)
+from tests.fakes.cequens import FakeCequens
+from tests.fakes.sevenio import FakeSevenio
+from tests.fakes.termii import FakeTermii
+
+DE = "+4915123456789"
+
+
+def signed_sevenio(
+    payload: dict, timestamp: int, *, nonce: str | None = None, key=SEVENIO_SIGNING_KEY
+):
+    """Headers and body as seven.io signs them: HMAC-SHA256 over ts, nonce, method, URL, md5."""
+    body = json.dumps(payload).encode()
+    nonce = nonce or secrets.token_hex(16)
+    text = "\n".join(
+        [
+            str(timestamp),
+            nonce,
+            "POST",
+            f"{PUBLIC_URL}/webhooks/sevenio",
+            hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        ]
+    )
+    signature = hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest()
+    headers = {"X-Signature": signature, "X-Nonce": nonce, "X-Timestamp": str(timestamp)}
+    return headers, body
+
+
+class Seven:
+    """A seven.io-routed app, and a way to send it signed hooks."""
+
+    def __init__(self, api: Api, clock: FakeClock) -> None:
+        self.api = api
+        self.clock = clock
+        self.hooks = Api(api.app, None, api.openapi)
+
+    def hook(self, event: str, data: dict, **sign):
+        headers, body = signed_sevenio(
+            {"webhook_event": event, "webhook_timestamp": int(self.clock()), "data": data},
+            int(self.clock()),
+            **sign,
+        )
+        return self.hooks.request(
+            "POST", "/webhooks/sevenio", data=body, headers=headers, content_type="application/json"
+        )
+
+
+@pytest.fixture
+def seven(make_app, openapi, clock: FakeClock) -> Seven:
+    return Seven(Api(make_app(OTPSVC_PROVIDERS="sevenio"), KEY_A, openapi), clock)
+
+
+def started(seven: Seven, **fields) -> dict:
+    return seven.api.start(DE, **fields).get_json()
+
+
+def test_status_report_shows_in_the_verification(seven: Seven):
+    """voice_status 'ringing' then 'completed' show up in GET, found by the message id."""
+    data = started(seven)
+    mid = data["delivery"]["provider_message_id"]
+    assert (
+        seven.hook("voice_status", {"id": mid, "status": "ringing"}).get_json()["result"]
+        == "applied"
+    )
+    assert seven.api.get(data["id"]).get_json()["delivery"]["status"] == "ringing"
+    seven.hook("voice_status", {"id": mid, "status": "completed"})
+    assert seven.api.get(data["id"]).get_json()["delivery"]["status"] == "completed"
+
+
+def test_reports_are_idempotent_and_never_go_backwards(seven: Seven):
+    """The same report twice changes nothing the second time; 'ringing' after 'completed' loses."""
+    data = started(seven)
+    mid = data["delivery"]["provider_message_id"]
+    assert (
+        seven.hook("voice_status", {"id": mid, "status": "completed"}).get_json()["result"]
+        == "applied"
+    )
+    assert (
+        seven.hook("voice_status", {"id": mid, "status": "completed"}).get_json()["result"]
+        == "ignored"
+    )
+    assert (
+        seven.hook("voice_status", {"id": mid, "status": "ringing"}).get_json()["result"]
+        == "ignored"
+    )
+    assert seven.api.get(data["id"]).get_json()["delivery"]["status"] == "completed"
+
+
+def test_no_answer_lifts_the_resend_cooldown(seven: Seven, sevenio: FakeSevenio):
+    """After 'no-answer' a new call may be asked for at once, without waiting the cooldown."""
+    data = started(seven)
+    assert seven.api.start(DE).status_code == 429
+    seven.hook(
+        "voice_status", {"id": data["delivery"]["provider_message_id"], "status": "no-answer"}
+    )
+    assert seven.api.start(DE).status_code == 200
+    assert len(sevenio.calls) == 2
+
+
+def test_report_for_an_older_send_is_ignored(seven: Seven, clock: FakeClock):
+    """A report naming the first call's message id does not touch the resend's status."""
+    first = started(seven)
+    clock.advance(31)
+    seven.api.start(DE)
+    result = seven.hook(
+        "voice_status", {"id": first["delivery"]["provider_message_id"], "status": "failed"}
+    )
+    assert result.get_json()["result"] == "ignored"
+
+
+def test_bad_signature_is_401_and_changes_nothing(seven: Seven):
+    """A hook signed with another key is refused and the status is untouched."""
+    data = started(seven)
+    mid = data["delivery"]["provider_message_id"]
+    response = seven.hook(
+        "voice_status", {"id": mid, "status": "completed"}, key="not-the-signing-key"
+    )
+    assert response.status_code == 401
+    assert seven.api.get(data["id"]).get_json()["delivery"]["status"] == "queued"
+
+
+def test_stale_timestamp_is_refused(seven: Seven, clock: FakeClock):
+    """A correctly signed hook 31 s old is refused."""
+    data = started(seven)
+    headers, body = signed_sevenio(
+        {
+            "webhook_event": "voice_status",
+            "data": {"id": data["delivery"]["provider_message_id"], "status": "completed"},
+        },
+        int(clock()) - 31,
+    )
+    response = seven.hooks.request(
+        "POST", "/webhooks/sevenio", data=body, headers=headers, content_type="application/json"
+    )
+    assert response.status_code == 401
+
+
+def test_replayed_nonce_is_refused(seven: Seven):
+    """The same signed hook sent twice: the second is 401."""
+    data = started(seven)
+    headers, body = signed_sevenio(
+        {
+            "webhook_event": "voice_status",
+            "data": {"id": data["delivery"]["provider_message_id"], "status": "ringing"},
+        },
+        int(seven.clock()),
+    )
+    first = seven.hooks.request(
+        "POST", "/webhooks/sevenio", data=body, headers=headers, content_type="application/json"
+    )
+    again = seven.hooks.request(
+        "POST", "/webhooks/sevenio", data=body, headers=headers, content_type="application/json"
+    )
+    assert first.status_code == 200
+    assert again.status_code == 401
+
+
+def test_key_press_never_approves_a_code_verification(seven: Seven):
+    """A DTMF '1' on a code-mode call is ignored: only the code approves."""
+    data = started(seven)
+    result = seven.hook(
+        "voice_dtmf", {"id": data["delivery"]["provider_message_id"], "dtmf_digit": "1"}
+    )
+    assert result.get_json()["result"] == "ignored"
+    assert seven.api.get(data["id"]).get_json()["status"] == "pending"
+
+
+def test_keypress_1_approves(seven: Seven, sevenio: FakeSevenio):
+    """mode=keypress: the call asks for 1 or 9; pressing 1 approves, polled through GET."""
+    data = started(seven, mode="keypress")
+    assert data["mode"] == "keypress"
+    assert "drücken Sie die 1" in sevenio.calls[-1].form["text"]
+    mid = data["delivery"]["provider_message_id"]
+    assert seven.api.get(data["id"]).get_json()["status"] == "pending"
+    assert (
+        seven.hook("voice_dtmf", {"id": mid, "dtmf_digit": "1"}).get_json()["result"] == "approved"
+    )
+    assert seven.api.get(data["id"]).get_json()["status"] == "approved"
+    assert seven.api.check(data["id"], "123456").status_code == 404
+
+
+def test_keypress_9_denies_and_blocks_the_number(seven: Seven, sevenio: FakeSevenio):
+    """Pressing 9 marks the verification denied, and new starts for the number get 429."""
+    data = started(seven, mode="keypress")
+    seven.hook("voice_dtmf", {"id": data["delivery"]["provider_message_id"], "dtmf_digit": "9"})
+    assert seven.api.get(data["id"]).get_json()["status"] == "denied"
+    blocked = seven.api.start(DE)
+    assert blocked.status_code == 429
+    assert blocked.get_json()["code"] == "number_blocked"
+    assert int(blocked.headers["Retry-After"]) > 3000
+    assert len(sevenio.calls) == 1
+
+
+def test_keypress_needs_a_provider_that_reports_keys(api: Api, termii: FakeTermii):
+    """On a Termii-only route keypress mode is a 422 naming 'mode', and nothing is called."""
+    response = api.start(mode="keypress")
+    assert response.status_code == 422
+    assert "mode" in response.get_json()["errors"]
+    assert termii.calls == []
+
+
+@pytest.fixture
+def cequens_api(make_app, openapi) -> Api:
+    return Api(make_app(OTPSVC_PROVIDERS="cequens"), KEY_A, openapi)
+
+
+def test_cequens_status_callback_with_its_token(cequens_api: Api, cequens: FakeCequens):
+    """The status URL given to CEQUENS works; a made-up token is 401."""
+    data = cequens_api.start("+201001234567").get_json()
+    status_url = cequens.calls[-1].json["statusCallbackEndpoint"].removeprefix(PUBLIC_URL)
+    hooks = Api(cequens_api.app, None, cequens_api.openapi)
+    assert (
+        hooks.request("POST", status_url, json={"status": "answered"}).get_json()["result"]
+        == "applied"
+    )
+    assert cequens_api.get(data["id"]).get_json()["delivery"]["status"] == "in-progress"
+    forged = status_url.replace(status_url.split("/")[3], data["id"] + "." + "0" * 32)
+    assert hooks.request("POST", forged, json={"status": "failed"}).status_code == 401
+    assert cequens_api.get(data["id"]).get_json()["delivery"]["status"] == "in-progress"
+
+
+def test_cequens_keypress_by_get_callback(cequens_api: Api, cequens: FakeCequens):
+    """Keypress on CEQUENS: collectDtmf is on, and a GET to the DTMF URL with 1 approves."""
+    data = cequens_api.start("+201001234567", mode="keypress").get_json()
+    body = cequens.calls[-1].json
+    assert body["collectDtmf"] is True
+    dtmf_url = body["dtmfCallbackEndpoint"].removeprefix(PUBLIC_URL)
+    hooks = Api(cequens_api.app, None, cequens_api.openapi)
+    assert hooks.request("GET", dtmf_url + "?dtmf=1").get_json()["result"] == "approved"
+    assert cequens_api.get(data["id"]).get_json()["status"] == "approved"
+
+
+def test_termii_events_need_the_hmac_sha512_signature(make_app, openapi, termii: FakeTermii):
+    """Signed Termii events update the status; a wrong signature is 401."""
+    api = Api(make_app(OTPSVC_TERMII_WEBHOOK_SECRET=TERMII_WEBHOOK_SECRET), KEY_A, openapi)
+    data = api.start().get_json()
+    body = json.dumps(
+        {
+            "type": "voice",
+            "message_id": data["delivery"]["provider_message_id"],
+            "status": "DELIVERED",
+        }
+    ).encode()
+    good = hmac.new(TERMII_WEBHOOK_SECRET.encode(), body, hashlib.sha512).hexdigest()
+    hooks = Api(api.app, None, openapi)
+    bad = hooks.request(
+        "POST",
+        "/webhooks/termii",
+        data=body,
+        headers={"X-Termii-Signature": "0" * 128},
+        content_type="application/json",
+    )
+    assert bad.status_code == 401
+    ok = hooks.request(
+        "POST",
+        "/webhooks/termii",
+        data=body,
+        headers={"X-Termii-Signature": good},
+        content_type="application/json",
+    )
+    assert ok.get_json()["result"] == "applied"
+    assert api.get(data["id"]).get_json()["delivery"]["status"] == "completed"
+
+
+def test_termii_events_are_off_without_a_secret(app, openapi):
+    """Without OTPSVC_TERMII_WEBHOOK_SECRET the endpoint does not exist (404)."""
+    hooks = Api(app, None, openapi)
+    response = hooks.request(
+        "POST", "/webhooks/termii", json={"message_id": "1", "status": "DELIVERED"}
+    )
+    assert response.status_code == 404
+
+
+def test_delivery_report_never_approves_a_code(seven: Seven):
+    """After a 'completed' report the verification still needs its code."""
+    data = started(seven)
+    seven.hook(
+        "voice_status", {"id": data["delivery"]["provider_message_id"], "status": "completed"}
+    )
+    assert seven.api.get(data["id"]).get_json()["status"] == "pending"
+    assert seven.api.check(data["id"], wrong_code("123456")).get_json()["valid"] is False

@@ -156,8 +156,19 @@ def main() -> None:
             "OTPSVC_TERMII_API_KEY": "bench-termii-key",
             "OTPSVC_MAX_CHECK_ATTEMPTS": str(options.checks_each),
             "OTPSVC_RATE_LIMIT_START_IP": "100000 per minute",
-            "OTPSVC_RATE_LIMIT_START_PHONE": "100000 per minute",
             "OTPSVC_RATE_LIMIT_CHECK_IP": "100000 per minute",
+            "OTPSVC_ALLOWED_COUNTRIES": "NG",
+            **{
+                f"OTPSVC_{name}": "100000 per hour"
+                for name in (
+                    "VELOCITY_PHONE",
+                    "VELOCITY_IP",
+                    "VELOCITY_PREFIX",
+                    "VELOCITY_COUNTRY",
+                    "VELOCITY_CLIENT",
+                    "CALL_BUDGET",
+                )
+            },
             "OTPSVC_LOG_LEVEL": "WARNING",
             "OTPSVC_ARGON2_MEMORY_KIB": str(params.memory_kib),
             "OTPSVC_ARGON2_TIME_COST": str(params.time_cost),

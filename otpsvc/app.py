@@ -12,14 +12,16 @@ from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from otpsvc.api import dev, health, otp, problems, webhooks
-from otpsvc.api.context import Runtime, body_phone, client_ip, runtime
+from otpsvc.api.context import Runtime, client_ip
 from otpsvc.config import Settings, load_settings
+from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.breaker import BreakerStore
+from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.base import Speech, Timeouts
 from otpsvc.voice.dispatch import Dispatcher
 from otpsvc.voice.registry import ProviderContext, build_providers
@@ -33,6 +35,8 @@ def create_app(
     """Build the app from ``OTPSVC_*`` settings (the environment, or ``config`` in tests)."""
     settings = load_settings(config)
     _configure_logging(settings)
+    for name in settings.unknown:
+        logging.getLogger("otpsvc").warning("unknown setting %s is ignored", name)
 
     app = Flask("otpsvc")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -72,6 +76,8 @@ def create_app(
         keyring=Keyring(settings.secret_key, settings.argon2),
         dispatcher=dispatcher,
         policy=Policy.from_settings(settings),
+        abuse=AbusePolicy.from_settings(settings),
+        velocity=VelocityStore(client, settings.redis_prefix),
         clock=clock,
     )
     limiter = _limiter(app, settings, client)
@@ -115,30 +121,17 @@ def _limiter(app: Flask, settings: Settings, client: Any) -> Limiter:
     return limiter
 
 
-def _phone_limit_key() -> str:
-    """The number's keyed hash: limiter keys in Redis never hold a number in the clear."""
-    phone = body_phone()
-    return runtime().service.keyring.phone_key(phone.e164) if phone else ""
-
-
 def _apply_limits(app: Flask, limiter: Limiter, settings: Settings) -> None:
-    """Wrap the views with their limits; they run after authentication, before the view body."""
-    wrap: list[tuple[str, str, Callable[[], str], Callable[[], bool] | None]] = [
-        ("otp.start", settings.rate_limit_start_ip, client_ip, None),
-        ("otp.check", settings.rate_limit_check_ip, client_ip, None),
-        # An unreadable number is answered with 422 by the view; it has no bucket of its own.
-        (
-            "otp.start",
-            settings.rate_limit_start_phone,
-            _phone_limit_key,
-            lambda: body_phone() is None,
-        ),
-    ]
-    for endpoint, limit, key_func, exempt_when in wrap:
-        scope = f"{endpoint}:{'ip' if key_func is client_ip else 'phone'}"
-        decorate: Any = limiter.limit(
-            limit, key_func=key_func, scope=scope, exempt_when=exempt_when
-        )
+    """Wrap the views with their limits; they run after authentication, before the view body.
+
+    These count requests per client IP. Calls per number, client, IP, prefix and country are
+    counted by the core's velocity limits, which count only calls about to be placed.
+    """
+    for endpoint, limit in (
+        ("otp.start", settings.rate_limit_start_ip),
+        ("otp.check", settings.rate_limit_check_ip),
+    ):
+        decorate: Any = limiter.limit(limit, key_func=client_ip, scope=f"{endpoint}:ip")
         app.view_functions[endpoint] = decorate(app.view_functions[endpoint])
 
 

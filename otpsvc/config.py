@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import limits
+import phonenumbers
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
 from otpsvc.errors import ConfigError
@@ -60,8 +61,28 @@ class Settings:
     resend_cooldown: int = 30
     argon2: Argon2Params = Argon2Params()
     rate_limit_start_ip: str = "10 per minute;60 per hour"
-    rate_limit_start_phone: str = "5 per 10 minutes;20 per day"
     rate_limit_check_ip: str = "30 per minute;300 per hour"
+    #: Calls placed (not requests) per number, client, client IP, number prefix and country.
+    velocity_phone: str = "5 per hour;10 per day"
+    velocity_client: str = "1000 per hour;10000 per day"
+    velocity_ip: str = "10 per hour;30 per day"
+    velocity_prefix: str = "20 per hour;100 per day"
+    velocity_prefix_digits: int = 6
+    velocity_country: str = "500 per hour;5000 per day"
+    call_budget: str = "2000 per hour;20000 per day"
+    calls_enabled: bool = True
+    #: ISO 3166 alpha-2 codes calls may go to; None (dev mode only) means anywhere.
+    allowed_countries: frozenset[str] | None = None
+    allowed_number_types: frozenset[int] = frozenset(
+        {
+            phonenumbers.PhoneNumberType.MOBILE,
+            phonenumbers.PhoneNumberType.FIXED_LINE,
+            phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+        }
+    )
+    max_failed_checks_per_number: int = 10
+    #: OTPSVC_* variables that no setting reads (a typo, or a setting that was renamed).
+    unknown: tuple[str, ...] = ()
     trusted_proxies: int = 0
     provider_connect_timeout: float = 3.05
     provider_read_timeout: float = 10.0
@@ -171,15 +192,50 @@ class _SettingsSchema(Schema):
         load_default=Settings.rate_limit_start_ip,
         validate=_limit_string,
     )
-    rate_limit_start_phone = fields.String(
-        data_key="OTPSVC_RATE_LIMIT_START_PHONE",
-        load_default=Settings.rate_limit_start_phone,
-        validate=_limit_string,
-    )
     rate_limit_check_ip = fields.String(
         data_key="OTPSVC_RATE_LIMIT_CHECK_IP",
         load_default=Settings.rate_limit_check_ip,
         validate=_limit_string,
+    )
+    velocity_phone = fields.String(
+        data_key="OTPSVC_VELOCITY_PHONE",
+        load_default=Settings.velocity_phone,
+        validate=_limit_string,
+    )
+    velocity_client = fields.String(
+        data_key="OTPSVC_VELOCITY_CLIENT",
+        load_default=Settings.velocity_client,
+        validate=_limit_string,
+    )
+    velocity_ip = fields.String(
+        data_key="OTPSVC_VELOCITY_IP", load_default=Settings.velocity_ip, validate=_limit_string
+    )
+    velocity_prefix = fields.String(
+        data_key="OTPSVC_VELOCITY_PREFIX",
+        load_default=Settings.velocity_prefix,
+        validate=_limit_string,
+    )
+    velocity_prefix_digits = fields.Integer(
+        data_key="OTPSVC_VELOCITY_PREFIX_DIGITS", load_default=6, validate=validate.Range(1, 10)
+    )
+    velocity_country = fields.String(
+        data_key="OTPSVC_VELOCITY_COUNTRY",
+        load_default=Settings.velocity_country,
+        validate=_limit_string,
+    )
+    call_budget = fields.String(
+        data_key="OTPSVC_CALL_BUDGET", load_default=Settings.call_budget, validate=_limit_string
+    )
+    calls_enabled = fields.Boolean(data_key="OTPSVC_CALLS_ENABLED", load_default=True)
+    allowed_countries = fields.String(data_key="OTPSVC_ALLOWED_COUNTRIES", load_default=None)
+    allowed_number_types = fields.String(
+        data_key="OTPSVC_ALLOWED_NUMBER_TYPES",
+        load_default="mobile,fixed_line,fixed_line_or_mobile",
+    )
+    max_failed_checks_per_number = fields.Integer(
+        data_key="OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER",
+        load_default=10,
+        validate=validate.Range(1, 100),
     )
     trusted_proxies = fields.Integer(
         data_key="OTPSVC_TRUSTED_PROXIES", load_default=0, validate=validate.Range(0, 5)
@@ -219,6 +275,14 @@ class _SettingsSchema(Schema):
             raise ValidationError("name at least one provider")
         _known_providers(names)
 
+    @validates("allowed_countries")
+    def _check_countries(self, value: str | None, **_: object) -> None:
+        _parse_countries(value)
+
+    @validates("allowed_number_types")
+    def _check_number_types(self, value: str, **_: object) -> None:
+        _parse_number_types(value)
+
     @validates("routes")
     def _check_routes(self, value: str, **_: object) -> None:
         _parse_routes(value)
@@ -233,6 +297,8 @@ class _SettingsSchema(Schema):
         data["clients"] = _parse_api_keys(data.pop("api_keys"))
         data["providers"] = tuple(_split(data["providers"]))
         data["routes"] = _parse_routes(data["routes"])
+        data["allowed_countries"] = _parse_countries(data["allowed_countries"])
+        data["allowed_number_types"] = _parse_number_types(data["allowed_number_types"])
         if data["public_url"]:
             data["public_url"] = data["public_url"].rstrip("/")
         data["secret_key"] = data["secret_key"].encode()
@@ -241,6 +307,35 @@ class _SettingsSchema(Schema):
 
 def _split(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+NUMBER_TYPES: dict[str, int] = {
+    name.lower(): value
+    for name, value in vars(phonenumbers.PhoneNumberType).items()
+    if name.isupper() and isinstance(value, int)
+}
+
+
+def _parse_countries(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    codes = {code.upper() for code in _split(value)}
+    unknown = sorted(codes - phonenumbers.SUPPORTED_REGIONS)
+    if not codes or unknown:
+        raise ValidationError(
+            f"must list ISO 3166 alpha-2 codes such as NG,DE; unknown: {', '.join(unknown)}"
+        )
+    return frozenset(codes)
+
+
+def _parse_number_types(value: str) -> frozenset[int]:
+    names = [name.lower() for name in _split(value)]
+    unknown = [n for n in names if n not in NUMBER_TYPES]
+    if not names or unknown:
+        raise ValidationError(
+            f"unknown number type(s) {', '.join(unknown)}; known: {', '.join(sorted(NUMBER_TYPES))}"
+        )
+    return frozenset(NUMBER_TYPES[n] for n in names)
 
 
 def _known_providers(names: list[str]) -> None:
@@ -337,6 +432,18 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         except ValidationError as exc:
             problems += _problems(exc.messages)
 
+    if core and core.get("allowed_countries") is None and not core.get("dev_mode"):
+        problems.append(
+            "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "
+            "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
+        )
     if problems:
         raise ConfigError(sorted(problems))
-    return Settings(provider_settings=provider_settings, **core)
+    known = {f.data_key for f in _SettingsSchema().fields.values()} | {
+        f.data_key
+        for spec in PROVIDERS.values()
+        if spec.settings_schema is not None
+        for f in spec.settings_schema().fields.values()
+    }
+    unknown = tuple(sorted(set(relevant) - known - {"OTPSVC_TEST_REDIS_URL"}))
+    return Settings(provider_settings=provider_settings, unknown=unknown, **core)

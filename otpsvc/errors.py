@@ -56,6 +56,20 @@ class InvalidRequest(OtpError):
         return {"errors": self.errors}
 
 
+class CountryNotAllowed(OtpError):
+    """The number is in a country calls may not go to (``OTPSVC_ALLOWED_COUNTRIES``)."""
+
+    status = 403
+    code = "country_not_allowed"
+    title = "Forbidden"
+
+
+class NumberTypeNotAllowed(InvalidRequest):
+    """Premium-rate, shared-cost and other costly or unknown number types are refused."""
+
+    code = "number_type_not_allowed"
+
+
 class Unauthorized(OtpError):
     status = 401
     code = "unauthorized"
@@ -73,12 +87,8 @@ class NotFound(OtpError):
     title = "Not Found"
 
 
-class TooManyRequests(OtpError):
-    """Base of every 429: carries the seconds until the caller may try again."""
-
-    status = 429
-    code = "rate_limited"
-    title = "Too Many Requests"
+class RetryLater(OtpError):
+    """An error that passes: carries the seconds until the caller may try again."""
 
     def __init__(self, retry_after: float, detail: str | None = None) -> None:
         self.retry_after = max(1, int(-(-retry_after // 1)))
@@ -89,6 +99,14 @@ class TooManyRequests(OtpError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRequests(RetryLater):
+    """Base of every 429."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Too Many Requests"
 
 
 class RateLimited(TooManyRequests):
@@ -105,6 +123,12 @@ class ResendTooSoon(TooManyRequests):
 
 class MaxSendsReached(TooManyRequests):
     code = "max_sends_reached"
+
+
+class TooManyFailedChecks(TooManyRequests):
+    """The number has had too many wrong codes today, across all its verifications."""
+
+    code = "too_many_failed_checks"
 
 
 class NumberBlocked(TooManyRequests):
@@ -126,6 +150,14 @@ class DeliveryFailed(OtpError):
 
     def extensions(self) -> dict[str, object]:
         return {"id": self.verification_id} if self.verification_id else {}
+
+
+class CallsSuspended(RetryLater):
+    """The kill switch is on or the call budget is spent: no calls are placed for now."""
+
+    status = 503
+    code = "calls_suspended"
+    title = "Service Unavailable"
 
 
 class StoreUnavailable(OtpError):

@@ -42,6 +42,18 @@ PHONE = "+2348031234567"
 PHONE_MASKED = "+234*******567"
 
 
+#: Figures the suite measures along the way (fault latencies, example counts), printed at the end.
+pytest.FIGURES = {}  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    figures = pytest.FIGURES  # type: ignore[attr-defined]
+    if figures:
+        terminalreporter.section("otpsvc figures")
+        for name, value in figures.items():
+            terminalreporter.write_line(f"{name}: {value}")
+
+
 class FakeClock:
     """The service's only clock; tests move it instead of sleeping."""
 
@@ -113,8 +125,11 @@ def base_env(redis_url: str) -> dict[str, str]:
         "OTPSVC_SECRET_KEY": SECRET,
         "OTPSVC_API_KEYS": f"client-a:{KEY_A},client-b:{KEY_B}",
         "OTPSVC_RATE_LIMIT_START_IP": "1000 per minute",
-        "OTPSVC_RATE_LIMIT_START_PHONE": "1000 per minute",
         "OTPSVC_RATE_LIMIT_CHECK_IP": "1000 per minute",
+        "OTPSVC_VELOCITY_PHONE": "1000 per hour",
+        "OTPSVC_VELOCITY_IP": "1000 per hour",
+        "OTPSVC_VELOCITY_PREFIX": "1000 per hour",
+        "OTPSVC_ALLOWED_COUNTRIES": "NG,DE,UA,EG,FR,GB,US,SA,AE",
         "OTPSVC_PROVIDER_READ_TIMEOUT": "2",
     }
 

@@ -13,6 +13,7 @@ VALID = {
     "OTPSVC_API_KEYS": "web:" + "k" * 30,
     "OTPSVC_PROVIDERS": "termii",
     "OTPSVC_TERMII_API_KEY": "termii-key-123",
+    "OTPSVC_ALLOWED_COUNTRIES": "NG,GH",
 }
 
 
@@ -61,6 +62,8 @@ def test_empty_environment_lists_every_missing_setting():
         ("OTPSVC_PROVIDERS", "nosuch"),
         ("OTPSVC_PROVIDERS", "console"),
         ("OTPSVC_RATE_LIMIT_START_IP", "lots"),
+        ("OTPSVC_VELOCITY_PHONE", "often"),
+        ("OTPSVC_CALL_BUDGET", "1000 per fortnight"),
         ("OTPSVC_REDIS_URL", "http://x"),
         ("OTPSVC_TERMII_BASE_URL", "not a url"),
         ("OTPSVC_ARGON2_MEMORY_KIB", "1"),
@@ -69,6 +72,33 @@ def test_empty_environment_lists_every_missing_setting():
 def test_invalid_value_is_named(name: str, value: str):
     """Each invalid value stops start-up with a message naming its variable."""
     assert name in problems({**VALID, name: value})
+
+
+def test_allowed_countries_are_required_outside_dev_mode():
+    """Without OTPSVC_ALLOWED_COUNTRIES start-up stops, unless in dev mode."""
+    env = {k: v for k, v in VALID.items() if k != "OTPSVC_ALLOWED_COUNTRIES"}
+    assert "OTPSVC_ALLOWED_COUNTRIES" in problems(env)
+    assert load_settings({**env, "OTPSVC_DEV_MODE": "true"}).allowed_countries is None
+
+
+@pytest.mark.parametrize("value", ["", "NG,XX", "Nigeria"])
+def test_bad_country_lists_are_named(value: str):
+    """Unknown ISO codes or an empty list stop start-up."""
+    assert "OTPSVC_ALLOWED_COUNTRIES" in problems({**VALID, "OTPSVC_ALLOWED_COUNTRIES": value})
+
+
+def test_number_types_are_parsed_by_name():
+    """OTPSVC_ALLOWED_NUMBER_TYPES takes phonenumbers' type names; unknown names are refused."""
+    import phonenumbers
+
+    s = load_settings({**VALID, "OTPSVC_ALLOWED_NUMBER_TYPES": "mobile,voip"})
+    assert s.allowed_number_types == {
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.VOIP,
+    }
+    assert "OTPSVC_ALLOWED_NUMBER_TYPES" in problems(
+        {**VALID, "OTPSVC_ALLOWED_NUMBER_TYPES": "mobile,landline"}
+    )
 
 
 def test_termii_needs_its_key():
@@ -81,6 +111,13 @@ def test_console_provider_only_in_dev_mode():
     """The console provider is accepted with OTPSVC_DEV_MODE and refused without."""
     assert "dev mode only" in problems({**VALID, "OTPSVC_PROVIDERS": "console"})
     assert load_settings({**VALID, "OTPSVC_PROVIDERS": "console", "OTPSVC_DEV_MODE": "true"})
+
+
+def test_unknown_settings_are_reported():
+    """A misspelled or renamed OTPSVC_* variable is listed, so start-up can warn about it."""
+    s = load_settings({**VALID, "OTPSVC_RATE_LIMIT_START_PHONE": "5 per hour", "OTHER": "x"})
+    assert s.unknown == ("OTPSVC_RATE_LIMIT_START_PHONE",)
+    assert load_settings(VALID).unknown == ()
 
 
 def test_repr_holds_no_secret():

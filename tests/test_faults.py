@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from otpsvc import create_app
@@ -38,7 +40,10 @@ def test_redis_down_check_is_503_never_valid(fault_api: Api, own_redis, termii: 
     vid = fault_api.start().get_json()["id"]
     code = termii.last_code()
     own_redis.stop()
+    started = time.monotonic()
     response = fault_api.check(vid, code)
+    elapsed = time.monotonic() - started
+    pytest.FIGURES["redis stopped: check"] = f"503 store_unavailable in {elapsed * 1000:.0f} ms"  # type: ignore[attr-defined]
     assert response.status_code == 503
     assert response.get_json()["code"] == "store_unavailable"
     assert "valid" not in response.get_json()
@@ -47,7 +52,12 @@ def test_redis_down_check_is_503_never_valid(fault_api: Api, own_redis, termii: 
 def test_redis_down_start_places_no_call(fault_api: Api, own_redis, termii: FakeTermii):
     """With Redis stopped, a start is 503 and Termii is never asked to call."""
     own_redis.stop()
+    started = time.monotonic()
     response = fault_api.start()
+    elapsed = time.monotonic() - started
+    pytest.FIGURES["redis stopped: start"] = (  # type: ignore[attr-defined]
+        f"503 store_unavailable in {elapsed * 1000:.0f} ms, no call placed"
+    )
     assert response.status_code == 503
     assert termii.calls == []
 
@@ -66,6 +76,7 @@ def test_service_recovers_when_redis_returns(fault_api: Api, own_redis, termii: 
     assert fault_api.start().status_code == 503
     own_redis.start()
     response = fault_api.start()
+    pytest.FIGURES["redis back on its port"] = "next start 201, no restart"  # type: ignore[attr-defined]
     assert response.status_code == 201
     assert fault_api.check(response.get_json()["id"], termii.last_code()).get_json()["valid"]
 

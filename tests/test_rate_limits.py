@@ -32,10 +32,10 @@ def test_start_limit_per_ip_is_429_with_retry_after_and_no_call(
     assert len(termii.calls) == 2
 
 
-def test_start_limit_per_number_holds_across_ips(make_app, openapi, termii: FakeTermii):
-    """Over OTPSVC_RATE_LIMIT_START_PHONE, one number is refused whichever address asks."""
+def test_calls_per_number_hold_across_ips(make_app, openapi, termii: FakeTermii):
+    """Over OTPSVC_VELOCITY_PHONE, one number gets no more calls, whichever address asks."""
     api = Api(
-        make_app(OTPSVC_RATE_LIMIT_START_PHONE="2 per hour", OTPSVC_RESEND_COOLDOWN="0"),
+        make_app(OTPSVC_VELOCITY_PHONE="2 per hour", OTPSVC_RESEND_COOLDOWN="0"),
         KEY_A,
         openapi,
     )
@@ -46,7 +46,7 @@ def test_start_limit_per_number_holds_across_ips(make_app, openapi, termii: Fake
 
 def test_invalid_numbers_do_not_spend_the_number_limit(make_app, openapi):
     """A 422 for an unreadable number leaves the per-number limit alone (it has no bucket)."""
-    api = Api(make_app(OTPSVC_RATE_LIMIT_START_PHONE="1 per hour"), KEY_A, openapi)
+    api = Api(make_app(OTPSVC_VELOCITY_PHONE="1 per hour"), KEY_A, openapi)
     assert api.start("nonsense").status_code == 422
     assert api.start("nonsense").status_code == 422
     assert api.start(PHONES[0]).status_code == 201

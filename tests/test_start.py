@@ -248,3 +248,6 @@ def test_hanging_provider_is_bounded_and_never_called_twice(make_app, openapi, t
     assert response.get_json()["delivery"]["status"] == "unknown"
     assert len(termii.calls) == 1
     assert elapsed < 5
+    pytest.FIGURES["provider hanging, 0.5 s read timeout"] = (  # type: ignore[attr-defined]
+        f"201 delivery 'unknown' in {elapsed * 1000:.0f} ms, 1 request (no repeat)"
+    )

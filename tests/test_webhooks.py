@@ -298,3 +298,21 @@ def test_delivery_report_never_approves_a_code(seven: Seven):
     )
     assert seven.api.get(data["id"]).get_json()["status"] == "pending"
     assert seven.api.check(data["id"], wrong_code("123456")).get_json()["valid"] is False
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/webhooks/cequens/%C3%A9t%C3%A9.%C3%BC/status", {}),
+        ("/webhooks/sevenio", {"X-Signature": "é" * 64, "X-Nonce": "n", "X-Timestamp": "1"}),
+        ("/webhooks/termii", {"X-Termii-Signature": "ü" * 128}),
+    ],
+)
+def test_non_ascii_tokens_and_signatures_are_401_not_500(make_app, openapi, path, headers):
+    """Non-ASCII in a callback token or a signature header is a plain 401 (was a 500)."""
+    app = make_app(
+        OTPSVC_PROVIDERS="termii,sevenio", OTPSVC_TERMII_WEBHOOK_SECRET=TERMII_WEBHOOK_SECRET
+    )
+    hooks = Api(app, None, openapi)
+    response = hooks.request("POST", path, json={"status": "completed"}, headers=headers)
+    assert response.status_code == 401

@@ -12,7 +12,6 @@ from flask import current_app, g, request
 from flask_limiter import Limiter
 
 from otpsvc.config import Settings
-from otpsvc.core.phones import InvalidPhone, Phone, parse_phone
 from otpsvc.core.service import VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.errors import Unauthorized
@@ -64,18 +63,3 @@ def current_client() -> str:
 def client_ip() -> str:
     """The caller's address; ``X-Forwarded-For`` counts only through trusted hops (ProxyFix)."""
     return request.remote_addr or "unknown"
-
-
-def body_phone() -> Phone | None:
-    """The request body's phone number, parsed once per request; None when absent or invalid."""
-    if "body_phone" not in g:
-        body = request.get_json(silent=True)
-        raw = body.get("phone") if isinstance(body, dict) else None
-        phone: Phone | None = None
-        if isinstance(raw, str) and len(raw) <= 20:
-            try:
-                phone = parse_phone(raw)
-            except InvalidPhone:
-                phone = None
-        g.body_phone = phone
-    return cast(Phone | None, g.body_phone)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from otpsvc.api.context import authenticate, current_client, runtime
+from otpsvc.api.context import authenticate, client_ip, current_client, runtime
 from otpsvc.api.schemas import (
     VERIFICATION_ID,
     CheckRequest,
@@ -45,6 +45,7 @@ def start() -> tuple[Response, int]:
         locale=data.get("locale"),
         client_ref=data.get("client_ref"),
         mode=data["mode"],
+        client_ip=client_ip(),
     )
     return jsonify(verification_view(outcome.verification)), 201 if outcome.created else 200
 

@@ -8,10 +8,11 @@ import time
 
 import limits.errors
 import redis
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
+from otpsvc.core.audit import audit
 from otpsvc.errors import OtpError, RateLimited, StoreUnavailable
 
 log = logging.getLogger("otpsvc.api")
@@ -64,6 +65,7 @@ def _on_rate_limit(exc: RateLimitExceeded) -> Response:
     current = limiter.current_limit
     if current is not None:
         retry_after = current.reset_at - time.time()
+    audit("limit_hit", endpoint=request.endpoint, limit=exc.description, ip=request.remote_addr)
     return render(RateLimited(retry_after, f"rate limit exceeded: {exc.description}"))
 
 

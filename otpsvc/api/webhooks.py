@@ -56,6 +56,11 @@ CEQUENS_STATUS_FIELDS = ("status", "callStatus")
 CEQUENS_DTMF_FIELDS = ("dtmf", "digits", "input")
 
 
+def _same(expected: str, presented: str) -> bool:
+    """Constant-time comparison that also takes any non-ASCII a stranger may send."""
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
+
+
 def _done(result: str) -> Response:
     return jsonify({"received": True, "result": result})
 
@@ -90,7 +95,7 @@ def sevenio() -> Response:
     expected = sevenio_signature(
         settings.signing_key, timestamp, nonce, request.method, _public_url(), body
     )
-    if not hmac.compare_digest(expected, request.headers.get("X-Signature", "")):
+    if not _same(expected, request.headers.get("X-Signature", "")):
         raise Unauthorized("bad signature")
     if not timestamp.isdigit() or abs(rt.service.clock() - int(timestamp)) > SEVENIO_MAX_AGE:
         raise Unauthorized("stale or missing timestamp")
@@ -176,7 +181,7 @@ def termii() -> Response:
     expected = hmac.new(
         settings.webhook_secret.encode(), request.get_data(), hashlib.sha512
     ).hexdigest()
-    if not hmac.compare_digest(expected, request.headers.get("X-Termii-Signature", "")):
+    if not _same(expected, request.headers.get("X-Termii-Signature", "")):
         raise Unauthorized("bad signature")
     payload: Any = request.get_json(silent=True)
     if not isinstance(payload, dict) or not payload.get("message_id"):

@@ -48,7 +48,9 @@ class Keyring:
         """The verification a callback token names, or None when the token was not made here."""
         verification_id, _, _ = token.partition(".")
         expected = self.callback_token(verification_id)
-        return verification_id if hmac.compare_digest(expected, token) else None
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a token comes from a stranger.
+        same = hmac.compare_digest(expected.encode(), token.encode("utf-8", "surrogateescape"))
+        return verification_id if same else None
 
     def _code_digest(self, verification_id: str, code: str) -> bytes:
         return hmac.new(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from otpsvc.config import Settings
+from otpsvc.core.abuse import AbusePolicy, refusal_error
 from otpsvc.core.audit import audit
 from otpsvc.core.codes import generate_code, new_verification_id
 from otpsvc.core.keyring import Keyring
@@ -25,8 +26,10 @@ from otpsvc.errors import (
     NotFound,
     NumberBlocked,
     ResendTooSoon,
+    TooManyFailedChecks,
 )
 from otpsvc.store import Reservation, VerificationStore
+from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.base import CallRequest
 from otpsvc.voice.dispatch import DeliveryError, Dispatcher, NoRoute
 from otpsvc.voice.scripts import choose_locale
@@ -45,6 +48,7 @@ class Policy:
     resend_cooldown_ms: int
     default_locale: str
     deny_block_ms: int
+    max_failures: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -56,6 +60,7 @@ class Policy:
             resend_cooldown_ms=settings.resend_cooldown * 1000,
             default_locale=settings.default_locale,
             deny_block_ms=settings.deny_block * 1000,
+            max_failures=settings.max_failed_checks_per_number,
         )
 
 
@@ -67,8 +72,12 @@ class VerificationService:
         keyring: Keyring,
         dispatcher: Dispatcher,
         policy: Policy,
+        abuse: AbusePolicy,
+        velocity: VelocityStore,
         clock: Clock,
     ) -> None:
+        self.abuse = abuse
+        self.velocity = velocity
         self.store = store
         self.keyring = keyring
         self.dispatcher = dispatcher
@@ -87,14 +96,25 @@ class VerificationService:
         locale: str | None = None,
         client_ref: str | None = None,
         mode: str = "code",
+        client_ip: str = "unknown",
     ) -> StartOutcome:
-        """Open a verification and call the phone, or resend the client's open one for it."""
+        """Open a verification and call the phone, or resend the client's open one for it.
+
+        Order matters: screening (no state), then velocity and budget counting, then the
+        reservation in the number's own slot; a reservation that refuses hands the count back.
+        """
+        self.abuse.screen(phone, client)
         try:
             route = self.dispatcher.route_for(phone.country_code, mode)
         except NoRoute as exc:
             raise InvalidRequest({"mode": [str(exc)]}) from exc
         now_ms = self._now_ms()
         phone_key = self.keyring.phone_key(phone.e164)
+        counted = self.abuse.counters(phone=phone, phone_key=phone_key, client=client, ip=client_ip)
+        candidate_id = new_verification_id(VerificationStore.tag_of(phone_key))
+        refusal = self.velocity.count(counted, candidate_id, now_ms)
+        if refusal is not None:
+            raise refusal_error(refusal, phone, client)
         fields: dict[str, str | int] = {
             "c": client,
             "pk": phone_key,
@@ -108,16 +128,19 @@ class VerificationService:
             fields["m"] = "k"
         reservation = self.store.reserve(
             now_ms=now_ms,
-            candidate_id=new_verification_id(VerificationStore.tag_of(phone_key)),
+            candidate_id=candidate_id,
             client=client,
             phone_key=phone_key,
             ttl_ms=self.policy.code_ttl_ms,
             max_sends=self.policy.max_sends,
             cooldown_ms=self.policy.resend_cooldown_ms,
             max_attempts=self.policy.max_attempts,
+            max_failures=self.policy.max_failures,
             fields=fields,
             mode=mode,
         )
+        if reservation.outcome not in ("new", "resend"):
+            self.velocity.refund(counted, candidate_id)
         self._refuse_unless_sendable(reservation, now_ms, client, phone)
         record = reservation.record
         gen = int(record["g"])
@@ -203,6 +226,7 @@ class VerificationService:
             "max_sends": (int(record.get("ea", 0)), MaxSendsReached),
             "cooldown": (int(record.get("ra", 0)), ResendTooSoon),
             "blocked": (int(record.get("until", 0)), NumberBlocked),
+            "failures": (int(record.get("until", 0)), TooManyFailedChecks),
         }.get(reservation.outcome)
         if wait_until is None:
             return
@@ -219,6 +243,7 @@ class VerificationService:
             "max_sends": "this verification has been sent the maximum number of times",
             "cooldown": "a new call for this verification is not allowed yet",
             "blocked": "the owner of this number said a recent call was not theirs",
+            "failures": "too many wrong codes for this number today",
         }
         raise error((until_ms - now_ms) / 1000, messages[reservation.outcome])
 

@@ -7,6 +7,7 @@ the number's keyed hash, so each script touches one Redis Cluster slot):
 - ``<prefix>:{tag}:o:<client>:<phone key>``: the id of the client's open verification for the
   number (``ok:`` for keypress mode).
 - ``<prefix>:{tag}:d:<phone key>``: the number is blocked after its owner pressed "it was not me".
+- ``<prefix>:{tag}:x:<phone key>``: failed checks of the number over a day, across verifications.
 - ``<prefix>:msg:<provider>:<message id>``: the verification a provider's call belongs to, for
   delivery reports that name only the provider's message id.
 - ``<prefix>:nonce:<provider>:<nonce>``: a webhook nonce already seen (replay protection).
@@ -38,6 +39,8 @@ from otpsvc.errors import StoreUnavailable
 log = logging.getLogger("otpsvc.store")
 
 TAG_LENGTH = 4
+#: How long a number's failed checks are remembered.
+FAILURE_WINDOW_MS = 86_400_000
 
 
 def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> redis.Redis:
@@ -121,6 +124,12 @@ class VerificationStore:
     def deny_key(self, phone_key: str) -> str:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:d:{phone_key}"
 
+    def _failure_prefix(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:x:"
+
+    def failure_key(self, phone_key: str) -> str:
+        return self._failure_prefix(self.tag_of(phone_key)) + phone_key
+
     def message_key(self, provider: str, message_id: str) -> str:
         return f"{self.prefix}:msg:{provider}:{message_id}"
 
@@ -137,6 +146,7 @@ class VerificationStore:
         max_sends: int,
         cooldown_ms: int,
         max_attempts: int,
+        max_failures: int,
         fields: Mapping[str, str | int],
         mode: str = "code",
     ) -> Reservation:
@@ -148,6 +158,7 @@ class VerificationStore:
                     self.open_key(client, phone_key, mode),
                     self.record_key(candidate_id),
                     self.deny_key(phone_key),
+                    self.failure_key(phone_key),
                 ],
                 [
                     now_ms,
@@ -157,6 +168,7 @@ class VerificationStore:
                     max_sends,
                     cooldown_ms,
                     max_attempts,
+                    max_failures,
                     *pairs,
                 ],
             )
@@ -208,7 +220,14 @@ class VerificationStore:
             outcome, verifier, gen, attempts, expires, length = self._run(
                 self._begin_check,
                 [self.record_key(verification_id)],
-                [now_ms, client, max_attempts, code_length],
+                [
+                    now_ms,
+                    client,
+                    max_attempts,
+                    code_length,
+                    self._failure_prefix(verification_id[:TAG_LENGTH]),
+                    FAILURE_WINDOW_MS,
+                ],
             )
         return CheckTicket(
             str(outcome), str(verifier), int(gen), int(attempts), int(expires), int(length)
@@ -216,7 +235,13 @@ class VerificationStore:
 
     def approve(self, verification_id: str, *, gen: int, now_ms: int) -> str:
         with store_guard():
-            return str(self._run(self._approve, [self.record_key(verification_id)], [gen, now_ms]))
+            return str(
+                self._run(
+                    self._approve,
+                    [self.record_key(verification_id)],
+                    [gen, now_ms, self._failure_prefix(verification_id[:TAG_LENGTH])],
+                )
+            )
 
     def cancel(self, verification_id: str, *, client: str, now_ms: int, max_attempts: int) -> str:
         with store_guard():

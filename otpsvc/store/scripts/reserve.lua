@@ -3,15 +3,16 @@
 -- KEYS[1]  the client's open-verification index for this phone; its value is a verification id
 -- KEYS[2]  the record of the candidate new verification (ARGV[3] .. ARGV[2])
 -- KEYS[3]  the number's deny block, set when the person pressed "it was not me"
+-- KEYS[4]  the number's failed checks of the last day, across all its verifications
 -- ARGV[1]  now, ms                        ARGV[2]  candidate id
 -- ARGV[3]  record key prefix: the open verification's record is ARGV[3] .. <its id>, same tag
 -- ARGV[4]  code lifetime, ms              ARGV[5]  max sends per verification
 -- ARGV[6]  base resend cooldown, ms; it doubles after every send
--- ARGV[7]  max check attempts
--- ARGV[8..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
+-- ARGV[7]  max check attempts            ARGV[8]  max failed checks per number per day
+-- ARGV[9..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
---   new | resend | locked (attempts used up) | max_sends | cooldown | blocked (the record is then
---   just {'until', <ms>})
+--   new | resend | locked (attempts used up) | max_sends | cooldown | blocked | failures (for the
+--   last two the record is just {'until', <ms>})
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[4])
 local cooldown = tonumber(ARGV[6])
@@ -19,6 +20,11 @@ local cooldown = tonumber(ARGV[6])
 local blocked_for = redis.call('PTTL', KEYS[3])
 if blocked_for > 0 then
   return {'blocked', '', 'until', now + blocked_for}
+end
+
+local failures = tonumber(redis.call('GET', KEYS[4]) or '0')
+if failures >= tonumber(ARGV[8]) then
+  return {'failures', '', 'until', now + redis.call('PTTL', KEYS[4])}
 end
 
 local open_id = redis.call('GET', KEYS[1])
@@ -52,7 +58,7 @@ end
 local expires = now + ttl
 local resend_at = now + cooldown
 redis.call('HSET', KEYS[2], 'st', 'pending', 'a', 0, 's', 1, 'g', 1, 'ca', now, 'ea', expires,
-  'ra', resend_at, 'ds', 'sending', unpack(ARGV, 8))
+  'ra', resend_at, 'ds', 'sending', unpack(ARGV, 9))
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 return {'new', ARGV[2], unpack(redis.call('HGETALL', KEYS[2]))}

@@ -1,0 +1,89 @@
+"""Toll-fraud and abuse screening of a start, before anything is stored or any call is placed.
+
+Voice calls are where toll fraud pays (IRSF): a stranger who can make this service call premium or
+far-away numbers earns money on the operator's bill, and one who can make it call one number again
+and again harasses a person. So a start is screened by country and number type, then counted
+against velocity limits per number, client, client IP, number prefix and country, and against the
+global call budget. All of them refuse before a provider is asked for anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otpsvc.config import Settings
+from otpsvc.core.audit import audit
+from otpsvc.core.phones import Phone
+from otpsvc.errors import (
+    CallsSuspended,
+    CountryNotAllowed,
+    NumberTypeNotAllowed,
+    RateLimited,
+)
+from otpsvc.store.velocity import Counter, Refusal, counters
+
+
+@dataclass(frozen=True)
+class AbusePolicy:
+    calls_enabled: bool
+    allowed_countries: frozenset[str] | None
+    allowed_number_types: frozenset[int]
+    per_phone: str
+    per_client: str
+    per_ip: str
+    per_prefix: str
+    prefix_digits: int
+    per_country: str
+    budget: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> AbusePolicy:
+        return cls(
+            calls_enabled=s.calls_enabled,
+            allowed_countries=s.allowed_countries,
+            allowed_number_types=s.allowed_number_types,
+            per_phone=s.velocity_phone,
+            per_client=s.velocity_client,
+            per_ip=s.velocity_ip,
+            per_prefix=s.velocity_prefix,
+            prefix_digits=s.velocity_prefix_digits,
+            per_country=s.velocity_country,
+            budget=s.call_budget,
+        )
+
+    def screen(self, phone: Phone, client: str) -> None:
+        """Refuse numbers no call may go to; no state is touched."""
+        if not self.calls_enabled:
+            audit("fraud_block", client=client, phone=phone.masked, reason="calls_disabled")
+            raise CallsSuspended(60, "calls are switched off (OTPSVC_CALLS_ENABLED)")
+        if self.allowed_countries is not None and phone.region not in self.allowed_countries:
+            audit("fraud_block", client=client, phone=phone.masked, reason="country")
+            raise CountryNotAllowed(f"calls to {phone.region or 'this country'} are not allowed")
+        if phone.number_type not in self.allowed_number_types:
+            audit("fraud_block", client=client, phone=phone.masked, reason="number_type")
+            raise NumberTypeNotAllowed(
+                {"phone": ["this type of number (for example premium-rate) cannot be called"]},
+                "this type of number cannot be called",
+            )
+
+    def counters(self, *, phone: Phone, phone_key: str, client: str, ip: str) -> list[Counter]:
+        """Every limit one call counts against; the number itself only as its keyed hash."""
+        national = phone.e164[len(f"+{phone.country_code}") :]
+        prefix = f"{phone.country_code}-{national[: self.prefix_digits]}"
+        return [
+            *counters("phone", phone_key, self.per_phone),
+            *counters("client", client, self.per_client),
+            *counters("ip", ip, self.per_ip),
+            *counters("prefix", prefix, self.per_prefix),
+            *counters("country", str(phone.country_code), self.per_country),
+            *counters("budget", "all", self.budget),
+        ]
+
+
+def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | CallsSuspended:
+    """The error a velocity or budget refusal becomes, after it is audited."""
+    reason = "kill_switch" if refusal.kind == "kill" else refusal.kind
+    audit("fraud_block", client=client, phone=phone.masked, reason=f"velocity_{reason}")
+    if refusal.kind in ("kill", "budget"):
+        return CallsSuspended(refusal.retry_after, "calls are suspended: the call budget is spent")
+    return RateLimited(refusal.retry_after, f"too many calls for this {refusal.kind}")

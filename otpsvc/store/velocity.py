@@ -1,0 +1,81 @@
+"""Velocity limits and the call budget: how many calls may go where, counted in Redis.
+
+Counters are sliding windows, one sorted set of recent calls each:
+``<prefix>:{<prefix>:velocity}:<kind>:<who>:<window s>``. "5 per hour" means at most 5 calls in
+any 60 minutes (fixed clock-hour windows would let twice that through across an hour's turn).
+One script checks every counter of a call and counts it in all of them, or in none. A call that
+is then refused for another reason (cooldown, attempts) is handed back with :meth:`refund`.
+``<prefix>:{<prefix>:velocity}:kill`` is the runtime kill switch: while it exists no call is placed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import limits
+import redis
+
+from otpsvc.store.redis_store import store_guard
+
+
+@dataclass(frozen=True)
+class Counter:
+    """One limit to count a call against: ``kind`` names the limit, ``who`` what it counts."""
+
+    kind: str
+    who: str
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The limit that refused a call (``kill`` for the kill switch) and when it frees up."""
+
+    kind: str
+    retry_after: int
+
+
+def counters(kind: str, who: str, spec: str) -> list[Counter]:
+    """One counter per window of a limit string such as ``5 per hour;10 per day``."""
+    return [Counter(kind, who, item.amount, item.get_expiry()) for item in limits.parse_many(spec)]
+
+
+class VelocityStore:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.tag = f"{prefix}:{{{prefix}:velocity}}"
+        script = resources.files("otpsvc.store").joinpath("scripts", "velocity.lua")
+        self._count = client.register_script(script.read_text())
+
+    @property
+    def kill_key(self) -> str:
+        return f"{self.tag}:kill"
+
+    def _key(self, counter: Counter) -> str:
+        return f"{self.tag}:{counter.kind}:{counter.who}:{counter.window}"
+
+    def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
+        """Count a call against every counter; a reached limit refuses it and counts nothing."""
+        keys = [self.kill_key, *(self._key(c) for c in items)]
+        args: list[int | str] = [now_ms, call_id]
+        for c in items:
+            args += [c.limit, c.window * 1000]
+        with store_guard():
+            result = self._count(keys=keys, args=args)
+        index = int(result[0])
+        if index == 0:
+            return None
+        if index == 1:
+            return Refusal("kill", 60)
+        return Refusal(items[index - 2].kind, -(-int(result[1]) // 1000))
+
+    def refund(self, items: Sequence[Counter], call_id: str) -> None:
+        """Hand back a call that was counted but not placed."""
+        with store_guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for counter in items:
+                pipe.zrem(self._key(counter), call_id)
+            pipe.execute()

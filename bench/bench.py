@@ -123,7 +123,8 @@ def drive(url: str, bodies: list[dict[str, str]], threads: int) -> float:
 
 
 def phone(i: int) -> str:
-    return f"+23480{3000000 + i:08d}"
+    """Distinct Nigerian mobile numbers (+234 803 ...), which the default number types allow."""
+    return f"+234803{1000000 + i:07d}"
 
 
 def main() -> None:
@@ -197,6 +198,8 @@ def main() -> None:
                     response = session.post(
                         base + "/otp/start", json={"phone": phone(i)}, headers=headers, timeout=10
                     )
+                    if response.status_code not in (200, 201):
+                        raise RuntimeError(f"start failed: {response.status_code} {response.text}")
                     return str(response.json()["id"])
 
                 ids = [start(i) for i in range(options.verifications)]
@@ -274,7 +277,7 @@ def main() -> None:
     print("\nRedis memory per pending verification:")
     print(f"  MEMORY USAGE record + index: {record} + {index} = {record + index} bytes")
     print(f"  used_memory growth over {extra} starts: {per_verification:.0f} bytes each")
-    print("  (the growth also holds the rate limiter's per-number entries)")
+    print("  (the growth also holds each call's rate-limiter and velocity-limit entries)")
 
 
 if __name__ == "__main__":

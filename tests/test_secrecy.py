@@ -62,3 +62,14 @@ def test_failed_delivery_logs_no_secret(api: Api, termii: FakeTermii, caplog):
     assert "termii" in logs
     assert termii.last_code() not in logs
     assert PHONE.lstrip("+") not in logs
+
+
+def test_provider_error_text_echoing_the_number_is_scrubbed(api: Api, termii: FakeTermii, caplog):
+    """A provider error that repeats the number (and the code) is logged with neither."""
+    caplog.set_level(logging.DEBUG)
+    termii.mode = "echo_number"
+    assert api.start().status_code == 502
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Invalid destination" in logs
+    assert PHONE.lstrip("+") not in logs
+    assert termii.last_code() not in logs

@@ -7,6 +7,7 @@ verification lifecycle. Every failure leaves a provider as one :class:`ProviderE
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -15,6 +16,9 @@ import requests
 from marshmallow import fields, validate
 
 log = logging.getLogger("otpsvc.voice")
+
+#: Four or more digits (optional "+" and separators): anything that may be a code or a number.
+DIGIT_RUN = re.compile(r"\+?\d(?:[\s.-]?\d){3,}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class ProviderError(Exception):
         self.provider = provider
         self.reason = reason
         self.provider_code = provider_code
-        self.provider_text = provider_text
+        # Providers may echo the number or the code they were given; neither may reach a log.
+        self.provider_text = DIGIT_RUN.sub("[digits]", provider_text) if provider_text else None
         self.http_status = http_status
         self.ambiguous = ambiguous
         parts = [f"{provider}: {reason}"]
@@ -78,8 +83,8 @@ class ProviderError(Exception):
             parts.append(f"HTTP {http_status}")
         if provider_code is not None:
             parts.append(f"code {provider_code}")
-        if provider_text:
-            parts.append(repr(provider_text[:200]))
+        if self.provider_text:
+            parts.append(repr(self.provider_text[:200]))
         super().__init__(", ".join(parts))
 
 

@@ -61,6 +61,9 @@ class FakeTermii(FakeServer):
         if mode in ERRORS:
             status, payload = ERRORS[mode]
             return json_response(payload, status)
+        if self.mode == "echo_number":
+            message = f"Invalid destination +{body['phone_number']} for code {code}"
+            return json_response({"message": message}, 400)
         if self.mode == "not_json":
             return Response("<html>gateway error</html>", status=502, mimetype="text/html")
         message_id = str(next(self._ids))

@@ -99,8 +99,7 @@ class Settings:
     @property
     def all_providers(self) -> tuple[str, ...]:
         """Every provider named by the default order or a route, once, in first-seen order."""
-        names = [*self.providers, *(n for route in self.routes.values() for n in route)]
-        return tuple(dict.fromkeys(names))
+        return _named_providers(self.providers, self.routes)
 
 
 def _limit_string(value: str) -> None:
@@ -338,6 +337,13 @@ def _parse_number_types(value: str) -> frozenset[int]:
     return frozenset(NUMBER_TYPES[n] for n in names)
 
 
+def _named_providers(
+    default: tuple[str, ...], routes: Mapping[int, tuple[str, ...]]
+) -> tuple[str, ...]:
+    names = [*default, *(name for route in routes.values() for name in route)]
+    return tuple(dict.fromkeys(names))
+
+
 def _known_providers(names: list[str]) -> None:
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
@@ -417,8 +423,7 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         core = {}
 
     provider_settings: dict[str, Any] = {}
-    names = [*core.get("providers", ()), *(n for r in core.get("routes", {}).values() for n in r)]
-    for name in dict.fromkeys(names):
+    for name in _named_providers(core.get("providers", ()), core.get("routes", {})):
         spec = PROVIDERS[name]
         if spec.dev_only and not core.get("dev_mode"):
             problems.append(f"OTPSVC_PROVIDERS: {name!r} is for dev mode only (otpsvc dev)")

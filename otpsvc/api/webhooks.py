@@ -56,6 +56,15 @@ CEQUENS_STATUS_FIELDS = ("status", "callStatus")
 CEQUENS_DTMF_FIELDS = ("dtmf", "digits", "input")
 
 
+def _webhook_secret(provider: str, field: str) -> str:
+    """The provider's webhook secret; without one (or the provider) its webhook does not exist."""
+    settings = runtime().settings.provider_settings.get(provider)
+    secret = getattr(settings, field, None) if settings is not None else None
+    if not secret:
+        raise NotFound(f"{provider} webhooks are not enabled")
+    return str(secret)
+
+
 def _same(expected: str, presented: str) -> bool:
     """Constant-time comparison that also takes any non-ASCII a stranger may send."""
     return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
@@ -86,15 +95,11 @@ def sevenio_signature(
 @bp.post("/sevenio")
 def sevenio() -> Response:
     rt = runtime()
-    settings = rt.settings.provider_settings.get("sevenio")
-    if settings is None or not settings.signing_key:
-        raise NotFound("seven.io webhooks are not enabled")
+    signing_key = _webhook_secret("sevenio", "signing_key")
     body = request.get_data()
     timestamp = request.headers.get("X-Timestamp", "")
     nonce = request.headers.get("X-Nonce", "")
-    expected = sevenio_signature(
-        settings.signing_key, timestamp, nonce, request.method, _public_url(), body
-    )
+    expected = sevenio_signature(signing_key, timestamp, nonce, request.method, _public_url(), body)
     if not _same(expected, request.headers.get("X-Signature", "")):
         raise Unauthorized("bad signature")
     if not timestamp.isdigit() or abs(rt.service.clock() - int(timestamp)) > SEVENIO_MAX_AGE:
@@ -175,12 +180,8 @@ def cequens_dtmf(token: str) -> Response:
 @bp.post("/termii")
 def termii() -> Response:
     rt = runtime()
-    settings = rt.settings.provider_settings.get("termii")
-    if settings is None or not settings.webhook_secret:
-        raise NotFound("Termii webhooks are not enabled")
-    expected = hmac.new(
-        settings.webhook_secret.encode(), request.get_data(), hashlib.sha512
-    ).hexdigest()
+    secret = _webhook_secret("termii", "webhook_secret")
+    expected = hmac.new(secret.encode(), request.get_data(), hashlib.sha512).hexdigest()
     if not _same(expected, request.headers.get("X-Termii-Signature", "")):
         raise Unauthorized("bad signature")
     payload: Any = request.get_json(silent=True)

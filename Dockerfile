@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build wheels for otpsvc and its dependencies, then install them into a slim image that runs
-# gunicorn as an unprivileged user. Settings come from OTPSVC_* variables (see .env.example).
+# `otpsvc serve` (gunicorn with the packaged gunicorn.conf.py) as an unprivileged user. Settings
+# come from OTPSVC_* variables (see .env.example); PORT, WEB_CONCURRENCY and GUNICORN_CMD_ARGS
+# tune the server. Secrets may be mounted as files: OTPSVC_SECRET_KEY_FILE=/run/secrets/...
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -15,9 +17,9 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin otpsvc
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels otpsvc && rm -rf /wheels
 WORKDIR /app
-COPY wsgi.py ./
 USER otpsvc
+ENV PORT=8080
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--workers", "2", "--timeout", "30", "--access-logfile", "-", "wsgi:app"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2).status != 200)"]
+CMD ["otpsvc", "serve"]

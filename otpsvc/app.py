@@ -5,22 +5,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from otpsvc.api import dev, health, otp, problems, webhooks
-from otpsvc.api.context import Runtime, client_ip
+from otpsvc.api.context import Runtime
+from otpsvc.api.limits import RequestLimits
 from otpsvc.config import Settings, load_settings
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
+from otpsvc.core.phones import mask_e164 as mask
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.breaker import BreakerStore
+from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.base import Speech, Timeouts
 from otpsvc.voice.dispatch import Dispatcher
@@ -35,8 +38,18 @@ def create_app(
     """Build the app from ``OTPSVC_*`` settings (the environment, or ``config`` in tests)."""
     settings = load_settings(config)
     _configure_logging(settings)
+    log = logging.getLogger("otpsvc")
     for name in settings.unknown:
-        logging.getLogger("otpsvc").warning("unknown setting %s is ignored", name)
+        log.warning("unknown setting %s is ignored", name)
+    today = datetime.fromtimestamp(clock(), UTC).date()
+    for number in settings.test_numbers:
+        if not number.active_on(today):
+            log.warning(
+                "test number %s expired on %s: it is an ordinary number again; remove it from "
+                "OTPSVC_TEST_NUMBERS",
+                mask(number.e164),
+                number.last_day.isoformat(),
+            )
 
     app = Flask("otpsvc")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -71,23 +84,25 @@ def create_app(
         cooloff_ms=settings.breaker_cooloff * 1000,
     )
     dispatcher = Dispatcher(providers, settings.providers, settings.routes, breaker, clock)
+    keyring = Keyring(settings.secret_key, settings.argon2, settings.secret_key_fallbacks)
     service = VerificationService(
         store=store,
-        keyring=Keyring(settings.secret_key, settings.argon2),
+        keyring=keyring,
         dispatcher=dispatcher,
         policy=Policy.from_settings(settings),
         abuse=AbusePolicy.from_settings(settings),
         velocity=VelocityStore(client, settings.redis_prefix),
         clock=clock,
+        test_numbers={number.e164: number for number in settings.test_numbers},
     )
-    limiter = _limiter(app, settings, client)
     app.extensions["otpsvc"] = Runtime(
         settings=settings,
         redis=client,
         store=store,
         service=service,
         dispatcher=dispatcher,
-        limiter=limiter,
+        request_limits=RequestLimits(client, settings, clock, keyring.subject_key),
+        idempotency=IdempotencyStore(client, settings.redis_prefix, settings.idempotency_ttl),
         inbox=inbox,
     )
 
@@ -97,42 +112,7 @@ def create_app(
     app.register_blueprint(webhooks.bp)
     if settings.dev_mode:
         app.register_blueprint(dev.bp)
-    _apply_limits(app, limiter, settings)
     return app
-
-
-def _limiter(app: Flask, settings: Settings, client: Any) -> Limiter:
-    """Limits live in the same Redis and fail closed: no swallowed errors, no in-memory fallback."""
-    storage_options: dict[str, Any] = {
-        "connection_pool": client.connection_pool,
-        "key_prefix": f"{settings.redis_prefix}:rl",
-        "wrap_exceptions": True,
-    }
-    limiter = Limiter(
-        key_func=client_ip,
-        storage_uri=settings.redis_url,
-        storage_options=storage_options,
-        strategy="moving-window",
-        swallow_errors=False,
-        in_memory_fallback_enabled=False,
-        headers_enabled=False,
-    )
-    limiter.init_app(app)
-    return limiter
-
-
-def _apply_limits(app: Flask, limiter: Limiter, settings: Settings) -> None:
-    """Wrap the views with their limits; they run after authentication, before the view body.
-
-    These count requests per client IP. Calls per number, client, IP, prefix and country are
-    counted by the core's velocity limits, which count only calls about to be placed.
-    """
-    for endpoint, limit in (
-        ("otp.start", settings.rate_limit_start_ip),
-        ("otp.check", settings.rate_limit_check_ip),
-    ):
-        decorate: Any = limiter.limit(limit, key_func=client_ip, scope=f"{endpoint}:ip")
-        app.view_functions[endpoint] = decorate(app.view_functions[endpoint])
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -1,18 +1,38 @@
-"""The ``otpsvc`` command."""
+"""The ``otpsvc`` command: the dev server, the production server and the operator's tools.
+
+Every command but ``dev`` works against the configured Redis with the ``OTPSVC_*`` environment,
+exactly as the service sees it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import secrets
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata, resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
+import limits
 from werkzeug.serving import run_simple
 
 from otpsvc.app import create_app
-from otpsvc.config import environment
+from otpsvc.config import NUMBER_TYPES, Settings, environment, load_settings, setting_variables
+from otpsvc.core.audit import audit
+from otpsvc.core.keyring import Keyring
+from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
 from otpsvc.dev.redis_server import RedisServer
-from otpsvc.errors import ConfigError
+from otpsvc.errors import ConfigError, StoreUnavailable
+from otpsvc.logs import JsonFormatter
+from otpsvc.store import VerificationStore, connect
+from otpsvc.store.redis_store import store_guard
+from otpsvc.store.velocity import VelocityStore
 
 BANNER = """
 otpsvc dev mode on {base} (Redis: {redis})
@@ -25,10 +45,50 @@ API key: {key}
        -H 'Content-Type: application/json' -d '{{"id": "<id>", "code": "<code>"}}'
 """
 
+#: Exit status of a configuration error, as at start-up.
+CONFIG_ERROR = 2
+
 
 @click.group()
+@click.version_option(metadata.version("otpsvc"), prog_name="otpsvc")
 def main() -> None:
     """Phone verification by voice call."""
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(CONFIG_ERROR)
+
+
+def _audit_to_stderr() -> None:
+    logger = logging.getLogger("otpsvc")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except StoreUnavailable as exc:
+        click.echo(f"error: {exc} (OTPSVC_REDIS_URL)", err=True)
+        sys.exit(1)
+
+
+def _store_parts(settings: Settings) -> tuple[Any, VerificationStore, VelocityStore]:
+    client = connect(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+    )
+    prefix = settings.redis_prefix
+    return client, VerificationStore(client, prefix), VelocityStore(client, prefix)
 
 
 @main.command()
@@ -64,7 +124,179 @@ def dev(host: str, port: int) -> None:
         run_simple(host, port, app, threaded=True)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(2)
+        sys.exit(CONFIG_ERROR)
     finally:
         if server:
             server.close()
+
+
+@main.command()
+def serve() -> None:
+    """Run the service under gunicorn, configured by the environment.
+
+    The bundled gunicorn.conf.py honours PORT (8080), WEB_CONCURRENCY (workers) and
+    GUNICORN_CMD_ARGS (any other gunicorn option). The settings are checked first, so a bad one
+    is one clear message and exit status 2 instead of a worker boot loop.
+    """
+    _settings()
+    config = resources.files("otpsvc").joinpath("gunicorn.conf.py")
+    argv = [sys.executable, "-m", "gunicorn", "--config", str(config), "otpsvc.app:create_app()"]
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so signals reach gunicorn
+
+
+@main.command("check-config")
+def check_config() -> None:
+    """Validate the settings and print the effective ones, every secret masked.
+
+    Exit status 0, or 2 with one message per problem (the same list as at start-up).
+    """
+    settings = _settings()
+    for name, value in describe(settings):
+        click.echo(f"{name} = {value}")
+    for name in settings.unknown:
+        click.echo(f"warning: unknown setting {name} is ignored", err=True)
+
+
+def _masked_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """The effective settings as (variable, shown value); no secret is ever shown."""
+    variables = setting_variables()
+    variables.update(clients="OTPSVC_API_KEYS", provider_settings="provider settings")
+    shown: list[tuple[str, str]] = []
+    for item in dataclasses.fields(settings):
+        if item.name == "unknown":
+            continue
+        value = getattr(settings, item.name)
+        if item.name == "redis_url":
+            text = _masked_url(value)
+        elif item.name == "secret_key":
+            text = "*** (set)"
+        elif item.name == "secret_key_fallbacks":
+            text = f"*** ({len(value)} earlier secret(s))"
+        elif item.name == "clients":
+            text = ", ".join(f"{c.name} ({len(c.key_digests)} key(s))" for c in value)
+        elif item.name == "test_numbers":
+            text = ", ".join(f"{mask_e164(n.e164)} until {n.last_day}" for n in value) or "none"
+        elif item.name == "provider_settings":
+            text = ", ".join(f"{name}: {_public(s)}" for name, s in value.items()) or "none"
+        elif item.name == "allowed_countries":
+            text = "any" if value is None else ",".join(sorted(value))
+        elif item.name == "allowed_number_types":
+            text = ",".join(sorted(n for n, v in NUMBER_TYPES.items() if v in value))
+        elif item.name == "argon2":
+            text = (
+                f"memory {value.memory_kib} KiB, time {value.time_cost}, lanes {value.parallelism}"
+            )
+        elif item.name == "routes":
+            text = ";".join(f"{code}={','.join(p)}" for code, p in value.items()) or "none"
+        else:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+        shown.append((variables.get(item.name) or item.name, text))
+    return shown
+
+
+def _public(provider_settings: Any) -> str:
+    """A provider's settings without its secrets: only fields whose names say they are public."""
+    if not dataclasses.is_dataclass(provider_settings):
+        return "set"
+    secret_words = ("key", "secret", "token", "password")
+    public = {
+        f.name: getattr(provider_settings, f.name)
+        for f in dataclasses.fields(provider_settings)
+        if not any(word in f.name for word in secret_words)
+    }
+    return "{" + ", ".join(f"{k}={v}" for k, v in public.items()) + "}"
+
+
+@main.group()
+def calls() -> None:
+    """The kill switch: suspend or resume every call, at run time, for every instance."""
+
+
+def _kill_switch(action: Callable[[Any, VelocityStore], None]) -> None:
+    settings = _settings()
+    client, _, velocity = _store_parts(settings)
+    with _redis_errors(), store_guard():
+        action(client, velocity)
+
+
+@calls.command()
+def suspend() -> None:
+    """Refuse every start with 503 calls_suspended until `otpsvc calls resume`."""
+    _audit_to_stderr()
+
+    def run(client: Any, velocity: VelocityStore) -> None:
+        client.set(velocity.kill_key, str(int(time.time())))
+        audit("kill_switch", action="suspend", by="cli")
+
+    _kill_switch(run)
+    click.echo("calls suspended")
+
+
+@calls.command()
+def resume() -> None:
+    """Lift the kill switch (OTPSVC_CALLS_ENABLED=false still applies where it is set)."""
+    _audit_to_stderr()
+
+    def run(client: Any, velocity: VelocityStore) -> None:
+        client.delete(velocity.kill_key)
+        audit("kill_switch", action="resume", by="cli")
+
+    _kill_switch(run)
+    click.echo("calls resumed")
+
+
+@calls.command()
+def status() -> None:
+    """Whether calls may be placed, and how much of the call budget is used."""
+    settings = _settings()
+
+    def run(client: Any, velocity: VelocityStore) -> None:
+        since = client.get(velocity.kill_key)
+        if not settings.calls_enabled:
+            click.echo("calls: suspended by OTPSVC_CALLS_ENABLED=false")
+        elif since is not None:
+            click.echo(f"calls: suspended by the kill switch since {_utc(int(since))}")
+        else:
+            click.echo("calls: enabled")
+        now_ms = int(time.time() * 1000)
+        for item in limits.parse_many(settings.call_budget):
+            window = item.get_expiry() * 1000
+            key = f"{velocity.tag}:budget:all:{item.get_expiry()}"
+            used = client.zcount(key, now_ms - window, "+inf")
+            click.echo(f"call budget: {used} of {item.amount} per {item.get_expiry()} s used")
+
+    _kill_switch(run)
+
+
+def _utc(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+@main.command()
+@click.argument("phone")
+def unblock(phone: str) -> None:
+    """Lift number_blocked and the daily failed-check cap for one number (audited)."""
+    _audit_to_stderr()
+    try:
+        parsed = parse_phone(phone)
+    except InvalidPhone as exc:
+        raise click.BadParameter(str(exc), param_hint="PHONE") from exc
+    settings = _settings()
+    keyring = Keyring(settings.secret_key, settings.argon2, settings.secret_key_fallbacks)
+    client, store, _ = _store_parts(settings)
+    phone_keys = [keyring.phone_key(parsed.e164), *keyring.earlier_phone_keys(parsed.e164)]
+    removed = 0
+    with _redis_errors(), store_guard():
+        for key in phone_keys:
+            removed += int(client.delete(store.deny_key(key), store.failure_key(key)))
+    audit("unblock", phone=parsed.masked, removed=removed, by="cli")
+    click.echo(f"{parsed.masked}: {'unblocked' if removed else 'nothing to lift'}")

@@ -11,12 +11,15 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 import limits
 import phonenumbers
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
+from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.errors import ConfigError
 from otpsvc.voice.registry import PROVIDERS
 
@@ -37,8 +40,41 @@ class Argon2Params:
 
 @dataclass(frozen=True)
 class ApiClient:
+    """One API client; it may hold several keys at once, so a key can be rolled without downtime."""
+
     name: str
-    key_digest: bytes = field(repr=False)
+    key_digests: tuple[bytes, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TestNumber:
+    """A number that always works without a call: its fixed code passes until ``last_day`` (UTC)."""
+
+    e164: str
+    code: str = field(repr=False)
+    last_day: date
+    region: str | None = None
+
+    def active_on(self, day: date) -> bool:
+        return day <= self.last_day
+
+
+#: Settings that hold secrets: each may instead come from a file named by ``<name>_FILE``, and
+#: ``otpsvc check-config`` never prints them.
+SECRET_SETTINGS = frozenset(
+    {
+        "OTPSVC_SECRET_KEY",
+        "OTPSVC_SECRET_KEY_FALLBACKS",
+        "OTPSVC_API_KEYS",
+        "OTPSVC_TEST_NUMBERS",
+        "OTPSVC_TERMII_API_KEY",
+        "OTPSVC_TERMII_WEBHOOK_SECRET",
+        "OTPSVC_SEVENIO_API_KEY",
+        "OTPSVC_SEVENIO_SIGNING_KEY",
+        "OTPSVC_CEQUENS_API_KEY",
+        "OTPSVC_ALPHASMS_API_KEY",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +84,8 @@ class Settings:
     clients: tuple[ApiClient, ...]
     providers: tuple[str, ...]
     provider_settings: Mapping[str, Any] = field(repr=False)
+    #: Earlier secrets: what was made under them keeps working until it expires.
+    secret_key_fallbacks: tuple[bytes, ...] = field(default=(), repr=False)
     #: Per country calling code, the ordered providers; others use ``providers``.
     routes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     dev_mode: bool = False
@@ -60,10 +98,21 @@ class Settings:
     max_sends: int = 5
     resend_cooldown: int = 30
     argon2: Argon2Params = Argon2Params()
+    #: Requests per end-user IP (``end_user.ip``, else the connecting address).
     rate_limit_start_ip: str = "10 per minute;60 per hour"
     rate_limit_check_ip: str = "30 per minute;300 per hour"
-    #: Calls placed (not requests) per number, client, client IP, number prefix and country.
+    #: Requests per API client after authentication: sized for a backend serving many people.
+    rate_limit_client: str = "6000 per minute"
+    #: Requests that fail authentication, per connecting address.
+    rate_limit_auth_failures: str = "10 per minute;50 per hour"
+    #: IPv6 addresses are limited per network of this many bits (one host holds a whole /64).
+    ipv6_prefix: int = 64
+    idempotency_ttl: int = 86400
+    test_numbers: tuple[TestNumber, ...] = field(default=(), repr=False)
+    #: Calls placed (not requests) per number, client, end-user IP, end-user id, number prefix
+    #: and country.
     velocity_phone: str = "5 per hour;10 per day"
+    velocity_user: str = "5 per hour;10 per day"
     velocity_client: str = "1000 per hour;10000 per day"
     velocity_ip: str = "10 per hour;30 per day"
     velocity_prefix: str = "20 per hour;100 per day"
@@ -136,7 +185,9 @@ class _SettingsSchema(Schema):
             min=MIN_SECRET_LENGTH, error=f"must be at least {MIN_SECRET_LENGTH} characters"
         ),
     )
+    secret_key_fallbacks = fields.String(data_key="OTPSVC_SECRET_KEY_FALLBACKS", load_default="")
     api_keys = fields.String(data_key="OTPSVC_API_KEYS", required=True)
+    test_numbers = fields.String(data_key="OTPSVC_TEST_NUMBERS", load_default="")
     providers = fields.String(data_key="OTPSVC_PROVIDERS", required=True)
     routes = fields.String(data_key="OTPSVC_ROUTES", load_default="")
     call_repeats = fields.Integer(
@@ -196,9 +247,30 @@ class _SettingsSchema(Schema):
         load_default=Settings.rate_limit_check_ip,
         validate=_limit_string,
     )
+    rate_limit_client = fields.String(
+        data_key="OTPSVC_RATE_LIMIT_CLIENT",
+        load_default=Settings.rate_limit_client,
+        validate=_limit_string,
+    )
+    rate_limit_auth_failures = fields.String(
+        data_key="OTPSVC_RATE_LIMIT_AUTH_FAILURES",
+        load_default=Settings.rate_limit_auth_failures,
+        validate=_limit_string,
+    )
+    ipv6_prefix = fields.Integer(
+        data_key="OTPSVC_IPV6_PREFIX", load_default=64, validate=validate.Range(48, 128)
+    )
+    idempotency_ttl = fields.Integer(
+        data_key="OTPSVC_IDEMPOTENCY_TTL", load_default=86400, validate=validate.Range(60, 604800)
+    )
     velocity_phone = fields.String(
         data_key="OTPSVC_VELOCITY_PHONE",
         load_default=Settings.velocity_phone,
+        validate=_limit_string,
+    )
+    velocity_user = fields.String(
+        data_key="OTPSVC_VELOCITY_USER",
+        load_default=Settings.velocity_user,
         validate=_limit_string,
     )
     velocity_client = fields.String(
@@ -267,6 +339,14 @@ class _SettingsSchema(Schema):
     def _check_api_keys(self, value: str, **_: object) -> None:
         _parse_api_keys(value)
 
+    @validates("secret_key_fallbacks")
+    def _check_fallbacks(self, value: str, **_: object) -> None:
+        _parse_fallbacks(value)
+
+    @validates("test_numbers")
+    def _check_test_numbers(self, value: str, **_: object) -> None:
+        _parse_test_numbers(value)
+
     @validates("providers")
     def _check_providers(self, value: str, **_: object) -> None:
         names = _split(value)
@@ -294,6 +374,8 @@ class _SettingsSchema(Schema):
             parallelism=data.pop("argon2_parallelism"),
         )
         data["clients"] = _parse_api_keys(data.pop("api_keys"))
+        data["secret_key_fallbacks"] = _parse_fallbacks(data["secret_key_fallbacks"])
+        data["test_numbers"] = _parse_test_numbers(data["test_numbers"])
         data["providers"] = tuple(_split(data["providers"]))
         data["routes"] = _parse_routes(data["routes"])
         data["allowed_countries"] = _parse_countries(data["allowed_countries"])
@@ -371,8 +453,12 @@ def _parse_routes(value: str) -> dict[int, tuple[str, ...]]:
 
 
 def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
-    """``name:key,name:key`` -> clients holding only a digest of each key."""
-    clients: list[ApiClient] = []
+    """``name:key,name:key`` -> clients holding only a digest of each key.
+
+    A name may appear more than once: a client then holds several keys at once, so a key can be
+    rolled (add the new one, move the callers, remove the old one) without downtime.
+    """
+    digests: dict[str, list[bytes]] = {}
     for index, entry in enumerate(_split(value), start=1):
         name, sep, key = entry.partition(":")
         if not sep or not CLIENT_NAME.match(name):
@@ -383,14 +469,70 @@ def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
             raise ValidationError(
                 f"key of client {name!r} must be at least {MIN_API_KEY_LENGTH} printable characters"
             )
-        clients.append(ApiClient(name=name, key_digest=hashlib.sha256(key.encode()).digest()))
-    if not clients:
+        digests.setdefault(name, []).append(hashlib.sha256(key.encode()).digest())
+    if not digests:
         raise ValidationError("name at least one client as name:key")
-    if len({c.name for c in clients}) != len(clients):
-        raise ValidationError("client names must be unique")
-    if len({c.key_digest for c in clients}) != len(clients):
+    every = [d for keys in digests.values() for d in keys]
+    if len(set(every)) != len(every):
         raise ValidationError("keys must be unique")
-    return tuple(clients)
+    return tuple(ApiClient(name=name, key_digests=tuple(keys)) for name, keys in digests.items())
+
+
+def _parse_fallbacks(value: str) -> tuple[bytes, ...]:
+    secrets = _split(value)
+    short = [i for i, secret in enumerate(secrets, start=1) if len(secret) < MIN_SECRET_LENGTH]
+    if short:
+        raise ValidationError(
+            f"entry {short[0]} is shorter than {MIN_SECRET_LENGTH} characters; "
+            "list earlier secret keys, comma separated"
+        )
+    return tuple(secret.encode() for secret in secrets)
+
+
+TEST_NUMBER_CODE = re.compile(r"[0-9]{4,8}", re.ASCII)
+
+
+def _parse_test_numbers(value: str) -> tuple[TestNumber, ...]:
+    """``+2348000000001=482913@2027-06-30,...`` -> test numbers (number = code @ last day, UTC)."""
+    numbers: list[TestNumber] = []
+    for index, entry in enumerate(_split(value), start=1):
+        number, sep, rest = entry.partition("=")
+        code, at, day = rest.partition("@")
+        if not sep or not at:
+            raise ValidationError(f"entry {index} must be +number=code@YYYY-MM-DD")
+        if not TEST_NUMBER_CODE.fullmatch(code):
+            raise ValidationError(f"entry {index}: the code must be 4 to 8 digits")
+        try:
+            last_day = date.fromisoformat(day)
+        except ValueError as exc:
+            raise ValidationError(f"entry {index}: {day!r} is not a date (YYYY-MM-DD)") from exc
+        try:
+            phone = parse_phone(number.strip())
+        except InvalidPhone as exc:
+            raise ValidationError(f"entry {index}: the number {exc}") from exc
+        numbers.append(TestNumber(phone.e164, code, last_day, phone.region))
+    if len({n.e164 for n in numbers}) != len(numbers):
+        raise ValidationError("a number is listed twice")
+    return tuple(numbers)
+
+
+def _read_secret_files(env: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """``<NAME>_FILE`` names a file holding the value of the secret setting ``<NAME>`` (as Docker
+    and Kubernetes mount secrets). Setting both is an error: which one wins would be a guess."""
+    out = dict(env)
+    for name in sorted(SECRET_SETTINGS):
+        path = env.get(f"{name}_FILE")
+        if path is None:
+            continue
+        del out[f"{name}_FILE"]
+        if name in env:
+            problems.append(f"{name}: set either {name} or {name}_FILE, not both")
+            continue
+        try:
+            out[name] = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{name}_FILE: cannot read {path}: {type(exc).__name__}")
+    return out
 
 
 def _problems(messages: Any, prefix: str = "") -> list[str]:
@@ -406,6 +548,11 @@ def _problems(messages: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}{messages}"]
 
 
+def setting_variables() -> dict[str, str]:
+    """Each setting's variable name, by the setting's attribute name."""
+    return {name: str(f.data_key) for name, f in _SettingsSchema().fields.items()}
+
+
 def environment() -> dict[str, str]:
     """The ``OTPSVC_*`` variables of the process environment."""
     return {k: v for k, v in os.environ.items() if k.startswith("OTPSVC_")}
@@ -414,8 +561,10 @@ def environment() -> dict[str, str]:
 def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
     """Build the settings from ``source`` (default: the process environment)."""
     env = environment() if source is None else source
-    relevant = {k: v for k, v in env.items() if k.startswith("OTPSVC_")}
     problems: list[str] = []
+    relevant = _read_secret_files(
+        {k: v for k, v in env.items() if k.startswith("OTPSVC_")}, problems
+    )
     try:
         core: dict[str, Any] = _SettingsSchema().load(relevant, unknown=EXCLUDE)
     except ValidationError as exc:
@@ -442,6 +591,13 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "
             "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
         )
+    allowed = core.get("allowed_countries")
+    for number in core.get("test_numbers", ()):
+        if allowed is not None and number.region not in allowed:
+            problems.append(
+                f"OTPSVC_TEST_NUMBERS: a test number in {number.region} is outside "
+                "OTPSVC_ALLOWED_COUNTRIES"
+            )
     if problems:
         raise ConfigError(sorted(problems))
     known = {f.data_key for f in _SettingsSchema().fields.values()} | {

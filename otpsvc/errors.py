@@ -88,14 +88,22 @@ class NotFound(OtpError):
 
 
 class RetryLater(OtpError):
-    """An error that passes: carries the seconds until the caller may try again."""
+    """An error that passes: carries the seconds until the caller may try again.
 
-    def __init__(self, retry_after: float, detail: str | None = None) -> None:
+    ``verification_id`` names the existing verification a refusal is about, so a caller whose
+    ``201`` was lost (a gateway timeout) can still find the verification it created.
+    """
+
+    def __init__(
+        self, retry_after: float, detail: str | None = None, *, verification_id: str | None = None
+    ) -> None:
         self.retry_after = max(1, int(-(-retry_after // 1)))
+        self.verification_id = verification_id
         super().__init__(detail)
 
     def extensions(self) -> dict[str, object]:
-        return {"retry_after": self.retry_after}
+        found = {"verification_id": self.verification_id} if self.verification_id else {}
+        return {"retry_after": self.retry_after, **found}
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
@@ -149,7 +157,25 @@ class DeliveryFailed(OtpError):
         super().__init__(detail)
 
     def extensions(self) -> dict[str, object]:
-        return {"id": self.verification_id} if self.verification_id else {}
+        if not self.verification_id:
+            return {}
+        return {"id": self.verification_id, "verification_id": self.verification_id}
+
+
+class IdempotencyKeyReused(OtpError):
+    """The Idempotency-Key was already used with another request body."""
+
+    status = 422
+    code = "idempotency_key_reused"
+    title = "Unprocessable Content"
+
+
+class RequestInProgress(RetryLater):
+    """The first request with this Idempotency-Key is still running."""
+
+    status = 409
+    code = "request_in_progress"
+    title = "Conflict"
 
 
 class CallsSuspended(RetryLater):

@@ -9,13 +9,15 @@ from typing import cast
 
 import redis
 from flask import current_app, g, request
-from flask_limiter import Limiter
 
+from otpsvc.api.limits import Meet, RequestLimits
 from otpsvc.config import Settings
+from otpsvc.core.addresses import address_bucket
 from otpsvc.core.service import VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.errors import Unauthorized
 from otpsvc.store import VerificationStore
+from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.voice.dispatch import Dispatcher
 
 
@@ -28,16 +30,18 @@ class Runtime:
     store: VerificationStore
     service: VerificationService
     dispatcher: Dispatcher
-    limiter: Limiter
+    request_limits: RequestLimits
+    idempotency: IdempotencyStore
     inbox: CallInbox | None
 
     def client_for_key(self, presented: str) -> str | None:
         """The client whose key this is. Every stored digest is compared, in constant time."""
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
         found: str | None = None
         for client in self.settings.clients:
-            if hmac.compare_digest(digest, client.key_digest):
-                found = client.name
+            for key_digest in client.key_digests:
+                if hmac.compare_digest(digest, key_digest):
+                    found = client.name
         return found
 
 
@@ -46,14 +50,34 @@ def runtime() -> Runtime:
 
 
 def authenticate() -> None:
-    """``Authorization: Bearer <key>``: 401 unless the key belongs to a configured client."""
+    """``Authorization: Bearer <key>``: 401 unless the key belongs to a configured client.
+
+    A failed attempt counts against the connecting address; over that limit the address gets
+    429 whatever key it sends (see :func:`limit_request`), so key guessing stops there.
+    """
+    rt = runtime()
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
-    client = runtime().client_for_key(token.strip())
+    client = rt.client_for_key(token.strip()) if scheme.lower() == "bearer" else None
     if client is None:
+        address = client_ip()
+        rt.request_limits.meet(Meet("auth_failures", address), audit_fields={"ip": address})
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
         raise Unauthorized("the API key is not valid")
     g.client = client
+
+
+def limit_request(*extra: Meet) -> None:
+    """The request limits of an authenticated request, in one round trip: its connecting address
+    must not be over the failed-authentication limit, and it counts against its client's limit
+    (sized for a backend serving many people) and any ``extra`` limit (per end-user IP)."""
+    client = current_client()
+    runtime().request_limits.meet(
+        Meet("auth_failures", client_ip(), count=False),
+        Meet("client", client),
+        *extra,
+        audit_fields={"client": client},
+    )
 
 
 def current_client() -> str:
@@ -61,5 +85,6 @@ def current_client() -> str:
 
 
 def client_ip() -> str:
-    """The caller's address; ``X-Forwarded-For`` counts only through trusted hops (ProxyFix)."""
-    return request.remote_addr or "unknown"
+    """The connecting address (an IPv6 one as its network); ``X-Forwarded-For`` counts only
+    through trusted hops (ProxyFix)."""
+    return address_bucket(request.remote_addr or "", runtime().settings.ipv6_prefix)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from otpsvc.api.context import authenticate, runtime
+from otpsvc.api.context import authenticate, limit_request, runtime
 from otpsvc.core.phones import parse_phone
 
 bp = Blueprint("dev", __name__, url_prefix="/dev")
@@ -14,6 +14,7 @@ bp.before_request(authenticate)
 @bp.get("/calls")
 def calls() -> Response:
     """What the console provider would have said, newest first. Numbers are masked."""
+    limit_request()
     inbox = runtime().inbox
     items = inbox.latest() if inbox else []
     for item in items:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from otpsvc.api.context import authenticate, client_ip, current_client, runtime
+from otpsvc.api.context import (
+    Runtime,
+    authenticate,
+    client_ip,
+    current_client,
+    limit_request,
+    runtime,
+)
+from otpsvc.api.limits import Meet
+from otpsvc.api.problems import PROBLEM_JSON, render
 from otpsvc.api.schemas import (
     VERIFICATION_ID,
     CheckRequest,
@@ -14,10 +26,27 @@ from otpsvc.api.schemas import (
     load,
     verification_view,
 )
-from otpsvc.errors import NotFound
+from otpsvc.core.addresses import address_bucket
+from otpsvc.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotFound,
+    OtpError,
+    RequestInProgress,
+)
+from otpsvc.store.idempotency import fingerprint
 
 bp = Blueprint("otp", __name__, url_prefix="/otp")
 bp.before_request(authenticate)
+
+#: draft-ietf-httpapi-idempotency-key-header: 1-255 printable ASCII characters; the draft's
+#: structured-field form (a quoted string) is accepted too.
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}", re.ASCII)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Answers that changed nothing and may well differ on a retry: the key is released for them.
+RELEASED_CODES = frozenset({"rate_limited", "calls_suspended", "store_unavailable"})
+#: Headers replayed with a kept answer.
+KEPT_HEADERS = frozenset({"Retry-After"})
 
 
 def _json_body() -> object:
@@ -35,24 +64,97 @@ def _checked_id(verification_id: str) -> str:
     return verification_id
 
 
+def _person_address(data: dict[str, Any]) -> str:
+    """What per-IP limits count: ``end_user.ip`` when given, else the connecting address."""
+    ip = (data.get("end_user") or {}).get("ip")
+    if ip is None:
+        return client_ip()
+    return address_bucket(ip, runtime().settings.ipv6_prefix)
+
+
+def _idempotency_key() -> str | None:
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    key = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest(
+            {IDEMPOTENCY_HEADER: ["must be 1 to 255 printable ASCII characters"]},
+            f"invalid header: {IDEMPOTENCY_HEADER}",
+        )
+    return key
+
+
 @bp.post("/start")
-def start() -> tuple[Response, int]:
-    data = load(StartRequest(), _json_body())
-    outcome = runtime().service.start(
+def start() -> Response:
+    body = _json_body()
+    key = _idempotency_key()
+    data = load(StartRequest(), body)
+    rt = runtime()
+    address = _person_address(data)
+    limit_request(Meet("start_ip", address))
+    if key is None:
+        return _start(rt, data, address)
+    claim_key, claim = rt.idempotency.claim(current_client(), key, fingerprint(body))
+    if claim.outcome == "reused":
+        raise IdempotencyKeyReused(
+            f"this {IDEMPOTENCY_HEADER} was used with another request body; use a new key"
+        )
+    if claim.outcome == "running":
+        # A start takes well under a second unless a provider is slow: poll again soon.
+        raise RequestInProgress(
+            1, f"the first request with this {IDEMPOTENCY_HEADER} is still running"
+        )
+    if claim.outcome == "done":
+        replay = Response(
+            claim.body,
+            status=claim.status,
+            mimetype="application/json" if claim.status < 400 else PROBLEM_JSON,
+        )
+        replay.headers.update(claim.headers)
+        replay.headers["Idempotent-Replayed"] = "true"
+        return replay
+    try:
+        response = _start(rt, data, address)
+    except OtpError as exc:
+        response = render(exc)
+    except BaseException:
+        rt.idempotency.release(claim_key, claim)
+        raise
+    code = (
+        (response.get_json(silent=True) or {}).get("code") if response.status_code >= 400 else None
+    )
+    if code in RELEASED_CODES or (response.status_code >= 500 and response.status_code != 502):
+        rt.idempotency.release(claim_key, claim)
+    else:
+        kept = {k: v for k, v in response.headers.items() if k in KEPT_HEADERS}
+        rt.idempotency.finish(
+            claim_key, claim, response.status_code, response.get_data(as_text=True), kept
+        )
+    return response
+
+
+def _start(rt: Runtime, data: dict[str, Any], address: str) -> Response:
+    end_user = data.get("end_user") or {}
+    outcome = rt.service.start(
         client=current_client(),
         phone=data["phone"],
         code_length=data.get("code_length"),
         locale=data.get("locale"),
         client_ref=data.get("client_ref"),
         mode=data["mode"],
-        client_ip=client_ip(),
+        end_user_ip=address,
+        end_user_id=end_user.get("user_id"),
     )
-    return jsonify(verification_view(outcome.verification)), 201 if outcome.created else 200
+    response = jsonify(verification_view(outcome.verification))
+    response.status_code = 201 if outcome.created else 200
+    return response
 
 
 @bp.post("/check")
 def check() -> Response:
     data = load(CheckRequest(), _json_body())
+    limit_request(Meet("check_ip", _person_address(data)))
     outcome = runtime().service.check(
         client=current_client(), verification_id=data["id"], code=data["code"]
     )
@@ -61,6 +163,7 @@ def check() -> Response:
 
 @bp.get("/<verification_id>")
 def read(verification_id: str) -> Response:
+    limit_request()
     verification = runtime().service.get(
         client=current_client(), verification_id=_checked_id(verification_id)
     )
@@ -69,6 +172,7 @@ def read(verification_id: str) -> Response:
 
 @bp.post("/<verification_id>/cancel")
 def cancel(verification_id: str) -> Response:
+    limit_request()
     verification = runtime().service.cancel(
         client=current_client(), verification_id=_checked_id(verification_id)
     )

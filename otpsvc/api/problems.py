@@ -7,12 +7,10 @@ import re
 
 import limits.errors
 import redis
-from flask import Flask, Response, jsonify, request
-from flask_limiter import RateLimitExceeded
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from otpsvc.core.audit import audit
-from otpsvc.errors import OtpError, RateLimited, StoreUnavailable
+from otpsvc.errors import OtpError, StoreUnavailable
 
 log = logging.getLogger("otpsvc.api")
 
@@ -58,13 +56,6 @@ def _http_code(exc: HTTPException) -> str:
     return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
 
 
-def _on_rate_limit(exc: RateLimitExceeded) -> Response:
-    # The breached limit's whole window: never too early, and no Redis read on the error path.
-    retry_after = exc.limit.limit.get_expiry()
-    audit("limit_hit", endpoint=request.endpoint, limit=exc.description, ip=request.remote_addr)
-    return render(RateLimited(retry_after, f"rate limit exceeded: {exc.description}"))
-
-
 def _on_http(exc: HTTPException) -> Response:
     status = exc.code or 500
     headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
@@ -83,7 +74,6 @@ def _on_unexpected(exc: Exception) -> Response:
 
 def register(app: Flask) -> None:
     app.register_error_handler(OtpError, render)
-    app.register_error_handler(RateLimitExceeded, _on_rate_limit)
     app.register_error_handler(HTTPException, _on_http)
     app.register_error_handler(limits.errors.StorageError, _on_store_down)
     app.register_error_handler(redis.RedisError, _on_store_down)

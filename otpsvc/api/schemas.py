@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,25 @@ class PhoneField(fields.String):
             raise ValidationError(str(exc)) from exc
 
 
+def _ip_address(value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValidationError("must be an IPv4 or IPv6 address such as 198.51.100.7") from exc
+
+
+class EndUser(Schema):
+    """The person a backend or gateway calls on behalf of: what per-person limits count."""
+
+    ip = fields.String(validate=[validate.Length(max=45), _ip_address])
+    user_id = fields.String(
+        validate=[
+            validate.Length(1, 128),
+            validate.Regexp(r"\A[\x20-\x7e]+\Z", error="must be printable ASCII"),
+        ]
+    )
+
+
 class StartRequest(Schema):
     phone = PhoneField(required=True)
     code_length = fields.Integer(strict=True, validate=validate.Range(4, 8))
@@ -48,6 +68,7 @@ class StartRequest(Schema):
             validate.Regexp(r"^[\x20-\x7e]+$", error="must be printable ASCII"),
         ]
     )
+    end_user = fields.Nested(EndUser)
 
 
 class CheckRequest(Schema):
@@ -59,6 +80,7 @@ class CheckRequest(Schema):
         required=True,
         validate=validate.Regexp(r"^[0-9]{4,8}$", flags=re.ASCII, error="must be 4 to 8 digits"),
     )
+    end_user = fields.Nested(EndUser)
 
 
 def load(schema: Schema, body: Any) -> dict[str, Any]:
@@ -67,20 +89,22 @@ def load(schema: Schema, body: Any) -> dict[str, Any]:
         data: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
         messages = exc.normalized_messages()  # type: ignore[no-untyped-call]
-        errors = {
-            ("body" if field == "_schema" else field): _flatten(value)
-            for field, value in messages.items()
-        }
+        errors: dict[str, list[str]] = {}
+        for field, value in messages.items():
+            _flatten(errors, "body" if field == "_schema" else str(field), value)
         raise InvalidRequest(errors) from exc
     return data
 
 
-def _flatten(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value]
+def _flatten(errors: dict[str, list[str]], path: str, value: Any) -> None:
+    """Nested errors under dotted names: ``end_user.ip``, ``end_user.nickname``."""
     if isinstance(value, dict):
-        return [f"{k}: {m}" for k, v in value.items() for m in _flatten(v)]
-    return [str(value)]
+        for key, inner in value.items():
+            _flatten(errors, path if key == "_schema" else f"{path}.{key}", inner)
+    elif isinstance(value, list):
+        errors.setdefault(path, []).extend(str(v) for v in value)
+    else:
+        errors.setdefault(path, []).append(str(value))
 
 
 def timestamp(epoch: float) -> str:

@@ -3,8 +3,9 @@
 Voice calls are where toll fraud pays (IRSF): a stranger who can make this service call premium or
 far-away numbers earns money on the operator's bill, and one who can make it call one number again
 and again harasses a person. So a start is screened by country and number type, then counted
-against velocity limits per number, client, client IP, number prefix and country, and against the
-global call budget. All of them refuse before a provider is asked for anything.
+against velocity limits per number, client, end-user IP, end-user account, number prefix and
+country, and against the global call budget. All of them refuse before a provider is asked for
+anything.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class AbusePolicy:
     per_phone: str
     per_client: str
     per_ip: str
+    per_user: str
     per_prefix: str
     prefix_digits: int
     per_country: str
@@ -45,6 +47,7 @@ class AbusePolicy:
             per_phone=s.velocity_phone,
             per_client=s.velocity_client,
             per_ip=s.velocity_ip,
+            per_user=s.velocity_user,
             per_prefix=s.velocity_prefix,
             prefix_digits=s.velocity_prefix_digits,
             per_country=s.velocity_country,
@@ -66,14 +69,18 @@ class AbusePolicy:
                 "this type of number cannot be called",
             )
 
-    def counters(self, *, phone: Phone, phone_key: str, client: str, ip: str) -> list[Counter]:
-        """Every limit one call counts against; the number itself only as its keyed hash."""
+    def counters(
+        self, *, phone: Phone, phone_key: str, client: str, ip_key: str, user_key: str | None
+    ) -> list[Counter]:
+        """Every limit one call counts against. The number, the end user's IP network and the
+        end user's account id appear only as keyed hashes."""
         national = phone.e164[len(f"+{phone.country_code}") :]
         prefix = f"{phone.country_code}-{national[: self.prefix_digits]}"
         return [
             *counters("phone", phone_key, self.per_phone),
             *counters("client", client, self.per_client),
-            *counters("ip", ip, self.per_ip),
+            *counters("ip", ip_key, self.per_ip),
+            *(counters("user", user_key, self.per_user) if user_key else []),
             *counters("prefix", prefix, self.per_prefix),
             *counters("country", str(phone.country_code), self.per_country),
             *counters("budget", "all", self.budget),

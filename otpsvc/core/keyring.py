@@ -3,59 +3,120 @@
 Codes are stored as argon2id(HMAC-SHA256(code key, id + code)): without the secret, which never
 reaches Redis, a stolen record cannot even be attacked offline; with it, argon2 still costs each
 guess. Phone numbers become keyed hashes so Redis never holds one in the clear.
+
+Rotation: the keyring holds the current secret and any earlier ones (``fallbacks``). Everything new
+is made under the current secret; a code verifier names the secret it was made under (the first two
+bytes of its salt are that secret's id, so the record grows by nothing), and callback tokens and
+phone keys made under an earlier secret are still recognised, until what they belong to expires and
+the earlier secret is removed from the settings.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from argon2.low_level import Type, hash_secret
 
 from otpsvc.config import Argon2Params
 
 ARGON2_HEAD = "$argon2id$v=19$"
+SALT_BYTES = 16
+KEY_ID_BYTES = 2
 
 
 def _subkey(secret: bytes, purpose: str) -> bytes:
     return hmac.new(secret, f"otpsvc/{purpose}/v1".encode(), hashlib.sha256).digest()
 
 
+def key_id(secret: bytes) -> str:
+    """A short public name for a secret (4 hex digits), so a verifier can say which one made it."""
+    return _subkey(secret, "id").hex()[: 2 * KEY_ID_BYTES]
+
+
+class _Keys:
+    def __init__(self, secret: bytes) -> None:
+        self.id = key_id(secret)
+        self.code = _subkey(secret, "code")
+        self.phone = _subkey(secret, "phone")
+        self.callback = _subkey(secret, "callback")
+        self.subject = _subkey(secret, "subject")
+
+
 class Keyring:
-    def __init__(self, secret: bytes, argon2: Argon2Params) -> None:
-        self._code_key = _subkey(secret, "code")
-        self._phone_key = _subkey(secret, "phone")
-        self._callback_key = _subkey(secret, "callback")
+    def __init__(
+        self, secret: bytes, argon2: Argon2Params, fallbacks: tuple[bytes, ...] = ()
+    ) -> None:
+        self._keys = [_Keys(secret), *(_Keys(earlier) for earlier in fallbacks)]
+        self._current = self._keys[0]
+        self._by_id = {k.id: k for k in reversed(self._keys)}
+        self._argon2 = argon2
         self._hasher = PasswordHasher(
             time_cost=argon2.time_cost,
             memory_cost=argon2.memory_kib,
             parallelism=argon2.parallelism,
             hash_len=16,
-            salt_len=16,
+            salt_len=SALT_BYTES,
         )
+
+    @staticmethod
+    def _key_id_of(verifier: str) -> str:
+        """The secret id in a verifier's salt (``params$salt$hash``, unpadded base64)."""
+        parts = verifier.split("$")
+        if len(parts) != 3:
+            return ""
+        try:
+            salt = base64.b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        except (binascii.Error, ValueError):
+            return ""
+        return salt[:KEY_ID_BYTES].hex()
 
     def phone_key(self, e164: str) -> str:
         """A stable keyed name for a number: 24 hex digits (96 bits)."""
-        return hmac.new(self._phone_key, e164.encode(), hashlib.sha256).hexdigest()[:24]
+        return self._phone_key(self._current, e164)
+
+    def earlier_phone_keys(self, e164: str) -> list[str]:
+        """The number's keys under the earlier secrets (blocks made under them still count)."""
+        return [self._phone_key(keys, e164) for keys in self._keys[1:]]
+
+    @staticmethod
+    def _phone_key(keys: _Keys, e164: str) -> str:
+        return hmac.new(keys.phone, e164.encode(), hashlib.sha256).hexdigest()[:24]
+
+    def subject_key(self, kind: str, value: str) -> str:
+        """A keyed name for what a limit counts (an end-user IP network, an account id): Redis
+        holds no address and no account id in the clear."""
+        mac = hmac.new(self._current.subject, f"{kind}\0{value}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:24]
 
     def callback_token(self, verification_id: str) -> str:
         """An unguessable token naming one verification, for provider callback URLs."""
-        mac = hmac.new(self._callback_key, verification_id.encode(), hashlib.sha256)
+        return self._callback_token(self._current, verification_id)
+
+    @staticmethod
+    def _callback_token(keys: _Keys, verification_id: str) -> str:
+        mac = hmac.new(keys.callback, verification_id.encode(), hashlib.sha256)
         return f"{verification_id}.{mac.hexdigest()[:32]}"
 
     def verification_for_token(self, token: str) -> str | None:
         """The verification a callback token names, or None when the token was not made here."""
         verification_id, _, _ = token.partition(".")
-        expected = self.callback_token(verification_id)
         # Bytes, not str: compare_digest refuses non-ASCII str, and a token comes from a stranger.
-        same = hmac.compare_digest(expected.encode(), token.encode("utf-8", "surrogateescape"))
+        presented = token.encode("utf-8", "surrogateescape")
+        same = False
+        for keys in self._keys:
+            expected = self._callback_token(keys, verification_id).encode()
+            same |= hmac.compare_digest(expected, presented)
         return verification_id if same else None
 
-    def _code_digest(self, verification_id: str, code: str) -> bytes:
-        return hmac.new(
-            self._code_key, f"{verification_id}:{code}".encode(), hashlib.sha256
-        ).digest()
+    @staticmethod
+    def _code_digest(keys: _Keys, verification_id: str, code: str) -> bytes:
+        return hmac.new(keys.code, f"{verification_id}:{code}".encode(), hashlib.sha256).digest()
 
     def hash_code(self, verification_id: str, code: str) -> str:
         """The argon2id hash without its constant ``$argon2id$v=19$`` head.
@@ -63,14 +124,26 @@ class Keyring:
         What remains (``m=16384,t=1,p=1$salt$hash``, 61 characters) fits Redis's compact hash
         encoding (values up to 64 bytes), which keeps a pending verification under 512 bytes.
         """
-        encoded = str(self._hasher.hash(self._code_digest(verification_id, code)))
+        digest = self._code_digest(self._current, verification_id, code)
+        # The salt: the current secret's id, then 112 random bits (unique per verifier).
+        salt = bytes.fromhex(self._current.id) + secrets.token_bytes(SALT_BYTES - KEY_ID_BYTES)
+        params = self._argon2
+        encoded = hash_secret(
+            digest, salt, params.time_cost, params.memory_kib, params.parallelism, 16, Type.ID
+        ).decode()
         if not encoded.startswith(ARGON2_HEAD):
             raise RuntimeError("unexpected argon2 encoding")
         return encoded[len(ARGON2_HEAD) :]
 
     def verify_code(self, verifier: str, verification_id: str, code: str) -> bool:
-        """Constant-time by argon2's own comparison; any malformed verifier is a mismatch."""
-        digest = self._code_digest(verification_id, code)
+        """Constant-time by argon2's own comparison; any malformed verifier is a mismatch.
+
+        The verifier's salt names the secret it was made under; one argon2 run either way. A
+        verifier of a secret no longer configured (or older than key ids) is tried with the
+        current secret, which fails for the former.
+        """
+        keys = self._by_id.get(self._key_id_of(verifier), self._current)
+        digest = self._code_digest(keys, verification_id, code)
         try:
             return bool(self._hasher.verify(ARGON2_HEAD + verifier, digest))
         except (VerifyMismatchError, VerificationError, InvalidHashError):

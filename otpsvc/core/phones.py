@@ -55,3 +55,8 @@ def mask(e164: str, country_code: int) -> str:
     prefix = f"+{country_code}"
     rest = e164[len(prefix) :]
     return prefix + "*" * max(0, len(rest) - 3) + rest[-3:]
+
+
+def mask_e164(e164: str) -> str:
+    """:func:`mask` for a number already in E.164 form."""
+    return mask(e164, int(phonenumbers.parse(e164, None).country_code or 0))

@@ -8,10 +8,11 @@ All time comes from one clock, so expiry is tested without sleeping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from otpsvc.config import Settings
+from otpsvc.config import Settings, TestNumber
 from otpsvc.core.abuse import AbusePolicy, refusal_error
 from otpsvc.core.audit import audit
 from otpsvc.core.codes import generate_code, new_verification_id
@@ -30,7 +31,7 @@ from otpsvc.errors import (
 )
 from otpsvc.store import Reservation, VerificationStore
 from otpsvc.store.velocity import VelocityStore
-from otpsvc.voice.base import CallRequest
+from otpsvc.voice.base import CallRequest, VoiceProvider
 from otpsvc.voice.dispatch import DeliveryError, Dispatcher, NoRoute
 from otpsvc.voice.scripts import choose_locale
 
@@ -75,7 +76,9 @@ class VerificationService:
         abuse: AbusePolicy,
         velocity: VelocityStore,
         clock: Clock,
+        test_numbers: Mapping[str, TestNumber] | None = None,
     ) -> None:
+        self.test_numbers = dict(test_numbers or {})
         self.abuse = abuse
         self.velocity = velocity
         self.store = store
@@ -96,30 +99,59 @@ class VerificationService:
         locale: str | None = None,
         client_ref: str | None = None,
         mode: str = "code",
-        client_ip: str = "unknown",
+        end_user_ip: str = "unknown",
+        end_user_id: str | None = None,
     ) -> StartOutcome:
         """Open a verification and call the phone, or resend the client's open one for it.
 
+        ``end_user_ip`` is the person's address (as its limit bucket) and ``end_user_id`` the
+        app's id for their account; both are counted only as keyed hashes.
+
         Order matters: screening (no state), then velocity and budget counting, then the
         reservation in the number's own slot; a reservation that refuses hands the count back.
+        A test number (``OTPSVC_TEST_NUMBERS``) places no call and counts against no call limit.
         """
-        self.abuse.screen(phone, client)
-        try:
-            route = self.dispatcher.route_for(phone.country_code, mode)
-        except NoRoute as exc:
-            raise InvalidRequest({"mode": [str(exc)]}) from exc
+        test = self._test_number(phone)
+        if test is not None:
+            if mode != "code":
+                raise InvalidRequest({"mode": ["a test number takes code mode only"]})
+            route: tuple[VoiceProvider, ...] = ()
+        else:
+            self.abuse.screen(phone, client)
+            try:
+                route = self.dispatcher.route_for(phone.country_code, mode)
+            except NoRoute as exc:
+                raise InvalidRequest({"mode": [str(exc)]}) from exc
         now_ms = self._now_ms()
         phone_key = self.keyring.phone_key(phone.e164)
-        counted = self.abuse.counters(phone=phone, phone_key=phone_key, client=client, ip=client_ip)
+        earlier = self.store.earlier_blocks(
+            self.keyring.earlier_phone_keys(phone.e164),
+            now_ms=now_ms,
+            max_failures=self.policy.max_failures,
+        )
+        self._refuse_unless_sendable(earlier, now_ms, client, phone)
         candidate_id = new_verification_id(VerificationStore.tag_of(phone_key))
-        refusal = self.velocity.count(counted, candidate_id, now_ms)
-        if refusal is not None:
-            raise refusal_error(refusal, phone, client)
+        counted = []
+        if test is None:
+            counted = self.abuse.counters(
+                phone=phone,
+                phone_key=phone_key,
+                client=client,
+                ip_key=self.keyring.subject_key("ip", end_user_ip),
+                user_key=(
+                    self.keyring.subject_key("user", f"{client}\0{end_user_id}")
+                    if end_user_id
+                    else None
+                ),
+            )
+            refusal = self.velocity.count(counted, candidate_id, now_ms)
+            if refusal is not None:
+                raise refusal_error(refusal, phone, client)
         fields: dict[str, str | int] = {
             "c": client,
             "pk": phone_key,
             "pm": phone.masked,
-            "len": code_length or self.policy.code_length,
+            "len": len(test.code) if test else code_length or self.policy.code_length,
             "loc": choose_locale(locale, phone.region, self.policy.default_locale),
         }
         if client_ref:
@@ -139,11 +171,13 @@ class VerificationService:
             fields=fields,
             mode=mode,
         )
-        if reservation.outcome not in ("new", "resend"):
+        if reservation.outcome not in ("new", "resend") and counted:
             self.velocity.refund(counted, candidate_id)
         self._refuse_unless_sendable(reservation, now_ms, client, phone)
         record = reservation.record
         gen = int(record["g"])
+        if test is not None:
+            return self._start_test_number(client, phone, reservation, test)
 
         if mode == "keypress":
             code, verifier = "", ""
@@ -217,6 +251,40 @@ class VerificationService:
             record["mid"] = result.message_id
         return StartOutcome(self._to_verification(reservation.id, record), created)
 
+    def _test_number(self, phone: Phone) -> TestNumber | None:
+        """The number's test entry while it is active; after its last day it is ordinary."""
+        test = self.test_numbers.get(phone.e164)
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        return test if test is not None and test.active_on(today) else None
+
+    def _start_test_number(
+        self, client: str, phone: Phone, reservation: Reservation, test: TestNumber
+    ) -> StartOutcome:
+        """No call: the fixed code is stored like any code and passes the normal checks."""
+        verifier = self.keyring.hash_code(reservation.id, test.code)
+        gen = int(reservation.record["g"])
+        self.store.finalize(
+            reservation.id,
+            gen,
+            accepted=True,
+            verifier=verifier,
+            provider="test",
+            message_id=None,
+            delivery_status="test",
+            now_ms=self._now_ms(),
+        )
+        audit(
+            "test_number",
+            id=reservation.id,
+            client=client,
+            phone=phone.masked,
+            send=int(reservation.record["s"]),
+        )
+        return StartOutcome(
+            self.get(client=client, verification_id=reservation.id),
+            reservation.outcome == "new",
+        )
+
     def _refuse_unless_sendable(
         self, reservation: Reservation, now_ms: int, client: str, phone: Phone
     ) -> None:
@@ -231,6 +299,10 @@ class VerificationService:
         if wait_until is None:
             return
         until_ms, error = wait_until
+        # Refusals about the client's own open verification name it; the others name nothing.
+        about = (
+            reservation.id if reservation.outcome in ("locked", "max_sends", "cooldown") else None
+        )
         audit(
             "start_refused",
             id=reservation.id,
@@ -245,7 +317,11 @@ class VerificationService:
             "blocked": "the owner of this number said a recent call was not theirs",
             "failures": "too many wrong codes for this number today",
         }
-        raise error((until_ms - now_ms) / 1000, messages[reservation.outcome])
+        raise error(
+            (until_ms - now_ms) / 1000,
+            messages[reservation.outcome],
+            verification_id=about or None,
+        )
 
     def check(self, *, client: str, verification_id: str, code: str) -> CheckOutcome:
         """Compare a code once. The attempt is counted before the comparison, atomically."""
@@ -276,6 +352,8 @@ class VerificationService:
             result = self.store.approve(verification_id, gen=ticket.gen, now_ms=self._now_ms())
             if result == "approved":
                 audit("check", id=verification_id, client=client, result="approved")
+                if ticket.provider == "test":
+                    audit("test_number", id=verification_id, client=client, result="approved")
                 return CheckOutcome(verification_id, True, Status.APPROVED, remaining)
             if result == "not_found":
                 raise NotFound("no pending verification with this id")

@@ -87,6 +87,8 @@ class CheckTicket:
     attempts: int
     expires_at_ms: int
     code_length: int
+    #: The provider that took the call ("test" for a test number).
+    provider: str = ""
 
 
 def _script(name: str) -> str:
@@ -129,6 +131,32 @@ class VerificationStore:
 
     def failure_key(self, phone_key: str) -> str:
         return self._failure_prefix(self.tag_of(phone_key)) + phone_key
+
+    def earlier_blocks(
+        self, phone_keys: list[str], *, now_ms: int, max_failures: int
+    ) -> Reservation:
+        """A deny block or a spent failure cap made under an earlier secret (key rotation).
+
+        Read outside the reserve script on purpose: these keys live in other slots, and they
+        only decay (nothing new is written under an earlier secret's phone key but by checks of
+        verifications made before the rotation). Outcome ``clear`` when none applies.
+        """
+        if not phone_keys:
+            return Reservation("clear", "", {})
+        with store_guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for key in phone_keys:
+                pipe.pttl(self.deny_key(key))
+                pipe.get(self.failure_key(key))
+                pipe.pttl(self.failure_key(key))
+            answers = pipe.execute()
+        for i in range(0, len(answers), 3):
+            blocked_ms, failures, failures_ttl = answers[i : i + 3]
+            if int(blocked_ms) > 0:
+                return Reservation("blocked", "", {"until": str(now_ms + int(blocked_ms))})
+            if failures is not None and int(failures) >= max_failures:
+                return Reservation("failures", "", {"until": str(now_ms + int(failures_ttl))})
+        return Reservation("clear", "", {})
 
     def message_key(self, provider: str, message_id: str) -> str:
         return f"{self.prefix}:msg:{provider}:{message_id}"
@@ -217,7 +245,7 @@ class VerificationStore:
         self, verification_id: str, *, client: str, now_ms: int, max_attempts: int, code_length: int
     ) -> CheckTicket:
         with store_guard():
-            outcome, verifier, gen, attempts, expires, length = self._run(
+            outcome, verifier, gen, attempts, expires, length, *extra = self._run(
                 self._begin_check,
                 [self.record_key(verification_id)],
                 [
@@ -230,7 +258,13 @@ class VerificationStore:
                 ],
             )
         return CheckTicket(
-            str(outcome), str(verifier), int(gen), int(attempts), int(expires), int(length)
+            str(outcome),
+            str(verifier),
+            int(gen),
+            int(attempts),
+            int(expires),
+            int(length),
+            *(str(value) for value in extra),
         )
 
     def approve(self, verification_id: str, *, gen: int, now_ms: int) -> str:

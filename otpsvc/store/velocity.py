@@ -47,7 +47,7 @@ class VelocityStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.tag = f"{prefix}:{{{prefix}:velocity}}"
-        script = resources.files("otpsvc.store").joinpath("scripts", "velocity.lua")
+        script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
         self._count = client.register_script(script.read_text())
 
     @property
@@ -60,9 +60,9 @@ class VelocityStore:
     def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
         """Count a call against every counter; a reached limit refuses it and counts nothing."""
         keys = [self.kill_key, *(self._key(c) for c in items)]
-        args: list[int | str] = [now_ms, call_id]
+        args: list[int | str] = [now_ms, call_id, 1]
         for c in items:
-            args += [c.limit, c.window * 1000]
+            args += [c.limit, c.window * 1000, "hit"]
         with store_guard():
             result = self._count(keys=keys, args=args)
         index = int(result[0])

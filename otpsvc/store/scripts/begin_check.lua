@@ -5,10 +5,10 @@
 -- ARGV[5]  key prefix of the per-number failure counters (same hash tag); the counter is
 --          ARGV[5] .. <the record's phone key>, and counts every attempt taken here
 -- ARGV[6]  how long a number's failure count lives, ms
--- Returns {outcome, hash, gen, attempts, expires_at, code length}; outcome is one of
+-- Returns {outcome, hash, gen, attempts, expires_at, code length, provider}; outcome is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
 -- A keypress-mode verification has no code: checking one is not_found.
-local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk')
+local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p')
 if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] == 'k' then
   return {'not_found', '', 0, 0, 0, 0}
 end
@@ -29,4 +29,4 @@ local failures = ARGV[5] .. f[9]
 if redis.call('INCR', failures) == 1 then
   redis.call('PEXPIRE', failures, ARGV[6])
 end
-return {'verify', f[5], gen, attempts, expires, length}
+return {'verify', f[5], gen, attempts, expires, length, f[10] or ''}

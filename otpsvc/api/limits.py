@@ -1,0 +1,91 @@
+"""Request limits: per end-user IP, per API client, and on failed authentication.
+
+Each limit is a sliding window in Redis (a sorted set of the requests of the last window), like
+the call velocity limits, and every limit a request meets is decided in one script: one round
+trip, all or nothing, on the service's one clock, failing closed when Redis is away. The
+``limits`` library parses the limit strings (``10 per minute;60 per hour``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import limits
+import redis
+
+from otpsvc.config import Settings
+from otpsvc.core.audit import audit
+from otpsvc.errors import RateLimited
+from otpsvc.store.redis_store import store_guard
+
+
+@dataclass(frozen=True)
+class Window:
+    scope: str
+    limit: int
+    window_ms: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Meet:
+    """One limit a request meets: ``who`` it counts, and whether this request is counted."""
+
+    scope: str
+    who: str
+    count: bool = True
+
+
+class RequestLimits:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        clock: Callable[[], float],
+        name_of: Callable[[str, str], str],
+    ) -> None:
+        #: (scope, who) -> the keyed name a counter is stored under: no address in the clear.
+        self.name_of = name_of
+        self.tag = f"{settings.redis_prefix}:{{{settings.redis_prefix}:requests}}"
+        self.clock = clock
+        script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
+        self._script = client.register_script(script.read_text())
+        specs = {
+            "start_ip": settings.rate_limit_start_ip,
+            "check_ip": settings.rate_limit_check_ip,
+            "client": settings.rate_limit_client,
+            "auth_failures": settings.rate_limit_auth_failures,
+        }
+        self._windows = {
+            scope: [
+                Window(scope, item.amount, item.get_expiry() * 1000, str(item))
+                for item in limits.parse_many(spec)
+            ]
+            for scope, spec in specs.items()
+        }
+
+    def meet(self, *items: Meet, audit_fields: dict[str, object] | None = None) -> None:
+        """Count one request against every window of the given limits; over any of them it is
+        429 ``rate_limited`` and nothing is counted. Retry-After says when the window has room."""
+        keys: list[str] = []
+        args: list[int | str] = [int(self.clock() * 1000), secrets.token_hex(8), 0]
+        windows: list[Window] = []
+        for item in items:
+            for window in self._windows[item.scope]:
+                who = self.name_of(item.scope, item.who)
+                keys.append(f"{self.tag}:{item.scope}:{who}:{window.window_ms}")
+                args += [window.limit, window.window_ms, "hit" if item.count else "test"]
+                windows.append(window)
+        with store_guard():
+            result = self._script(keys=keys, args=args)
+        index = int(result[0])
+        if index == 0:
+            return
+        window = windows[index - 1]
+        audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
+        raise RateLimited(
+            int(result[1]) / 1000, f"rate limit exceeded: {window.text} ({window.scope})"
+        )

@@ -1,0 +1,17 @@
+"""gunicorn settings for ``otpsvc serve`` (and the container image), from the environment.
+
+PORT (default 8080) and WEB_CONCURRENCY (default 2 workers) follow the usual platform
+conventions; GUNICORN_CMD_ARGS overrides any setting here, as gunicorn itself defines.
+"""
+
+import os
+
+bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"]  # noqa: S104
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# A start may wait on every provider of a route in turn (connect + read timeouts each).
+timeout = 75
+graceful_timeout = 30
+keepalive = 5
+# No access log by default: callback URLs carry tokens. Set --access-logfile to turn it on.
+accesslog = None
+errorlog = "-"

@@ -1,0 +1,158 @@
+"""The operator's ``otpsvc`` command, against the real Redis and the environment it is given."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from otpsvc.cli import main
+from otpsvc.dev.redis_server import free_port
+from tests.conftest import KEY_A, PHONE, SECRET, TERMII_KEY, Api, base_env, wrong_code
+from tests.fakes.termii import FakeTermii
+
+
+@pytest.fixture
+def env(redis_url: str, redis_client: object, termii: FakeTermii) -> dict[str, str]:
+    """The service's environment, on a flushed Redis."""
+    return {
+        **base_env(redis_url),
+        "OTPSVC_PROVIDERS": "termii",
+        "OTPSVC_TERMII_BASE_URL": termii.url,
+        "OTPSVC_TERMII_API_KEY": TERMII_KEY,
+    }
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_version():
+    code, out = run({}, "--version")
+    assert code == 0
+    assert out.startswith("otpsvc, version ")
+
+
+def test_check_config_prints_the_effective_settings_with_every_secret_masked(env):
+    env = {**env, "OTPSVC_REDIS_URL": env["OTPSVC_REDIS_URL"].replace("//", "//:hunter22@")}
+    code, out = run(env, "check-config")
+    assert code == 0, out
+    assert "OTPSVC_CODE_TTL = 300" in out
+    assert "OTPSVC_API_KEYS = client-a (1 key(s)), client-b (1 key(s))" in out
+    for secret in (SECRET, KEY_A, TERMII_KEY, "hunter22"):
+        assert secret not in out
+
+
+def test_check_config_lists_every_problem_and_exits_2(env):
+    code, out = run({**env, "OTPSVC_CODE_TTL": "5", "OTPSVC_SECRET_KEY": "short"}, "check-config")
+    assert code == 2
+    assert "OTPSVC_CODE_TTL" in out
+    assert "OTPSVC_SECRET_KEY" in out
+
+
+def test_calls_suspend_resume_and_status(env, make_app, openapi, termii: FakeTermii):
+    """The kill switch from the command line stops and restarts calls in a running service."""
+    api = Api(make_app(), KEY_A, openapi)
+    assert run(env, "calls", "suspend")[0] == 0
+    code, out = run(env, "calls", "status")
+    assert code == 0
+    assert "suspended by the kill switch" in out
+    refused = api.start()
+    assert refused.status_code == 503
+    assert refused.get_json()["code"] == "calls_suspended"
+    assert run(env, "calls", "resume")[0] == 0
+    assert api.start().status_code == 201
+    code, out = run(env, "calls", "status")
+    assert "calls: enabled" in out
+    assert "call budget: 1 of 2000 per 3600 s used" in out
+    assert not termii.calls[1:]
+
+
+def test_unblock_lifts_the_failure_cap_with_an_audit_line(
+    env, make_app, openapi, termii: FakeTermii
+):
+    env = {**env, "OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER": "1"}
+    api = Api(make_app(OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER="1"), KEY_A, openapi)
+    vid = api.start().get_json()["id"]
+    api.check(vid, wrong_code(termii.last_code()))
+    api.cancel(vid)
+    assert api.start().get_json()["code"] == "too_many_failed_checks"
+    code, out = run(env, "unblock", PHONE)
+    assert code == 0
+    assert "+234*******567: unblocked" in out
+    assert PHONE not in out
+    assert api.start().status_code == 201
+
+
+def test_unblock_refuses_a_bad_number(env):
+    code, out = run(env, "unblock", "12")
+    assert code == 2
+    assert "PHONE" in out
+
+
+def test_commands_say_when_redis_is_away(env):
+    code, out = run(
+        {**env, "OTPSVC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "calls", "status"
+    )
+    assert code == 1
+    assert "OTPSVC_REDIS_URL" in out
+
+
+def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTermii):
+    """``otpsvc serve`` honours PORT and WEB_CONCURRENCY and serves the API."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "serve"],
+        env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "2", "HOST": "127.0.0.1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "gunicorn did not come up"
+            time.sleep(0.1)
+        response = requests.post(
+            f"{base}/otp/start",
+            json={"phone": PHONE},
+            headers={"Authorization": f"Bearer {KEY_A}"},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        assert len(termii.calls) == 1
+        workers = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(workers) == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert SECRET not in output
+    assert process.returncode == 0, output
+
+
+def test_serve_stops_on_a_bad_setting_with_status_2(env):
+    result = subprocess.run(
+        [sys.executable, "-m", "otpsvc", "serve"],
+        env={**os.environ, **env, "OTPSVC_CODE_TTL": "5"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "OTPSVC_CODE_TTL" in result.stderr

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+from flask.json.provider import DefaultJSONProvider
 
 from otpsvc.api import dev, health, otp, problems, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
+from otpsvc.api.proxies import TrustedProxies
 from otpsvc.config import Settings, load_settings
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
@@ -23,6 +23,7 @@ from otpsvc.dev.inbox import CallInbox
 from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.breaker import BreakerStore
+from otpsvc.store.clock import RedisClock
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.base import Speech, Timeouts
@@ -32,31 +33,42 @@ from otpsvc.voice.registry import ProviderContext, build_providers
 MAX_BODY_BYTES = 16 * 1024
 
 
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, with a body nested too deeply to parse treated as any other bad JSON (400),
+    instead of a RecursionError (500) with a traceback in the log."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise ValueError("the JSON is nested too deeply") from exc
+
+
+class _Flask(Flask):
+    json_provider_class = JsonProvider
+
+
 def create_app(
-    config: Mapping[str, Any] | None = None, *, clock: Callable[[], float] = time.time
+    config: Mapping[str, Any] | None = None, *, clock: Callable[[], float] | None = None
 ) -> Flask:
-    """Build the app from ``OTPSVC_*`` settings (the environment, or ``config`` in tests)."""
+    """Build the app from ``OTPSVC_*`` settings (the environment, or ``config`` in tests).
+
+    ``clock`` is the service's one clock; by default the local clock corrected to the Redis
+    server's, so every worker on every host counts windows and expiries alike.
+    """
     settings = load_settings(config)
     _configure_logging(settings)
     log = logging.getLogger("otpsvc")
     for name in settings.unknown:
         log.warning("unknown setting %s is ignored", name)
-    today = datetime.fromtimestamp(clock(), UTC).date()
-    for number in settings.test_numbers:
-        if not number.active_on(today):
-            log.warning(
-                "test number %s expired on %s: it is an ordinary number again; remove it from "
-                "OTPSVC_TEST_NUMBERS",
-                mask(number.e164),
-                number.last_day.isoformat(),
-            )
 
-    app = Flask("otpsvc")
+    app = _Flask("otpsvc")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
+            app.wsgi_app, settings.trusted_proxies, settings.trusted_proxy_networks
         )
 
     client = connect(
@@ -64,6 +76,9 @@ def create_app(
         socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
     )
+    if clock is None:
+        clock = RedisClock(client)
+    _warn_expired_test_numbers(settings, clock, log)
     store = VerificationStore(client, settings.redis_prefix)
     inbox = CallInbox() if settings.dev_mode else None
     providers = build_providers(
@@ -113,6 +128,21 @@ def create_app(
     if settings.dev_mode:
         app.register_blueprint(dev.bp)
     return app
+
+
+def _warn_expired_test_numbers(
+    settings: Settings, clock: Callable[[], float], log: logging.Logger
+) -> None:
+    """A test number past its last day is an ordinary number again; say so at every start."""
+    today = datetime.fromtimestamp(clock(), UTC).date()
+    for number in settings.test_numbers:
+        if not number.active_on(today):
+            log.warning(
+                "test number %s expired on %s: it is an ordinary number again; remove it from "
+                "OTPSVC_TEST_NUMBERS",
+                mask(number.e164),
+                number.last_day.isoformat(),
+            )
 
 
 def _configure_logging(settings: Settings) -> None:

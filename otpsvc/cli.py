@@ -284,7 +284,8 @@ def _utc(epoch: int) -> str:
 @main.command()
 @click.argument("phone")
 def unblock(phone: str) -> None:
-    """Lift number_blocked and the daily failed-check cap for one number (audited)."""
+    """Lift number_blocked, the daily failed-check caps and the slow-down for one number,
+    for every client (audited)."""
     _audit_to_stderr()
     try:
         parsed = parse_phone(phone)
@@ -297,6 +298,8 @@ def unblock(phone: str) -> None:
     removed = 0
     with _redis_errors(), store_guard():
         for key in phone_keys:
-            removed += int(client.delete(store.deny_key(key), store.failure_key(key)))
+            names = [store.deny_key(key), store.all_failures_key(key), store.slow_key(key)]
+            names += [store.failure_key(c.name, key) for c in settings.clients]
+            removed += int(client.delete(*names))
     audit("unblock", phone=parsed.masked, removed=removed, by="cli")
     click.echo(f"{parsed.masked}: {'unblocked' if removed else 'nothing to lift'}")

@@ -7,8 +7,11 @@ This is the only module that reads the environment. A bad or missing setting sto
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import math
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,10 +26,39 @@ from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.errors import ConfigError
 from otpsvc.voice.registry import PROVIDERS
 
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
 MIN_API_KEY_LENGTH = 24
 MIN_SECRET_LENGTH = 32
 MAX_CODE_TTL = 600
+#: Estimated entropy a secret we make ourselves must have: the server secret, an API key.
+MIN_SECRET_BITS = 128
+MIN_API_KEY_BITS = 96
+#: Words that mark a value copied from an example rather than generated.
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "replace-me", "placeholder", "your-")
+GENERATE_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def estimated_bits(value: str) -> float:
+    """A secret's entropy as its length times the Shannon entropy of its characters.
+
+    A coarse guard, not a proof: it refuses repeated or tiny alphabets ("kkkk...", "aaaa1111")
+    and short values; a random key from ``secrets.token_urlsafe(32)`` scores about 200 bits.
+    """
+    if not value:
+        return 0.0
+    counts = Counter(value)
+    per_char = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    return per_char * len(value)
+
+
+def weakness(value: str, min_bits: float) -> str | None:
+    """Why a secret is not good enough, or None."""
+    lowered = value.lower()
+    if any(marker in lowered for marker in PLACEHOLDER_MARKERS):
+        return f"is a placeholder from an example; {GENERATE_HINT}"
+    if estimated_bits(value) < min_bits:
+        return f"looks too easy to guess (under {min_bits} bits); {GENERATE_HINT}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -129,10 +161,17 @@ class Settings:
             phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
         }
     )
+    #: Wrong codes per number and API client per day; past it that client's starts are refused.
     max_failed_checks_per_number: int = 10
+    #: Wrong codes per number per day, all clients together; past it calls to the number slow
+    #: down to one per ``failed_checks_slowdown`` seconds instead of stopping.
+    max_failed_checks_all_clients: int = 30
+    failed_checks_slowdown: int = 600
     #: OTPSVC_* variables that no setting reads (a typo, or a setting that was renamed).
     unknown: tuple[str, ...] = ()
     trusted_proxies: int = 0
+    #: Where those proxies connect from; X-Forwarded-For from anywhere else is ignored.
+    trusted_proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     provider_connect_timeout: float = 3.05
     provider_read_timeout: float = 10.0
     brand: str = "otpsvc"
@@ -170,7 +209,7 @@ class _SettingsSchema(Schema):
     redis_prefix = fields.String(
         data_key="OTPSVC_REDIS_PREFIX",
         load_default="otpsvc",
-        validate=validate.Regexp(r"^[A-Za-z0-9_.:-]{1,32}$"),
+        validate=validate.Regexp(r"\A[A-Za-z0-9_.:-]{1,32}\Z"),
     )
     redis_socket_timeout = fields.Float(
         data_key="OTPSVC_REDIS_TIMEOUT", load_default=1.0, validate=validate.Range(0.01, 30)
@@ -308,8 +347,21 @@ class _SettingsSchema(Schema):
         load_default=10,
         validate=validate.Range(1, 100),
     )
+    max_failed_checks_all_clients = fields.Integer(
+        data_key="OTPSVC_MAX_FAILED_CHECKS_ALL_CLIENTS",
+        load_default=30,
+        validate=validate.Range(1, 1000),
+    )
+    failed_checks_slowdown = fields.Integer(
+        data_key="OTPSVC_FAILED_CHECKS_SLOWDOWN",
+        load_default=600,
+        validate=validate.Range(1, 86400),
+    )
     trusted_proxies = fields.Integer(
         data_key="OTPSVC_TRUSTED_PROXIES", load_default=0, validate=validate.Range(0, 5)
+    )
+    trusted_proxy_networks = fields.String(
+        data_key="OTPSVC_TRUSTED_PROXY_NETWORKS", load_default=""
     )
     provider_connect_timeout = fields.Float(
         data_key="OTPSVC_PROVIDER_CONNECT_TIMEOUT",
@@ -322,12 +374,12 @@ class _SettingsSchema(Schema):
     brand = fields.String(
         data_key="OTPSVC_BRAND",
         load_default="otpsvc",
-        validate=validate.Regexp(r"^[\w .&'-]{1,40}$", error="1-40 letters, digits, spaces"),
+        validate=validate.Regexp(r"\A[\w .&'-]{1,40}\Z", error="1-40 letters, digits, spaces"),
     )
     default_locale = fields.String(
         data_key="OTPSVC_DEFAULT_LOCALE",
         load_default="en",
-        validate=validate.Regexp(r"^[a-z]{2}$", error="a two-letter language code"),
+        validate=validate.Regexp(r"\A[a-z]{2}\Z", error="a two-letter language code"),
     )
     log_level = fields.String(
         data_key="OTPSVC_LOG_LEVEL",
@@ -339,9 +391,19 @@ class _SettingsSchema(Schema):
     def _check_api_keys(self, value: str, **_: object) -> None:
         _parse_api_keys(value)
 
+    @validates("secret_key")
+    def _check_secret_strength(self, value: str, **_: object) -> None:
+        problem = weakness(value, MIN_SECRET_BITS)
+        if problem and len(value) >= MIN_SECRET_LENGTH:
+            raise ValidationError(problem)
+
     @validates("secret_key_fallbacks")
     def _check_fallbacks(self, value: str, **_: object) -> None:
         _parse_fallbacks(value)
+
+    @validates("trusted_proxy_networks")
+    def _check_networks(self, value: str, **_: object) -> None:
+        _parse_networks(value)
 
     @validates("test_numbers")
     def _check_test_numbers(self, value: str, **_: object) -> None:
@@ -376,6 +438,7 @@ class _SettingsSchema(Schema):
         data["clients"] = _parse_api_keys(data.pop("api_keys"))
         data["secret_key_fallbacks"] = _parse_fallbacks(data["secret_key_fallbacks"])
         data["test_numbers"] = _parse_test_numbers(data["test_numbers"])
+        data["trusted_proxy_networks"] = _parse_networks(data["trusted_proxy_networks"])
         data["providers"] = tuple(_split(data["providers"]))
         data["routes"] = _parse_routes(data["routes"])
         data["allowed_countries"] = _parse_countries(data["allowed_countries"])
@@ -469,6 +532,9 @@ def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
             raise ValidationError(
                 f"key of client {name!r} must be at least {MIN_API_KEY_LENGTH} printable characters"
             )
+        problem = weakness(key, MIN_API_KEY_BITS)
+        if problem:
+            raise ValidationError(f"key {index} (client {name!r}) {problem}")
         digests.setdefault(name, []).append(hashlib.sha256(key.encode()).digest())
     if not digests:
         raise ValidationError("name at least one client as name:key")
@@ -478,14 +544,25 @@ def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
     return tuple(ApiClient(name=name, key_digests=tuple(keys)) for name, keys in digests.items())
 
 
+def _parse_networks(
+    value: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in _split(value))
+    except ValueError as exc:
+        raise ValidationError("must list networks such as 10.0.0.0/8,fd00::/8") from exc
+
+
 def _parse_fallbacks(value: str) -> tuple[bytes, ...]:
     secrets = _split(value)
-    short = [i for i, secret in enumerate(secrets, start=1) if len(secret) < MIN_SECRET_LENGTH]
-    if short:
-        raise ValidationError(
-            f"entry {short[0]} is shorter than {MIN_SECRET_LENGTH} characters; "
-            "list earlier secret keys, comma separated"
-        )
+    for i, secret in enumerate(secrets, start=1):
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValidationError(
+                f"entry {i} is shorter than {MIN_SECRET_LENGTH} characters; "
+                "list earlier secret keys, comma separated"
+            )
+        if any(marker in secret.lower() for marker in PLACEHOLDER_MARKERS):
+            raise ValidationError(f"entry {i} is a placeholder from an example")
     return tuple(secret.encode() for secret in secrets)
 
 
@@ -572,7 +649,16 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         core = {}
 
     provider_settings: dict[str, Any] = {}
-    for name in _named_providers(core.get("providers", ()), core.get("routes", {})):
+    named = _named_providers(core.get("providers", ()), core.get("routes", {}))
+    real = [name for name in named if not PROVIDERS[name].dev_only]
+    if core.get("dev_mode") and real:
+        # Dev mode drops the country allowlist and shows codes in the inbox: with a real
+        # provider that would be a toll-fraud hole and a code leak in one variable.
+        problems.append(
+            f"OTPSVC_DEV_MODE: dev mode runs with the console provider only; {', '.join(real)} "
+            "would place real calls"
+        )
+    for name in named:
         spec = PROVIDERS[name]
         if spec.dev_only and not core.get("dev_mode"):
             problems.append(f"OTPSVC_PROVIDERS: {name!r} is for dev mode only (otpsvc dev)")
@@ -591,6 +677,16 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "
             "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
         )
+    if core.get("trusted_proxies") and not core.get("trusted_proxy_networks"):
+        problems.append(
+            "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "
+            "networks your proxies connect from, or anyone reaching the port picks their own IP"
+        )
+    checked_above = {"OTPSVC_SECRET_KEY", "OTPSVC_SECRET_KEY_FALLBACKS", "OTPSVC_API_KEYS"}
+    for name in sorted(SECRET_SETTINGS - checked_above):
+        value = relevant.get(name)
+        if isinstance(value, str) and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
+            problems.append(f"{name}: is a placeholder from an example")
     allowed = core.get("allowed_countries")
     for number in core.get("test_numbers", ()):
         if allowed is not None and number.region not in allowed:

@@ -15,3 +15,5 @@ keepalive = 5
 # No access log by default: callback URLs carry tokens. Set --access-logfile to turn it on.
 accesslog = None
 errorlog = "-"
+# When an access log is turned on, callback tokens are redacted from it.
+logger_class = "otpsvc.serving.RedactingLogger"

@@ -134,6 +134,16 @@ def base_env(redis_url: str) -> dict[str, str]:
     }
 
 
+def termii_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """A complete environment with Termii as the provider, for settings-only tests."""
+    return {
+        **base_env(redis_url),
+        "OTPSVC_PROVIDERS": "termii",
+        "OTPSVC_TERMII_API_KEY": "termii-key-123",
+        **extra,
+    }
+
+
 @pytest.fixture
 def make_app(
     redis_url: str,

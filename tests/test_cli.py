@@ -76,7 +76,7 @@ def test_calls_suspend_resume_and_status(env, make_app, openapi, termii: FakeTer
 
 
 def test_unblock_lifts_the_failure_cap_with_an_audit_line(
-    env, make_app, openapi, termii: FakeTermii
+    env, make_app, openapi, termii: FakeTermii, clock
 ):
     env = {**env, "OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER": "1"}
     api = Api(make_app(OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER="1"), KEY_A, openapi)
@@ -88,6 +88,7 @@ def test_unblock_lifts_the_failure_cap_with_an_audit_line(
     assert code == 0
     assert "+234*******567: unblocked" in out
     assert PHONE not in out
+    clock.advance(31)  # the canceled verification's resend cooldown still holds
     assert api.start().status_code == 201
 
 
@@ -105,12 +106,21 @@ def test_commands_say_when_redis_is_away(env):
     assert "OTPSVC_REDIS_URL" in out
 
 
-def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTermii):
-    """``otpsvc serve`` honours PORT and WEB_CONCURRENCY and serves the API."""
+def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTermii, tmp_path):
+    """``otpsvc serve`` honours PORT, WEB_CONCURRENCY and GUNICORN_CMD_ARGS and serves the API;
+    an access log, when turned on, holds no callback token."""
     port = free_port()
+    access_log = tmp_path / "access.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "otpsvc", "serve"],
-        env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "2", "HOST": "127.0.0.1"},
+        env={
+            **os.environ,
+            **env,
+            "PORT": str(port),
+            "WEB_CONCURRENCY": "2",
+            "HOST": "127.0.0.1",
+            "GUNICORN_CMD_ARGS": f"--access-logfile {access_log}",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -138,11 +148,17 @@ def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTer
             ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
         ).stdout.split()
         assert len(workers) == 2
+        callback = requests.get(f"{base}/webhooks/cequens/tok3n-SEEN-1n-a-log/status", timeout=5)
+        assert callback.status_code == 401
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0].decode()
     assert SECRET not in output
     assert process.returncode == 0, output
+    logged = access_log.read_text()
+    assert "POST /otp/start" in logged
+    assert "/webhooks/cequens/[token]/status" in logged
+    assert "tok3n-SEEN-1n-a-log" not in logged
 
 
 def test_serve_stops_on_a_bad_setting_with_status_2(env):

@@ -7,10 +7,11 @@ import pytest
 from otpsvc.config import load_settings
 from otpsvc.errors import ConfigError
 
+STRONG_KEY = "Zt7_qM2vR9xK4pW1nB6yH3cJ"
 VALID = {
     "OTPSVC_REDIS_URL": "redis://127.0.0.1:6379/0",
-    "OTPSVC_SECRET_KEY": "s" * 40,
-    "OTPSVC_API_KEYS": "web:" + "k" * 30,
+    "OTPSVC_SECRET_KEY": "Vq3-nX8_tR2pL7zK4yB9mW6cH1dF5gJ0sA",
+    "OTPSVC_API_KEYS": "web:kP4_vN8xQ2rT6yW1zM3bC7dF",
     "OTPSVC_PROVIDERS": "termii",
     "OTPSVC_TERMII_API_KEY": "termii-key-123",
     "OTPSVC_ALLOWED_COUNTRIES": "NG,GH",
@@ -49,6 +50,38 @@ def test_empty_environment_lists_every_missing_setting():
 @pytest.mark.parametrize(
     ("name", "value"),
     [
+        ("OTPSVC_SECRET_KEY", "change-me-to-at-least-32-random-characters"),
+        ("OTPSVC_API_KEYS", "webapp:change-me-0123456789abcdef"),
+        ("OTPSVC_SECRET_KEY", "s" * 40),
+        ("OTPSVC_SECRET_KEY", "abababababababababababababababababab"),
+        ("OTPSVC_API_KEYS", "web:" + "k" * 30),
+        ("OTPSVC_API_KEYS", "web:aaaaaaaaaaaabbbbbbbbbbbbbb"),
+        ("OTPSVC_SECRET_KEY_FALLBACKS", "change-me-to-at-least-32-random-characters"),
+        ("OTPSVC_TERMII_API_KEY", "your-termii-api-key"),
+    ],
+)
+def test_placeholder_and_weak_secrets_are_refused(name: str, value: str):
+    """The .env.example values and secrets with little entropy stop start-up, with a hint."""
+    text = problems({**VALID, name: value})
+    assert name in text
+    if name != "OTPSVC_TERMII_API_KEY":
+        assert "secrets.token_urlsafe" in text or "placeholder" in text
+
+
+def test_generated_secrets_pass():
+    import secrets
+
+    env = {
+        **VALID,
+        "OTPSVC_SECRET_KEY": secrets.token_urlsafe(32),
+        "OTPSVC_API_KEYS": f"web:{secrets.token_urlsafe(24)},admin:{secrets.token_urlsafe(24)}",
+    }
+    assert load_settings(env).clients
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
         ("OTPSVC_CODE_LENGTH", "3"),
         ("OTPSVC_CODE_LENGTH", "9"),
         ("OTPSVC_CODE_TTL", "601"),
@@ -57,8 +90,8 @@ def test_empty_environment_lists_every_missing_setting():
         ("OTPSVC_SECRET_KEY", "short"),
         ("OTPSVC_API_KEYS", "web:short"),
         ("OTPSVC_API_KEYS", "no-colon-here-aaaaaaaaaaaaaaaaaaaa"),
-        ("OTPSVC_API_KEYS", f"a:{'k' * 30},a:{'k' * 30}"),
-        ("OTPSVC_API_KEYS", f"a:{'k' * 30},b:{'k' * 30}"),
+        ("OTPSVC_API_KEYS", f"a:{STRONG_KEY},a:{STRONG_KEY}"),
+        ("OTPSVC_API_KEYS", f"a:{STRONG_KEY},b:{STRONG_KEY}"),
         ("OTPSVC_PROVIDERS", "nosuch"),
         ("OTPSVC_PROVIDERS", "console"),
         ("OTPSVC_RATE_LIMIT_START_IP", "lots"),
@@ -90,7 +123,8 @@ def test_allowed_countries_are_required_outside_dev_mode():
     """Without OTPSVC_ALLOWED_COUNTRIES start-up stops, unless in dev mode."""
     env = {k: v for k, v in VALID.items() if k != "OTPSVC_ALLOWED_COUNTRIES"}
     assert "OTPSVC_ALLOWED_COUNTRIES" in problems(env)
-    assert load_settings({**env, "OTPSVC_DEV_MODE": "true"}).allowed_countries is None
+    dev = {**env, "OTPSVC_DEV_MODE": "true", "OTPSVC_PROVIDERS": "console"}
+    assert load_settings(dev).allowed_countries is None
 
 
 @pytest.mark.parametrize("value", ["", "NG,XX", "Nigeria"])
@@ -136,5 +170,6 @@ def test_repr_holds_no_secret():
     """Settings can be printed without showing keys, the secret or the Redis URL's password."""
     env = {**VALID, "OTPSVC_REDIS_URL": "redis://:hunter2@127.0.0.1:6379/0"}
     text = repr(load_settings(env))
-    for secret in ("s" * 40, "k" * 30, "termii-key-123", "hunter2"):
+    secrets = ("Vq3-nX8_tR2pL7zK4yB9mW6cH1dF5gJ0sA", "kP4_vN8xQ2rT6yW1zM3bC7dF")
+    for secret in (*secrets, "termii-key-123", "hunter2"):
         assert secret not in text

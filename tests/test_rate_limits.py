@@ -69,7 +69,11 @@ def test_spoofed_forwarded_for_is_ignored_by_default(make_app, openapi, termii: 
 def test_trusted_proxy_hop_gives_each_client_its_own_bucket(make_app, openapi):
     """With OTPSVC_TRUSTED_PROXIES=1 the address from the proxy's X-Forwarded-For is limited."""
     api = Api(
-        make_app(OTPSVC_RATE_LIMIT_START_IP="1 per minute", OTPSVC_TRUSTED_PROXIES="1"),
+        make_app(
+            OTPSVC_RATE_LIMIT_START_IP="1 per minute",
+            OTPSVC_TRUSTED_PROXIES="1",
+            OTPSVC_TRUSTED_PROXY_NETWORKS="127.0.0.0/8",
+        ),
         KEY_A,
         openapi,
     )

@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from otpsvc.config import Argon2Params, load_settings
 from otpsvc.core.keyring import Keyring
 from otpsvc.errors import ConfigError
-from tests.conftest import SECRET, Api, base_env, wrong_code
+from tests.conftest import SECRET, Api, termii_env, wrong_code
 from tests.fakes.termii import FakeTermii
 
 OLD_KEY = "webapp-old-key-0123456789abcdef"
@@ -90,22 +90,14 @@ def test_callback_tokens_of_an_earlier_secret_are_recognised():
     old = Keyring(SECRET.encode(), Argon2Params(memory_kib=64))
     rotated = Keyring(NEW_SECRET.encode(), Argon2Params(memory_kib=64), (SECRET.encode(),))
     alone = Keyring(NEW_SECRET.encode(), Argon2Params(memory_kib=64))
-    token = old.callback_token("a" * 36)
-    assert rotated.verification_for_token(token) == "a" * 36
-    assert alone.verification_for_token(token) is None
-
-
-def _valid_env(redis_url: str) -> dict[str, str]:
-    return {
-        **base_env(redis_url),
-        "OTPSVC_PROVIDERS": "termii",
-        "OTPSVC_TERMII_API_KEY": "termii-key-123",
-    }
+    token = old.callback_token("a" * 36, 2, "status")
+    assert rotated.verify_callback_token(token, "status") == ("a" * 36, 2)
+    assert alone.verify_callback_token(token, "status") is None
 
 
 def test_secrets_come_from_files(redis_url: str, tmp_path: Path):
     """*_FILE names a mounted secret; a trailing newline is not part of it."""
-    env = _valid_env(redis_url)
+    env = termii_env(redis_url)
     for name in ("OTPSVC_SECRET_KEY", "OTPSVC_API_KEYS", "OTPSVC_TERMII_API_KEY"):
         path = tmp_path / name
         path.write_text(env.pop(name) + "\n")
@@ -118,7 +110,7 @@ def test_secrets_come_from_files(redis_url: str, tmp_path: Path):
 
 
 def test_a_value_and_a_file_for_one_secret_is_an_error(redis_url: str, tmp_path: Path):
-    env = _valid_env(redis_url)
+    env = termii_env(redis_url)
     (tmp_path / "key").write_text(SECRET)
     env["OTPSVC_SECRET_KEY_FILE"] = str(tmp_path / "key")
     with pytest.raises(ConfigError) as info:
@@ -127,7 +119,7 @@ def test_a_value_and_a_file_for_one_secret_is_an_error(redis_url: str, tmp_path:
 
 
 def test_an_unreadable_secret_file_is_named(redis_url: str, tmp_path: Path):
-    env = _valid_env(redis_url)
+    env = termii_env(redis_url)
     del env["OTPSVC_SECRET_KEY"]
     env["OTPSVC_SECRET_KEY_FILE"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError) as info:

@@ -15,8 +15,8 @@ from tests.fakes.termii import FakeTermii
 
 CONFIG = {
     "OTPSVC_REDIS_URL": "redis://127.0.0.1:1/0",
-    "OTPSVC_SECRET_KEY": "s" * 40,
-    "OTPSVC_API_KEYS": "web:" + "k" * 30,
+    "OTPSVC_SECRET_KEY": "Vq3-nX8_tR2pL7zK4yB9mW6cH1dF5gJ0sA",
+    "OTPSVC_API_KEYS": "web:kP4_vN8xQ2rT6yW1zM3bC7dF",
     "OTPSVC_PROVIDERS": "sevenio",
     "OTPSVC_SEVENIO_API_KEY": "seven-key-123",
 }

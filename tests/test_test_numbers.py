@@ -9,7 +9,7 @@ import pytest
 
 from otpsvc.config import load_settings
 from otpsvc.errors import ConfigError
-from tests.conftest import KEY_A, Api, FakeClock, base_env
+from tests.conftest import KEY_A, Api, FakeClock, termii_env
 from tests.fakes.termii import FakeTermii
 
 REVIEW = "+2348000000001"  # toll-free: never called, so its number type does not matter
@@ -121,13 +121,11 @@ def test_keypress_mode_is_refused_for_a_test_number(make_app, openapi, today: da
 
 
 def test_a_test_number_outside_the_allowlist_is_a_configuration_error(redis_url: str):
-    env = {
-        **base_env(redis_url),
-        "OTPSVC_PROVIDERS": "termii",
-        "OTPSVC_TERMII_API_KEY": "termii-key-123",
-        "OTPSVC_ALLOWED_COUNTRIES": "NG",
-        "OTPSVC_TEST_NUMBERS": "+4915112345678=482913@2030-01-01",
-    }
+    env = termii_env(
+        redis_url,
+        OTPSVC_ALLOWED_COUNTRIES="NG",
+        OTPSVC_TEST_NUMBERS="+4915112345678=482913@2030-01-01",
+    )
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert "OTPSVC_TEST_NUMBERS" in str(info.value)

@@ -13,7 +13,7 @@ from otpsvc.core.models import CheckOutcome, Verification
 from otpsvc.core.phones import InvalidPhone, Phone, parse_phone
 from otpsvc.errors import InvalidRequest
 
-VERIFICATION_ID = re.compile(r"^[0-9a-f]{36}$", re.ASCII)
+VERIFICATION_ID = re.compile(r"\A[0-9a-f]{36}\Z", re.ASCII)
 
 
 class PhoneField(fields.String):
@@ -55,7 +55,7 @@ class StartRequest(Schema):
     code_length = fields.Integer(strict=True, validate=validate.Range(4, 8))
     locale = fields.String(
         validate=validate.Regexp(
-            r"^[a-z]{2}(-[A-Z]{2})?$", error="must be a language tag such as 'en' or 'fr-FR'"
+            r"\A[a-z]{2}(-[A-Z]{2})?\Z", error="must be a language tag such as 'en' or 'fr-FR'"
         )
     )
     mode = fields.String(
@@ -65,7 +65,7 @@ class StartRequest(Schema):
     client_ref = fields.String(
         validate=[
             validate.Length(1, 64),
-            validate.Regexp(r"^[\x20-\x7e]+$", error="must be printable ASCII"),
+            validate.Regexp(r"\A[\x20-\x7e]+\Z", error="must be printable ASCII"),
         ]
     )
     end_user = fields.Nested(EndUser)
@@ -78,7 +78,7 @@ class CheckRequest(Schema):
     )
     code = fields.String(
         required=True,
-        validate=validate.Regexp(r"^[0-9]{4,8}$", flags=re.ASCII, error="must be 4 to 8 digits"),
+        validate=validate.Regexp(r"\A[0-9]{4,8}\Z", flags=re.ASCII, error="must be 4 to 8 digits"),
     )
     end_user = fields.Nested(EndUser)
 

@@ -4,7 +4,7 @@
   ``request_method: JSON``. ``X-Signature`` is HMAC-SHA256 with the signing key over timestamp,
   nonce, method, full URL and MD5 of the body; older than 30 s or a reused nonce is refused.
 - ``GET|POST /webhooks/cequens/<token>/status`` and ``.../dtmf``: CEQUENS callbacks; the token in
-  the URL is made with the server secret for one verification.
+  the URL is made with the server secret for one endpoint of one send of one verification.
 - ``POST /webhooks/termii``: Termii events with ``X-Termii-Signature`` (HMAC-SHA512 of the body);
   enabled only when ``OTPSVC_TERMII_WEBHOOK_SECRET`` is set.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -26,6 +27,7 @@ from otpsvc.errors import NotFound, Unauthorized
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 SEVENIO_MAX_AGE = 30
+TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
 NONCE_TTL = 2 * SEVENIO_MAX_AGE + 60
 
 # Status words of each provider, mapped to otpsvc's delivery statuses.
@@ -102,7 +104,10 @@ def sevenio() -> Response:
     expected = sevenio_signature(signing_key, timestamp, nonce, request.method, _public_url(), body)
     if not _same(expected, request.headers.get("X-Signature", "")):
         raise Unauthorized("bad signature")
-    if not timestamp.isdigit() or abs(rt.service.clock() - int(timestamp)) > SEVENIO_MAX_AGE:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses (a 500).
+    if not TIMESTAMP.fullmatch(timestamp) or abs(rt.service.clock() - int(timestamp)) > (
+        SEVENIO_MAX_AGE
+    ):
         raise Unauthorized("stale or missing timestamp")
     if not nonce or not rt.store.first_use_of_nonce("sevenio", nonce, NONCE_TTL):
         raise Unauthorized("nonce already used")
@@ -154,27 +159,30 @@ def _cequens_field(names: tuple[str, ...]) -> str:
     return ""
 
 
-def _cequens_verification(token: str) -> str:
-    verification_id = runtime().service.keyring.verification_for_token(token)
-    if verification_id is None:
+def _cequens_send(token: str, kind: str) -> tuple[str, int]:
+    """The verification and send a callback token was made for, on this endpoint only."""
+    named = runtime().service.keyring.verify_callback_token(token, kind)
+    if named is None:
         raise Unauthorized("unknown callback token")
-    return verification_id
+    return named
 
 
 @bp.route("/cequens/<token>/status", methods=["GET", "POST"])
 def cequens_status(token: str) -> Response:
-    verification_id = _cequens_verification(token)
+    verification_id, gen = _cequens_send(token, "status")
     status = CEQUENS_STATUSES.get(_cequens_field(CEQUENS_STATUS_FIELDS).lower())
     if status is None:
         return _done("ignored")
-    return _done(runtime().service.delivery_report(status=status, verification_id=verification_id))
+    return _done(
+        runtime().service.delivery_report(status=status, verification_id=verification_id, gen=gen)
+    )
 
 
 @bp.route("/cequens/<token>/dtmf", methods=["GET", "POST"])
 def cequens_dtmf(token: str) -> Response:
-    verification_id = _cequens_verification(token)
+    verification_id, gen = _cequens_send(token, "dtmf")
     key = _cequens_field(CEQUENS_DTMF_FIELDS)[:1]
-    return _done(runtime().service.keypress(key=key, verification_id=verification_id))
+    return _done(runtime().service.keypress(key=key, verification_id=verification_id, gen=gen))
 
 
 @bp.post("/termii")

@@ -10,6 +10,7 @@ anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from otpsvc.config import Settings
@@ -70,21 +71,34 @@ class AbusePolicy:
             )
 
     def counters(
-        self, *, phone: Phone, phone_key: str, client: str, ip_key: str, user_key: str | None
+        self,
+        *,
+        phone: Phone,
+        phone_key: str,
+        client: str,
+        ip: str,
+        user_id: str | None,
+        keyed: Callable[[str, str], str],
     ) -> list[Counter]:
-        """Every limit one call counts against. The number, the end user's IP network and the
-        end user's account id appear only as keyed hashes."""
+        """Every limit one call counts against. The number, its prefix, the end user's IP network
+        and the end user's account id appear only as keyed hashes (``keyed(kind, value)``): a
+        Redis dump gives none of them back."""
         national = phone.e164[len(f"+{phone.country_code}") :]
         prefix = f"{phone.country_code}-{national[: self.prefix_digits]}"
+        user = keyed("user", f"{client}\0{user_id}") if user_id else None
         return [
             *counters("phone", phone_key, self.per_phone),
             *counters("client", client, self.per_client),
-            *counters("ip", ip_key, self.per_ip),
-            *(counters("user", user_key, self.per_user) if user_key else []),
-            *counters("prefix", prefix, self.per_prefix),
+            *counters("ip", keyed("ip", ip), self.per_ip),
+            *(counters("user", user, self.per_user) if user else []),
+            *counters("prefix", keyed("prefix", prefix), self.per_prefix),
             *counters("country", str(phone.country_code), self.per_country),
-            *counters("budget", "all", self.budget),
+            *self.budget_counters(),
         ]
+
+    def budget_counters(self) -> list[Counter]:
+        """The call budget alone: every further provider request of a failover counts here."""
+        return counters("budget", "all", self.budget)
 
 
 def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | CallsSuspended:

@@ -94,25 +94,33 @@ class Keyring:
         mac = hmac.new(self._current.subject, f"{kind}\0{value}".encode(), hashlib.sha256)
         return mac.hexdigest()[:24]
 
-    def callback_token(self, verification_id: str) -> str:
-        """An unguessable token naming one verification, for provider callback URLs."""
-        return self._callback_token(self._current, verification_id)
+    def callback_token(self, verification_id: str, gen: int, kind: str) -> str:
+        """An unguessable token for one callback endpoint (``kind``: status, dtmf) of one send
+        (``gen``) of one verification: a token seen in a log cannot act on another endpoint or
+        on a later send."""
+        return self._callback_token(self._current, verification_id, gen, kind)
 
     @staticmethod
-    def _callback_token(keys: _Keys, verification_id: str) -> str:
-        mac = hmac.new(keys.callback, verification_id.encode(), hashlib.sha256)
-        return f"{verification_id}.{mac.hexdigest()[:32]}"
+    def _callback_token(keys: _Keys, verification_id: str, gen: int, kind: str) -> str:
+        message = f"{kind}:{verification_id}:{gen}".encode()
+        mac = hmac.new(keys.callback, message, hashlib.sha256)
+        return f"{verification_id}.{gen}.{mac.hexdigest()[:32]}"
 
-    def verification_for_token(self, token: str) -> str | None:
-        """The verification a callback token names, or None when the token was not made here."""
-        verification_id, _, _ = token.partition(".")
+    def verify_callback_token(self, token: str, kind: str) -> tuple[str, int] | None:
+        """(verification id, send generation) a token names for this endpoint, or None when the
+        token was not made here for it."""
+        verification_id, _, rest = token.partition(".")
+        gen_text, _, _ = rest.partition(".")
+        if not gen_text.isascii() or not gen_text.isdecimal() or len(gen_text) > 6:
+            return None
+        gen = int(gen_text)
         # Bytes, not str: compare_digest refuses non-ASCII str, and a token comes from a stranger.
         presented = token.encode("utf-8", "surrogateescape")
         same = False
         for keys in self._keys:
-            expected = self._callback_token(keys, verification_id).encode()
+            expected = self._callback_token(keys, verification_id, gen, kind).encode()
             same |= hmac.compare_digest(expected, presented)
-        return verification_id if same else None
+        return (verification_id, gen) if same else None
 
     @staticmethod
     def _code_digest(keys: _Keys, verification_id: str, code: str) -> bytes:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import phonenumbers
 
-E164_INPUT = re.compile(r"^\+?[1-9][0-9]{6,14}$", re.ASCII)
+E164_INPUT = re.compile(r"\A\+?[1-9][0-9]{6,14}\Z", re.ASCII)
 
 
 class InvalidPhone(ValueError):

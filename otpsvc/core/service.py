@@ -8,6 +8,7 @@ All time comes from one clock, so expiry is tested without sleeping.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from otpsvc.errors import (
     MaxSendsReached,
     NotFound,
     NumberBlocked,
+    RateLimited,
     ResendTooSoon,
     TooManyFailedChecks,
 )
@@ -50,6 +52,8 @@ class Policy:
     default_locale: str
     deny_block_ms: int
     max_failures: int
+    max_failures_all: int
+    slow_ms: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -62,6 +66,8 @@ class Policy:
             default_locale=settings.default_locale,
             deny_block_ms=settings.deny_block * 1000,
             max_failures=settings.max_failed_checks_per_number,
+            max_failures_all=settings.max_failed_checks_all_clients,
+            slow_ms=settings.failed_checks_slowdown * 1000,
         )
 
 
@@ -126,25 +132,26 @@ class VerificationService:
         phone_key = self.keyring.phone_key(phone.e164)
         earlier = self.store.earlier_blocks(
             self.keyring.earlier_phone_keys(phone.e164),
+            client=client,
             now_ms=now_ms,
             max_failures=self.policy.max_failures,
         )
         self._refuse_unless_sendable(earlier, now_ms, client, phone)
         candidate_id = new_verification_id(VerificationStore.tag_of(phone_key))
+        # The counters' member is random, not the verification id: a Redis dump must not join
+        # a counter to a verification record (and so to its masked number).
+        member = secrets.token_hex(8)
         counted = []
         if test is None:
             counted = self.abuse.counters(
                 phone=phone,
                 phone_key=phone_key,
                 client=client,
-                ip_key=self.keyring.subject_key("ip", end_user_ip),
-                user_key=(
-                    self.keyring.subject_key("user", f"{client}\0{end_user_id}")
-                    if end_user_id
-                    else None
-                ),
+                ip=end_user_ip,
+                user_id=end_user_id,
+                keyed=self.keyring.subject_key,
             )
-            refusal = self.velocity.count(counted, candidate_id, now_ms)
+            refusal = self.velocity.count(counted, member, now_ms)
             if refusal is not None:
                 raise refusal_error(refusal, phone, client)
         fields: dict[str, str | int] = {
@@ -168,11 +175,13 @@ class VerificationService:
             cooldown_ms=self.policy.resend_cooldown_ms,
             max_attempts=self.policy.max_attempts,
             max_failures=self.policy.max_failures,
+            max_failures_all=self.policy.max_failures_all,
+            slow_ms=self.policy.slow_ms,
             fields=fields,
             mode=mode,
         )
         if reservation.outcome not in ("new", "resend") and counted:
-            self.velocity.refund(counted, candidate_id)
+            self.velocity.refund(counted, member)
         self._refuse_unless_sendable(reservation, now_ms, client, phone)
         record = reservation.record
         gen = int(record["g"])
@@ -192,10 +201,20 @@ class VerificationService:
             code=code,
             locale=record["loc"],
             mode=mode,
-            callback_token=self.keyring.callback_token(reservation.id),
+            status_token=self.keyring.callback_token(reservation.id, gen, "status"),
+            dtmf_token=self.keyring.callback_token(reservation.id, gen, "dtmf"),
+            client=client,
         )
+        budget = self.abuse.budget_counters()
+
+        def may_retry(attempt: int) -> bool:
+            refused = self.velocity.count(budget, f"{member}.{attempt}", self._now_ms())
+            if refused is not None:
+                audit("fraud_block", id=reservation.id, client=client, reason="velocity_budget")
+            return refused is None
+
         try:
-            result = self.dispatcher.place(route, call)
+            result = self.dispatcher.place(route, call, may_retry=may_retry)
         except DeliveryError as exc:
             self.store.finalize(
                 reservation.id,
@@ -295,6 +314,7 @@ class VerificationService:
             "cooldown": (int(record.get("ra", 0)), ResendTooSoon),
             "blocked": (int(record.get("until", 0)), NumberBlocked),
             "failures": (int(record.get("until", 0)), TooManyFailedChecks),
+            "slowed": (int(record.get("until", 0)), RateLimited),
         }.get(reservation.outcome)
         if wait_until is None:
             return
@@ -316,6 +336,8 @@ class VerificationService:
             "cooldown": "a new call for this verification is not allowed yet",
             "blocked": "the owner of this number said a recent call was not theirs",
             "failures": "too many wrong codes for this number today",
+            # Says nothing about which client's users typed the wrong codes.
+            "slowed": "too many calls for this number; try again later",
         }
         raise error(
             (until_ms - now_ms) / 1000,
@@ -401,13 +423,17 @@ class VerificationService:
         verification_id: str | None = None,
         provider: str | None = None,
         message_id: str | None = None,
+        gen: int | None = None,
     ) -> str:
-        """Apply a provider's report on a call, found by verification id or by message id."""
+        """Apply a provider's report on a call, found by verification id or by message id.
+
+        ``gen`` names the send the report is about (from a per-send callback URL): a report
+        about an older send changes nothing."""
         verification_id = self._find(verification_id, provider, message_id)
         if verification_id is None:
             return "unknown"
         result = self.store.record_delivery(
-            verification_id, message_id=message_id, status=status, now_ms=self._now_ms()
+            verification_id, message_id=message_id, status=status, now_ms=self._now_ms(), gen=gen
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
         return result
@@ -419,8 +445,11 @@ class VerificationService:
         verification_id: str | None = None,
         provider: str | None = None,
         message_id: str | None = None,
+        gen: int | None = None,
     ) -> str:
-        """Apply a key pressed on a keypress-mode call: 1 approves, 9 denies and blocks."""
+        """Apply a key pressed on a keypress-mode call: 1 approves, 9 denies and blocks.
+
+        One key press per send is accepted; a report about an older send (``gen``) is not."""
         verification_id = self._find(verification_id, provider, message_id)
         fields = self.store.load(verification_id) if verification_id else {}
         if not verification_id or not fields:
@@ -431,6 +460,7 @@ class VerificationService:
             key=key,
             now_ms=self._now_ms(),
             deny_ms=self.policy.deny_block_ms,
+            gen=gen,
         )
         audit("keypress", id=verification_id, client=fields["c"], phone=fields["pm"], result=result)
         return result

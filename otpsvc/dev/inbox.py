@@ -19,6 +19,7 @@ class InboxCall:
     code: str
     text: str
     at: float
+    client: str = ""
 
 
 class CallInbox:
@@ -33,6 +34,11 @@ class CallInbox:
             self._calls.appendleft(call)
             return len(self._calls)
 
-    def latest(self) -> list[dict[str, Any]]:
+    def latest(self, client: str) -> list[dict[str, Any]]:
+        """The client's own calls, newest first: one client never sees another's codes."""
         with self._lock:
-            return [asdict(call) for call in self._calls]
+            return [
+                {k: v for k, v in asdict(call).items() if k != "client"}
+                for call in self._calls
+                if call.client == client
+            ]

@@ -7,7 +7,9 @@ the number's keyed hash, so each script touches one Redis Cluster slot):
 - ``<prefix>:{tag}:o:<client>:<phone key>``: the id of the client's open verification for the
   number (``ok:`` for keypress mode).
 - ``<prefix>:{tag}:d:<phone key>``: the number is blocked after its owner pressed "it was not me".
-- ``<prefix>:{tag}:x:<phone key>``: failed checks of the number over a day, across verifications.
+- ``<prefix>:{tag}:x:<client>:<phone key>``: one client's failed checks of the number over a day,
+  across its verifications; ``<prefix>:{tag}:xa:<phone key>``: every client's together.
+- ``<prefix>:{tag}:sl:<phone key>``: the slow-down gate of a number over the all-clients cap.
 - ``<prefix>:msg:<provider>:<message id>``: the verification a provider's call belongs to, for
   delivery reports that name only the provider's message id.
 - ``<prefix>:nonce:<provider>:<nonce>``: a webhook nonce already seen (replay protection).
@@ -129,11 +131,20 @@ class VerificationStore:
     def _failure_prefix(self, tag: str) -> str:
         return f"{self.prefix}:{{{tag}}}:x:"
 
-    def failure_key(self, phone_key: str) -> str:
-        return self._failure_prefix(self.tag_of(phone_key)) + phone_key
+    def _all_failures_prefix(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:xa:"
+
+    def failure_key(self, client: str, phone_key: str) -> str:
+        return f"{self._failure_prefix(self.tag_of(phone_key))}{client}:{phone_key}"
+
+    def all_failures_key(self, phone_key: str) -> str:
+        return self._all_failures_prefix(self.tag_of(phone_key)) + phone_key
+
+    def slow_key(self, phone_key: str) -> str:
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:sl:{phone_key}"
 
     def earlier_blocks(
-        self, phone_keys: list[str], *, now_ms: int, max_failures: int
+        self, phone_keys: list[str], *, client: str, now_ms: int, max_failures: int
     ) -> Reservation:
         """A deny block or a spent failure cap made under an earlier secret (key rotation).
 
@@ -147,8 +158,8 @@ class VerificationStore:
             pipe = self.redis.pipeline(transaction=False)
             for key in phone_keys:
                 pipe.pttl(self.deny_key(key))
-                pipe.get(self.failure_key(key))
-                pipe.pttl(self.failure_key(key))
+                pipe.get(self.failure_key(client, key))
+                pipe.pttl(self.failure_key(client, key))
             answers = pipe.execute()
         for i in range(0, len(answers), 3):
             blocked_ms, failures, failures_ttl = answers[i : i + 3]
@@ -175,6 +186,8 @@ class VerificationStore:
         cooldown_ms: int,
         max_attempts: int,
         max_failures: int,
+        max_failures_all: int,
+        slow_ms: int,
         fields: Mapping[str, str | int],
         mode: str = "code",
     ) -> Reservation:
@@ -186,7 +199,9 @@ class VerificationStore:
                     self.open_key(client, phone_key, mode),
                     self.record_key(candidate_id),
                     self.deny_key(phone_key),
-                    self.failure_key(phone_key),
+                    self.failure_key(client, phone_key),
+                    self.all_failures_key(phone_key),
+                    self.slow_key(phone_key),
                 ],
                 [
                     now_ms,
@@ -197,6 +212,8 @@ class VerificationStore:
                     cooldown_ms,
                     max_attempts,
                     max_failures,
+                    max_failures_all,
+                    slow_ms,
                     *pairs,
                 ],
             )
@@ -255,6 +272,7 @@ class VerificationStore:
                     code_length,
                     self._failure_prefix(verification_id[:TAG_LENGTH]),
                     FAILURE_WINDOW_MS,
+                    self._all_failures_prefix(verification_id[:TAG_LENGTH]),
                 ],
             )
         return CheckTicket(
@@ -273,7 +291,12 @@ class VerificationStore:
                 self._run(
                     self._approve,
                     [self.record_key(verification_id)],
-                    [gen, now_ms, self._failure_prefix(verification_id[:TAG_LENGTH])],
+                    [
+                        gen,
+                        now_ms,
+                        self._failure_prefix(verification_id[:TAG_LENGTH]),
+                        self._all_failures_prefix(verification_id[:TAG_LENGTH]),
+                    ],
                 )
             )
 
@@ -293,26 +316,39 @@ class VerificationStore:
         return str(found) if found else None
 
     def record_delivery(
-        self, verification_id: str, *, message_id: str | None, status: str, now_ms: int
+        self,
+        verification_id: str,
+        *,
+        message_id: str | None,
+        status: str,
+        now_ms: int,
+        gen: int | None = None,
     ) -> str:
         with store_guard():
             return str(
                 self._run(
                     self._delivery,
                     [self.record_key(verification_id)],
-                    [message_id or "", status, now_ms],
+                    [message_id or "", status, now_ms, "" if gen is None else gen],
                 )
             )
 
     def record_keypress(
-        self, verification_id: str, *, phone_key: str, key: str, now_ms: int, deny_ms: int
+        self,
+        verification_id: str,
+        *,
+        phone_key: str,
+        key: str,
+        now_ms: int,
+        deny_ms: int,
+        gen: int | None = None,
     ) -> str:
         with store_guard():
             return str(
                 self._run(
                     self._keypress,
                     [self.record_key(verification_id), self.deny_key(phone_key)],
-                    [key, now_ms, deny_ms],
+                    [key, now_ms, deny_ms, "" if gen is None else gen],
                 )
             )
 

@@ -93,10 +93,16 @@ class AlphasmsProvider(HttpProvider):
         response = self.post(self.url, json=self.body_for(call))
         payload = json_body(response)
         if response.status_code != 200 or not isinstance(payload, dict):
-            raise ProviderError(self.name, "unexpected answer", http_status=response.status_code)
-        if payload.get("success") is not True:
             raise ProviderError(
-                self.name, "request refused", provider_text=str(payload.get("error") or "")[:200]
+                self.name, "unexpected answer", http_status=response.status_code, health=True
+            )
+        if payload.get("success") is not True:
+            # The whole request was refused (a bad key, no balance): the account, not a number.
+            raise ProviderError(
+                self.name,
+                "request refused",
+                provider_text=str(payload.get("error") or "")[:200],
+                health=True,
             )
         items = payload.get("data")
         item = items[0] if isinstance(items, list) and items else None

@@ -6,14 +6,16 @@ verification lifecycle. Every failure leaves a provider as one :class:`ProviderE
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import requests
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 
 log = logging.getLogger("otpsvc.voice")
 
@@ -26,7 +28,7 @@ class CallRequest:
     """One call to place. ``phone`` is E.164 with the leading ``+``; ``code`` is the plain code.
 
     In ``keypress`` mode there is no code: the call asks the person to press 1 (it was me) or 9
-    (it was not), and the provider reports the key on the callback that ``callback_token`` names.
+    (it was not), and the provider reports the key on the callback that ``dtmf_token`` names.
     """
 
     verification_id: str
@@ -34,7 +36,11 @@ class CallRequest:
     code: str
     locale: str
     mode: str = "code"
-    callback_token: str = ""
+    #: Tokens of this send's callback URLs, one per endpoint (providers that call back by URL).
+    status_token: str = ""
+    dtmf_token: str = ""
+    #: The API client the call is for (the dev inbox shows each client only its own calls).
+    client: str = ""
 
     def __repr__(self) -> str:
         # The code and the number must never reach a log line through a stray repr().
@@ -69,7 +75,8 @@ class ProviderError(Exception):
         provider_code: str | None = None,
         provider_text: str | None = None,
         http_status: int | None = None,
-        ambiguous: bool = False,
+        ambiguous: bool | None = None,
+        health: bool | None = None,
     ) -> None:
         self.provider = provider
         self.reason = reason
@@ -77,7 +84,12 @@ class ProviderError(Exception):
         # Providers may echo the number or the code they were given; neither may reach a log.
         self.provider_text = DIGIT_RUN.sub("[digits]", provider_text) if provider_text else None
         self.http_status = http_status
-        self.ambiguous = ambiguous
+        #: A gateway error (502, 504) may come after the provider queued the call.
+        self.ambiguous = http_status in GATEWAY_STATUSES if ambiguous is None else ambiguous
+        #: Whether the failure says something about the provider's health (its circuit breaker
+        #: counts only these): transport failures, timeouts, 5xx, authentication, throttling.
+        #: A refusal of one recipient (an unassigned number, a per-number limit) does not.
+        self.health = _unhealthy_status(http_status) if health is None else health
         parts = [f"{provider}: {reason}"]
         if http_status is not None:
             parts.append(f"HTTP {http_status}")
@@ -86,6 +98,16 @@ class ProviderError(Exception):
         if self.provider_text:
             parts.append(repr(self.provider_text[:200]))
         super().__init__(", ".join(parts))
+
+
+#: Answers from a gateway in front of the provider: the call may have been queued behind it.
+GATEWAY_STATUSES = frozenset({502, 504})
+#: Statuses that say the provider (or our account with it) is not working for anyone.
+ACCOUNT_STATUSES = frozenset({401, 402, 403, 407, 429})
+
+
+def _unhealthy_status(http_status: int | None) -> bool:
+    return http_status is not None and (http_status >= 500 or http_status in ACCOUNT_STATUSES)
 
 
 class VoiceProvider(Protocol):
@@ -167,16 +189,20 @@ class HttpProvider:
                 allow_redirects=False,
             )
         except requests.ConnectTimeout as exc:
-            raise ProviderError(self.name, "connect timeout") from exc
+            raise ProviderError(self.name, "connect timeout", ambiguous=False, health=True) from exc
         except requests.ReadTimeout as exc:
-            raise ProviderError(self.name, "read timeout", ambiguous=True) from exc
+            raise ProviderError(self.name, "read timeout", ambiguous=True, health=True) from exc
         except requests.ConnectionError as exc:
             # Refused or unresolvable before anything was sent is definite; a connection dropped
             # while waiting for the answer is not.
             ambiguous = not _never_sent(exc)
-            raise ProviderError(self.name, "connection failed", ambiguous=ambiguous) from exc
+            raise ProviderError(
+                self.name, "connection failed", ambiguous=ambiguous, health=True
+            ) from exc
         except requests.RequestException as exc:
-            raise ProviderError(self.name, f"request failed: {type(exc).__name__}") from exc
+            raise ProviderError(
+                self.name, f"request failed: {type(exc).__name__}", ambiguous=False, health=True
+            ) from exc
 
 
 def _never_sent(exc: requests.ConnectionError) -> bool:
@@ -194,10 +220,29 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     )
 
 
+def _https_unless_loopback(url: str) -> None:
+    """API keys and spoken codes go to the provider: plain HTTP only to this machine (a local
+    stand-in in tests), never over a network."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValidationError("must be an https:// URL (plain http only to a loopback address)")
+
+
 def base_url_field(variable: str, default: str) -> fields.Url:
-    """A provider's base URL setting (http or https, a bare host allowed for local servers)."""
+    """A provider's base URL setting: https, or http to a loopback address (local servers)."""
     return fields.Url(
-        data_key=variable, load_default=default, schemes={"http", "https"}, require_tld=False
+        data_key=variable,
+        load_default=default,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=_https_unless_loopback,
     )
 
 

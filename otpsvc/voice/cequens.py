@@ -88,10 +88,10 @@ class CequensSettingsSchema(Schema):
         )
 
 
-def callback_urls(public_url: str, token: str) -> tuple[str, str]:
-    """(status URL, DTMF URL) for one verification's callback token."""
-    base = f"{public_url}/webhooks/cequens/{token}"
-    return f"{base}/status", f"{base}/dtmf"
+def callback_urls(public_url: str, call: CallRequest) -> tuple[str, str]:
+    """(status URL, DTMF URL) of one send, each with its own token."""
+    base = f"{public_url}/webhooks/cequens"
+    return f"{base}/{call.status_token}/status", f"{base}/{call.dtmf_token}/dtmf"
 
 
 class CequensProvider(HttpProvider):
@@ -124,7 +124,9 @@ class CequensProvider(HttpProvider):
             )
         except ProviderError as exc:
             # No call can have been placed before a token exists: never an ambiguous failure.
-            raise ProviderError(self.name, f"sign-in failed: {exc.reason}") from exc
+            raise ProviderError(
+                self.name, f"sign-in failed: {exc.reason}", ambiguous=False, health=True
+            ) from exc
         payload = json_body(response)
         data = payload.get("data") if isinstance(payload, dict) else None
         token = data.get(TOKEN_FIELD) if isinstance(data, dict) else None
@@ -135,6 +137,8 @@ class CequensProvider(HttpProvider):
                 http_status=response.status_code,
                 provider_code=_reply_code(payload),
                 provider_text=_reply_text(payload),
+                ambiguous=False,  # no call can be placed without a token
+                health=True,  # a refused sign-in refuses every call
             )
         return token
 
@@ -153,7 +157,7 @@ class CequensProvider(HttpProvider):
             text = keypress_text(call.locale, brand=self.speech.brand)
         else:
             text = code_text(call.code, call.locale, brand=self.speech.brand, repeats=1)
-        status_url, dtmf_url = callback_urls(self.public_url, call.callback_token)
+        status_url, dtmf_url = callback_urls(self.public_url, call)
         values: dict[str, Any] = {
             "recipient": call.phone,
             "text": text,

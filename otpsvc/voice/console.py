@@ -35,6 +35,7 @@ class ConsoleProvider:
                 code=call.code,
                 text=text,
                 at=time.time(),
+                client=call.client,
             )
         )
         message_id = f"console-{next(self._ids)}"

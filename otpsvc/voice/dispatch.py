@@ -3,9 +3,10 @@
 A route is the ordered list of providers for the phone's country (``OTPSVC_ROUTES``, else
 ``OTPSVC_PROVIDERS``). Providers whose circuit is open are skipped. A definite failure (refused
 connection, HTTP error, provider error code) moves on to the next provider. An ambiguous one (the
-request went out and no answer came back) stops here: the call may be ringing, and a second call
-to a person's phone is a visible bug. That send is reported with delivery status ``unknown``; the
-person can ask for a new call once the resend cooldown has passed.
+request went out and no answer came back, or a gateway in front of the provider answered 502 or
+504) stops here: the call may be ringing, and a second call to a person's phone is a visible bug.
+That send is reported with delivery status ``unknown``; the person can ask for a new call once the
+resend cooldown has passed.
 """
 
 from __future__ import annotations
@@ -67,19 +68,38 @@ class Dispatcher:
         """One code serves every provider of a route, so it must suit the strictest."""
         return any(provider.numeric_code for provider in route)
 
-    def place(self, route: Sequence[VoiceProvider], call: CallRequest) -> CallResult:
+    def place(
+        self,
+        route: Sequence[VoiceProvider],
+        call: CallRequest,
+        *,
+        may_retry: Callable[[int], bool] = lambda attempt: True,
+    ) -> CallResult:
+        """Place the call with the first provider of the route that takes it.
+
+        ``may_retry(n)`` is asked before the n-th provider request (n >= 2): every request can
+        cost money, so each one counts against the call budget, and a spent budget ends the
+        failover.
+        """
         now_ms = int(self.clock() * 1000)
         open_until = self.breaker.open_until([p.name for p in route])
         errors: list[ProviderError] = []
+        attempts = 0
         for provider in route:
             if open_until[provider.name] > now_ms:
                 errors.append(ProviderError(provider.name, "circuit open: provider cooling off"))
                 continue
+            attempts += 1
+            if attempts > 1 and not may_retry(attempts):
+                errors.append(ProviderError(provider.name, "not tried: the call budget is spent"))
+                break
             try:
                 return provider.place_call(call)
             except ProviderError as exc:
                 log.warning("provider failed for verification %s: %s", call.verification_id, exc)
-                if self.breaker.record_failure(provider.name, now_ms):
+                # Only the provider's own health opens its circuit: one tenant's bad numbers
+                # must not cut a single-provider country off for every tenant.
+                if exc.health and self.breaker.record_failure(provider.name, now_ms):
                     log.warning("circuit of provider %s is open", provider.name)
                 if exc.ambiguous:
                     return CallResult(provider=provider.name, message_id=None, status="unknown")

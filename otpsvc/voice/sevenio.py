@@ -49,6 +49,9 @@ RETURN_CODES = {
     "902": "API access disabled or missing rights",
     "903": "server IP not allowed",
 }
+#: Return codes about the account or the gateway, not one recipient: they count toward the
+#: circuit breaker (201-403 are about the request or the number and do not).
+HEALTH_CODES = frozenset({"300", "500", "600", "700", "900", "901", "902", "903"})
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class SevenioProvider(HttpProvider):
                 RETURN_CODES.get(code, "unexpected answer"),
                 http_status=response.status_code,
                 provider_code=code,
+                health=code in HEALTH_CODES or code not in RETURN_CODES,
             )
         return CallResult(provider=self.name, message_id=message_id)
 

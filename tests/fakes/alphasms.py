@@ -42,6 +42,8 @@ class FakeAlphasms(FakeServer):
         if set(item["voice"]) != {"gender", "language", "name"}:
             return self.violation("voice needs gender, language and name")
         if self.mode == "server_error":
+            return Response("<html>500</html>", status=500, mimetype="text/html")
+        if self.mode == "bad_gateway":
             return Response("<html>502</html>", status=502, mimetype="text/html")
         if self.mode == "item_error":
             return json_response(

@@ -65,7 +65,10 @@ class FakeTermii(FakeServer):
             message = f"Invalid destination +{body['phone_number']} for code {code}"
             return json_response({"message": message}, 400)
         if self.mode == "not_json":
-            return Response("<html>gateway error</html>", status=502, mimetype="text/html")
+            return Response("<html>server error</html>", status=500, mimetype="text/html")
+        if self.mode in ("bad_gateway", "gateway_timeout"):
+            status = 502 if self.mode == "bad_gateway" else 504
+            return Response("<html>gateway error</html>", status=status, mimetype="text/html")
         message_id = str(next(self._ids))
         return json_response(
             {

@@ -2,9 +2,11 @@
 -- KEYS[1]  the verification record
 -- ARGV[1]  now, ms        ARGV[2]  the calling client      ARGV[3]  max check attempts
 -- ARGV[4]  length of the submitted code
--- ARGV[5]  key prefix of the per-number failure counters (same hash tag); the counter is
---          ARGV[5] .. <the record's phone key>, and counts every attempt taken here
+-- ARGV[5]  key prefix of the per-client failure counters of a number (same hash tag): the
+--          counter is ARGV[5] .. <client> .. ':' .. <the record's phone key>
 -- ARGV[6]  how long a number's failure count lives, ms
+-- ARGV[7]  key prefix of the all-clients failure counters: ARGV[7] .. <phone key>
+-- Both counters count every attempt taken here; approve hands the right one back.
 -- Returns {outcome, hash, gen, attempts, expires_at, code length, provider}; outcome is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
 -- A keypress-mode verification has no code: checking one is not_found.
@@ -24,9 +26,10 @@ if not f[5] then
   return {'no_code', '', gen, attempts, expires, length}
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
--- Counted as a failure until approve hands it back: a new code never resets this count.
-local failures = ARGV[5] .. f[9]
-if redis.call('INCR', failures) == 1 then
-  redis.call('PEXPIRE', failures, ARGV[6])
+-- Counted as a failure until approve hands it back: a new code never resets these counts.
+for _, failures in ipairs({ARGV[5] .. ARGV[2] .. ':' .. f[9], ARGV[7] .. f[9]}) do
+  if redis.call('INCR', failures) == 1 then
+    redis.call('PEXPIRE', failures, ARGV[6])
+  end
 end
 return {'verify', f[5], gen, attempts, expires, length, f[10] or ''}

@@ -3,12 +3,17 @@
 -- ARGV[1]  the provider's message id for the call ('' when the callback names the verification)
 -- ARGV[2]  delivery status: initiated | ringing | in-progress | completed | no-answer | busy | failed
 -- ARGV[3]  now, ms
+-- ARGV[4]  the send the report is about ('' when the callback does not say): another send's
+--          report is ignored
 -- Returns 'applied' | 'ignored' (a report of an older send, or no newer than what is known) | 'gone'
 local rank = {initiated = 1, ringing = 2, ['in-progress'] = 3,
   completed = 4, ['no-answer'] = 4, busy = 4, failed = 4}
-local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st')
+local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st', 'g')
 if not f[3] then
   return 'gone'
+end
+if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(f[4]) then
+  return 'ignored'
 end
 if ARGV[1] ~= '' and f[1] ~= ARGV[1] then
   return 'ignored'

@@ -3,16 +3,21 @@
 -- KEYS[1]  the client's open-verification index for this phone; its value is a verification id
 -- KEYS[2]  the record of the candidate new verification (ARGV[3] .. ARGV[2])
 -- KEYS[3]  the number's deny block, set when the person pressed "it was not me"
--- KEYS[4]  the number's failed checks of the last day, across all its verifications
+-- KEYS[4]  this client's failed checks of the number over the last day
+-- KEYS[5]  every client's failed checks of the number over the last day
+-- KEYS[6]  the number's slow-down gate: until the time it holds (ms), a number over the
+--          all-clients failure cap gets no call (one call per period, whichever client asks)
 -- ARGV[1]  now, ms                        ARGV[2]  candidate id
 -- ARGV[3]  record key prefix: the open verification's record is ARGV[3] .. <its id>, same tag
 -- ARGV[4]  code lifetime, ms              ARGV[5]  max sends per verification
 -- ARGV[6]  base resend cooldown, ms; it doubles after every send
--- ARGV[7]  max check attempts            ARGV[8]  max failed checks per number per day
--- ARGV[9..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
+-- ARGV[7]  max check attempts             ARGV[8]  max failed checks per number and client per day
+-- ARGV[9]  max failed checks per number per day, all clients together
+-- ARGV[10] slow-down period, ms
+-- ARGV[11..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
---   new | resend | locked (attempts used up) | max_sends | cooldown | blocked | failures (for the
---   last two the record is just {'until', <ms>})
+--   new | resend | locked (attempts used up) | max_sends | cooldown | blocked | failures | slowed
+--   (for the last three the record is just {'until', <ms>})
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[4])
 local cooldown = tonumber(ARGV[6])
@@ -27,20 +32,41 @@ if failures >= tonumber(ARGV[8]) then
   return {'failures', '', 'until', now + redis.call('PTTL', KEYS[4])}
 end
 
+-- Many wrong codes across clients slow the number down instead of locking it out: one client
+-- must not be able to deny another client's users their calls.
+local slow = tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[9])
+if slow then
+  local gate = tonumber(redis.call('GET', KEYS[6]) or '0')
+  if gate > now then
+    return {'slowed', '', 'until', gate}
+  end
+end
+
+-- The send cap and the cooldown of an open or canceled verification: the refusal, or nil.
+local function send_refused(id, rec, f)
+  if tonumber(f[3]) >= tonumber(ARGV[5]) then
+    return {'max_sends', id, unpack(redis.call('HGETALL', rec))}
+  end
+  if now < tonumber(f[6]) then
+    return {'cooldown', id, unpack(redis.call('HGETALL', rec))}
+  end
+  return nil
+end
+
+local sends_before = 0
 local open_id = redis.call('GET', KEYS[1])
 if open_id then
   local rec = ARGV[3] .. open_id
   local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra')
-  if f[1] == 'pending' and tonumber(f[2]) > now then
+  local live = f[2] and tonumber(f[2]) > now
+  if f[1] == 'pending' and live then
     local sends, attempts, gen = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
     if attempts >= tonumber(ARGV[7]) then
       return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
     end
-    if sends >= tonumber(ARGV[5]) then
-      return {'max_sends', open_id, unpack(redis.call('HGETALL', rec))}
-    end
-    if now < tonumber(f[6]) then
-      return {'cooldown', open_id, unpack(redis.call('HGETALL', rec))}
+    local refusal = send_refused(open_id, rec, f)
+    if refusal then
+      return refusal
     end
     gen = gen + 1
     sends = sends + 1
@@ -51,14 +77,29 @@ if open_id then
     redis.call('HSET', rec, 'g', gen, 's', sends, 'ea', expires, 'ra', resend_at, 'ds', 'sending')
     redis.call('PEXPIRE', rec, ttl)
     redis.call('PEXPIRE', KEYS[1], ttl)
+    if slow then
+      redis.call('SET', KEYS[6], now + tonumber(ARGV[10]), 'PX', ARGV[10])
+    end
     return {'resend', open_id, unpack(redis.call('HGETALL', rec))}
+  end
+  if f[1] == 'canceled' and live then
+    -- A cancel kills the code, not the cooldown or the send cap of this client and number:
+    -- start, cancel, start again must not ring the phone more often than resends would.
+    local refusal = send_refused(open_id, rec, f)
+    if refusal then
+      return refusal
+    end
+    sends_before = tonumber(f[3])
   end
 end
 
 local expires = now + ttl
-local resend_at = now + cooldown
-redis.call('HSET', KEYS[2], 'st', 'pending', 'a', 0, 's', 1, 'g', 1, 'ca', now, 'ea', expires,
-  'ra', resend_at, 'ds', 'sending', unpack(ARGV, 9))
+local resend_at = now + cooldown * 2 ^ sends_before
+redis.call('HSET', KEYS[2], 'st', 'pending', 'a', 0, 's', sends_before + 1, 'g', 1, 'ca', now,
+  'ea', expires, 'ra', resend_at, 'ds', 'sending', unpack(ARGV, 11))
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+if slow then
+  redis.call('SET', KEYS[6], now + tonumber(ARGV[10]), 'PX', ARGV[10])
+end
 return {'new', ARGV[2], unpack(redis.call('HGETALL', KEYS[2]))}

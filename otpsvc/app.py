@@ -21,7 +21,7 @@ from otpsvc.core.phones import mask_e164 as mask
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.logs import JsonFormatter
-from otpsvc.store import VerificationStore, connect
+from otpsvc.store import VerificationStore, connect, parse_redis_url
 from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
 from otpsvc.store.idempotency import IdempotencyStore
@@ -79,7 +79,11 @@ def create_app(
     if clock is None:
         clock = RedisClock(client)
     _warn_expired_test_numbers(settings, clock, log)
-    store = VerificationStore(client, settings.redis_prefix)
+    # Sentinel and Cluster deployments have replicas: a check's attempt must reach one.
+    replicated = parse_redis_url(settings.redis_url).kind != "single"
+    store = VerificationStore(
+        client, settings.redis_prefix, wait_ms=settings.redis_wait_ms if replicated else 0
+    )
     inbox = CallInbox() if settings.dev_mode else None
     providers = build_providers(
         settings.all_providers,

@@ -24,6 +24,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.errors import ConfigError
+from otpsvc.store.connection import parse_redis_url
 from otpsvc.voice.registry import PROVIDERS
 
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
@@ -124,6 +125,8 @@ class Settings:
     redis_prefix: str = "otpsvc"
     redis_socket_timeout: float = 1.0
     redis_connect_timeout: float = 1.0
+    #: With Sentinel or Cluster: how long a check waits for a replica to acknowledge its attempt.
+    redis_wait_ms: int = 100
     code_length: int = 6
     code_ttl: int = 300
     max_check_attempts: int = 5
@@ -201,11 +204,7 @@ class _SettingsSchema(Schema):
     """The environment as strings, keyed by the variable names, so errors name the variable."""
 
     dev_mode = fields.Boolean(data_key="OTPSVC_DEV_MODE", load_default=False)
-    redis_url = fields.String(
-        data_key="OTPSVC_REDIS_URL",
-        required=True,
-        validate=validate.Regexp(r"^(redis|rediss|unix)://", error="must be a redis:// URL"),
-    )
+    redis_url = fields.String(data_key="OTPSVC_REDIS_URL", required=True)
     redis_prefix = fields.String(
         data_key="OTPSVC_REDIS_PREFIX",
         load_default="otpsvc",
@@ -216,6 +215,9 @@ class _SettingsSchema(Schema):
     )
     redis_connect_timeout = fields.Float(
         data_key="OTPSVC_REDIS_CONNECT_TIMEOUT", load_default=1.0, validate=validate.Range(0.01, 30)
+    )
+    redis_wait_ms = fields.Integer(
+        data_key="OTPSVC_REDIS_WAIT_MS", load_default=100, validate=validate.Range(0, 5000)
     )
     secret_key = fields.String(
         data_key="OTPSVC_SECRET_KEY",
@@ -390,6 +392,13 @@ class _SettingsSchema(Schema):
     @validates("api_keys")
     def _check_api_keys(self, value: str, **_: object) -> None:
         _parse_api_keys(value)
+
+    @validates("redis_url")
+    def _check_redis_url(self, value: str, **_: object) -> None:
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
 
     @validates("secret_key")
     def _check_secret_strength(self, value: str, **_: object) -> None:

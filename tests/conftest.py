@@ -19,6 +19,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from werkzeug.test import TestResponse
 
 from otpsvc import create_app
+from otpsvc.dev.deployments import LocalCluster, LocalSentinel
 from otpsvc.dev.redis_server import RedisServer
 from tests.fakes.alphasms import FakeAlphasms
 from tests.fakes.cequens import FakeCequens
@@ -80,6 +81,20 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def sentinel_url() -> Iterator[str]:
+    """A Sentinel set (a master, a replica, 3 sentinels) for the session."""
+    with LocalSentinel() as deployment:
+        yield deployment.url
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A Redis Cluster (3 masters with a replica each) for the session."""
+    with LocalCluster() as deployment:
+        yield deployment.url
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -131,6 +146,17 @@ def base_env(redis_url: str) -> dict[str, str]:
         "OTPSVC_VELOCITY_PREFIX": "1000 per hour",
         "OTPSVC_ALLOWED_COUNTRIES": "NG,DE,UA,EG,FR,GB,US,SA,AE",
         "OTPSVC_PROVIDER_READ_TIMEOUT": "2",
+    }
+
+
+def fake_termii_env(redis_url: str, termii: FakeTermii, **extra: str) -> dict[str, str]:
+    """A complete environment calling the local Termii server."""
+    return {
+        **base_env(redis_url),
+        "OTPSVC_PROVIDERS": "termii",
+        "OTPSVC_TERMII_BASE_URL": termii.url,
+        "OTPSVC_TERMII_API_KEY": TERMII_KEY,
+        **extra,
     }
 
 

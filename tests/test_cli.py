@@ -106,6 +106,20 @@ def test_commands_say_when_redis_is_away(env):
     assert "OTPSVC_REDIS_URL" in out
 
 
+def wait_until_serving(base: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until ``GET /healthz`` answers 200; fails at once if the server process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert process.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.1)
+
+
 def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTermii, tmp_path):
     """``otpsvc serve`` honours PORT, WEB_CONCURRENCY and GUNICORN_CMD_ARGS and serves the API;
     an access log, when turned on, holds no callback token."""
@@ -126,16 +140,7 @@ def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTer
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "gunicorn did not come up"
-            time.sleep(0.1)
+        wait_until_serving(base, process)
         response = requests.post(
             f"{base}/otp/start",
             json={"phone": PHONE},

@@ -8,7 +8,7 @@ import pytest
 
 from otpsvc import create_app
 from otpsvc.dev.redis_server import RedisServer
-from tests.conftest import KEY_A, TERMII_KEY, Api, base_env
+from tests.conftest import KEY_A, Api, fake_termii_env
 from tests.fakes.termii import FakeTermii
 
 
@@ -22,14 +22,9 @@ def own_redis():
 
 @pytest.fixture
 def fault_api(own_redis, termii: FakeTermii, openapi, clock):
-    env = {
-        **base_env(own_redis.url),
-        "OTPSVC_PROVIDERS": "termii",
-        "OTPSVC_TERMII_BASE_URL": termii.url,
-        "OTPSVC_TERMII_API_KEY": TERMII_KEY,
-        "OTPSVC_REDIS_TIMEOUT": "0.5",
-        "OTPSVC_REDIS_CONNECT_TIMEOUT": "0.5",
-    }
+    env = fake_termii_env(
+        own_redis.url, termii, OTPSVC_REDIS_TIMEOUT="0.5", OTPSVC_REDIS_CONNECT_TIMEOUT="0.5"
+    )
     app = create_app(env, clock=clock)
     yield Api(app, KEY_A, openapi)
     app.extensions["otpsvc"].redis.close()

@@ -7,7 +7,6 @@ import hmac
 from dataclasses import dataclass
 from typing import cast
 
-import redis
 from flask import current_app, g, request
 
 from otpsvc.api.limits import Meet, RequestLimits
@@ -17,6 +16,7 @@ from otpsvc.core.service import VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.errors import Unauthorized
 from otpsvc.store import VerificationStore
+from otpsvc.store.connection import RedisClient
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.voice.dispatch import Dispatcher
 
@@ -26,7 +26,7 @@ class Runtime:
     """Everything one app instance owns; built once by ``create_app``."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: RedisClient
     store: VerificationStore
     service: VerificationService
     dispatcher: Dispatcher

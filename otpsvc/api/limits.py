@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from importlib import resources
 
 import limits
-import redis
 
 from otpsvc.config import Settings
 from otpsvc.core.audit import audit
 from otpsvc.errors import RateLimited
+from otpsvc.store.connection import RedisClient
 from otpsvc.store.redis_store import store_guard
 
 
@@ -42,7 +42,7 @@ class Meet:
 class RequestLimits:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         settings: Settings,
         clock: Callable[[], float],
         name_of: Callable[[str, str], str],

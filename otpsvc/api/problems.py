@@ -6,11 +6,11 @@ import logging
 import re
 
 import limits.errors
-import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from otpsvc.errors import OtpError, StoreUnavailable
+from otpsvc.store.connection import STORE_ERRORS
 
 log = logging.getLogger("otpsvc.api")
 
@@ -76,5 +76,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(OtpError, render)
     app.register_error_handler(HTTPException, _on_http)
     app.register_error_handler(limits.errors.StorageError, _on_store_down)
-    app.register_error_handler(redis.RedisError, _on_store_down)
+    for error in STORE_ERRORS:
+        app.register_error_handler(error, _on_store_down)
     app.register_error_handler(Exception, _on_unexpected)

@@ -142,6 +142,7 @@ class VerificationService:
         # a counter to a verification record (and so to its masked number).
         member = secrets.token_hex(8)
         counted = []
+        open_key = self.store.open_key(client, phone_key, mode)
         if test is None:
             counted = self.abuse.counters(
                 phone=phone,
@@ -151,9 +152,13 @@ class VerificationService:
                 user_id=end_user_id,
                 keyed=self.keyring.subject_key,
             )
-            refusal = self.velocity.count(counted, member, now_ms)
+            # The client's open verification is read in the same round trip, so that reserve
+            # can declare its record among its keys.
+            refusal, open_id = self.velocity.count_and_read(counted, member, now_ms, open_key)
             if refusal is not None:
                 raise refusal_error(refusal, phone, client)
+        else:
+            open_id = self.store.open_id(client, phone_key, mode)
         fields: dict[str, str | int] = {
             "c": client,
             "pk": phone_key,
@@ -178,6 +183,7 @@ class VerificationService:
             max_failures_all=self.policy.max_failures_all,
             slow_ms=self.policy.slow_ms,
             fields=fields,
+            open_id=open_id,
             mode=mode,
         )
         if reservation.outcome not in ("new", "resend") and counted:
@@ -380,6 +386,7 @@ class VerificationService:
             if result == "not_found":
                 raise NotFound("no pending verification with this id")
             # 'superseded': the code was right for a call that a resend has since replaced.
+        self.store.count_failure(client, ticket.phone_key)
         status = Status.MAX_ATTEMPTS_REACHED if remaining == 0 else Status.PENDING
         audit(
             "check",

@@ -44,3 +44,15 @@ def commands_sent(redis_url: str, action: Callable[[], object]) -> list[str]:
         marker.close()
         listener.close()
     return seen
+
+
+def round_trips(redis_url: str, action: Callable[[], object]) -> int:
+    """How many requests Redis read while ``action`` ran: one per round trip, however many
+    commands a pipeline packed into it (``total_reads_processed`` of ``INFO stats``, Redis 6.2+).
+    The two ``INFO`` calls that measure are not counted."""
+    with redis.Redis.from_url(redis_url, single_connection_client=True) as probe:
+        probe.ping()
+        before = int(probe.info("stats")["total_reads_processed"])
+        action()
+        after = int(probe.info("stats")["total_reads_processed"])
+    return after - before - 1

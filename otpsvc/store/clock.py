@@ -15,13 +15,15 @@ from collections.abc import Callable
 
 import redis
 
+from otpsvc.store.connection import RedisClient
+
 REFRESH_SECONDS = 60.0
 
 
 class RedisClock:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         local: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,

@@ -14,8 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 
-import redis
-
+from otpsvc.store.connection import RedisClient
 from otpsvc.store.redis_store import store_guard
 
 #: How long a running request holds its key: longer than the slowest start (every provider's
@@ -41,7 +40,7 @@ def fingerprint(body: object) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str, ttl_seconds: int) -> None:
         self.prefix = prefix
         self.ttl_ms = ttl_seconds * 1000
         script = resources.files("otpsvc.store").joinpath("scripts", "idempotency.lua")

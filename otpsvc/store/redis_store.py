@@ -32,11 +32,10 @@ from importlib import resources
 from typing import Any, cast
 
 import redis
-from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.retry import Retry
 
 from otpsvc.errors import StoreUnavailable
+from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster
 
 log = logging.getLogger("otpsvc.store")
 
@@ -45,29 +44,12 @@ TAG_LENGTH = 4
 FAILURE_WINDOW_MS = 86_400_000
 
 
-def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> redis.Redis:
-    """A client with bounded waits: no command waits longer than ``socket_timeout``.
-
-    A connection error is retried once on a fresh connection (after a Redis restart the pool holds
-    dead sockets); a timeout is never retried, since the command may have run.
-    """
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), retries=1, supported_errors=(redis.ConnectionError,)),
-        health_check_interval=30,
-        decode_responses=True,
-        client_name="otpsvc",
-    )
-
-
 @contextmanager
 def store_guard() -> Iterator[None]:
     """Every Redis failure leaves the store as :class:`StoreUnavailable` (HTTP 503)."""
     try:
         yield
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         log.warning("redis unavailable: %s", type(exc).__name__)
         raise StoreUnavailable("the verification store did not answer") from exc
 
@@ -91,6 +73,8 @@ class CheckTicket:
     code_length: int
     #: The provider that took the call ("test" for a test number).
     provider: str = ""
+    #: The number's keyed hash, for its failure counters.
+    phone_key: str = ""
 
 
 def _script(name: str) -> str:
@@ -98,13 +82,17 @@ def _script(name: str) -> str:
 
 
 class VerificationStore:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str, *, wait_ms: int = 0) -> None:
+        """``wait_ms`` > 0: a check's attempt must reach a replica (``WAIT 1 wait_ms``) before
+        the code is compared, so a failover cannot hand an attempt back."""
         self.redis = client
         self.prefix = prefix
+        self.wait_ms = wait_ms
         self._reserve = client.register_script(_script("reserve"))
         self._finalize = client.register_script(_script("finalize"))
         self._begin_check = client.register_script(_script("begin_check"))
         self._approve = client.register_script(_script("approve"))
+        self._failure = client.register_script(_script("failure"))
         self._cancel = client.register_script(_script("cancel"))
         self._delivery = client.register_script(_script("delivery"))
         self._keypress = client.register_script(_script("keypress"))
@@ -115,11 +103,8 @@ class VerificationStore:
     def tag_of(phone_key: str) -> str:
         return phone_key[:TAG_LENGTH]
 
-    def _record_prefix(self, tag: str) -> str:
-        return f"{self.prefix}:{{{tag}}}:v:"
-
     def record_key(self, verification_id: str) -> str:
-        return self._record_prefix(verification_id[:TAG_LENGTH]) + verification_id
+        return f"{self.prefix}:{{{verification_id[:TAG_LENGTH]}}}:v:{verification_id}"
 
     def open_key(self, client: str, phone_key: str, mode: str = "code") -> str:
         kind = "ok" if mode == "keypress" else "o"
@@ -128,17 +113,11 @@ class VerificationStore:
     def deny_key(self, phone_key: str) -> str:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:d:{phone_key}"
 
-    def _failure_prefix(self, tag: str) -> str:
-        return f"{self.prefix}:{{{tag}}}:x:"
-
-    def _all_failures_prefix(self, tag: str) -> str:
-        return f"{self.prefix}:{{{tag}}}:xa:"
-
     def failure_key(self, client: str, phone_key: str) -> str:
-        return f"{self._failure_prefix(self.tag_of(phone_key))}{client}:{phone_key}"
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:x:{client}:{phone_key}"
 
     def all_failures_key(self, phone_key: str) -> str:
-        return self._all_failures_prefix(self.tag_of(phone_key)) + phone_key
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:xa:{phone_key}"
 
     def slow_key(self, phone_key: str) -> str:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:sl:{phone_key}"
@@ -174,6 +153,12 @@ class VerificationStore:
 
     # Operations ----------------------------------------------------------------------------
 
+    def open_id(self, client: str, phone_key: str, mode: str = "code") -> str | None:
+        """The client's open verification for the number, as the index says now."""
+        with store_guard():
+            found = self.redis.get(self.open_key(client, phone_key, mode))
+        return str(found) if found else None
+
     def reserve(
         self,
         *,
@@ -189,36 +174,47 @@ class VerificationStore:
         max_failures_all: int,
         slow_ms: int,
         fields: Mapping[str, str | int],
+        open_id: str | None,
         mode: str = "code",
     ) -> Reservation:
+        """Reserve a send. ``open_id`` is the client's open verification as the caller read it
+        (so that the script can declare its record); when another request changed it since, the
+        index is read again and the script runs again."""
         pairs = [str(x) for kv in fields.items() for x in kv]
-        with store_guard():
-            raw = self._run(
-                self._reserve,
-                [
-                    self.open_key(client, phone_key, mode),
-                    self.record_key(candidate_id),
-                    self.deny_key(phone_key),
-                    self.failure_key(client, phone_key),
-                    self.all_failures_key(phone_key),
-                    self.slow_key(phone_key),
-                ],
-                [
-                    now_ms,
-                    candidate_id,
-                    self._record_prefix(self.tag_of(phone_key)),
-                    ttl_ms,
-                    max_sends,
-                    cooldown_ms,
-                    max_attempts,
-                    max_failures,
-                    max_failures_all,
-                    slow_ms,
-                    *pairs,
-                ],
-            )
-        outcome, vid, *flat = raw
-        return Reservation(str(outcome), str(vid), dict(zip(flat[::2], flat[1::2], strict=True)))
+        for _ in range(3):
+            with store_guard():
+                raw = self._run(
+                    self._reserve,
+                    [
+                        self.open_key(client, phone_key, mode),
+                        self.record_key(open_id or candidate_id),
+                        self.record_key(candidate_id),
+                        self.deny_key(phone_key),
+                        self.failure_key(client, phone_key),
+                        self.all_failures_key(phone_key),
+                        self.slow_key(phone_key),
+                    ],
+                    [
+                        now_ms,
+                        candidate_id,
+                        ttl_ms,
+                        max_sends,
+                        cooldown_ms,
+                        max_attempts,
+                        max_failures,
+                        max_failures_all,
+                        slow_ms,
+                        open_id or "",
+                        *pairs,
+                    ],
+                )
+            outcome, vid, *flat = raw
+            if outcome != "retry":
+                return Reservation(
+                    str(outcome), str(vid), dict(zip(flat[::2], flat[1::2], strict=True))
+                )
+            open_id = self.open_id(client, phone_key, mode)
+        raise StoreUnavailable("the verification changed under three starts in a row")
 
     def finalize(
         self,
@@ -248,6 +244,13 @@ class VerificationStore:
         with store_guard():
             if not (index_message_ms and message_id and accepted):
                 return str(self._run(self._finalize, keys, args))
+            if is_cluster(self.redis):
+                # No scripts in a cluster pipeline; the index lives on another node anyway.
+                outcome = self._run(self._finalize, keys, args)
+                self.redis.set(
+                    self.message_key(provider, message_id), verification_id, px=index_message_ms
+                )
+                return str(outcome)
             pipe = self.redis.pipeline(transaction=False)
             pipe.evalsha(self._finalize.sha, len(keys), *keys, *args)
             pipe.set(self.message_key(provider, message_id), verification_id, px=index_message_ms)
@@ -261,20 +264,14 @@ class VerificationStore:
     def begin_check(
         self, verification_id: str, *, client: str, now_ms: int, max_attempts: int, code_length: int
     ) -> CheckTicket:
+        keys = [self.record_key(verification_id)]
+        args = [now_ms, client, max_attempts, code_length]
         with store_guard():
-            outcome, verifier, gen, attempts, expires, length, *extra = self._run(
-                self._begin_check,
-                [self.record_key(verification_id)],
-                [
-                    now_ms,
-                    client,
-                    max_attempts,
-                    code_length,
-                    self._failure_prefix(verification_id[:TAG_LENGTH]),
-                    FAILURE_WINDOW_MS,
-                    self._all_failures_prefix(verification_id[:TAG_LENGTH]),
-                ],
-            )
+            if self.wait_ms:
+                answer = self._run_replicated(self._begin_check, keys, args)
+            else:
+                answer = self._run(self._begin_check, keys, args)
+        outcome, verifier, gen, attempts, expires, length, *extra = answer
         return CheckTicket(
             str(outcome),
             str(verifier),
@@ -285,20 +282,18 @@ class VerificationStore:
             *(str(value) for value in extra),
         )
 
+    def count_failure(self, client: str, phone_key: str) -> None:
+        """A wrong code: count it against the number's daily caps (per client, all clients)."""
+        with store_guard():
+            self._run(
+                self._failure,
+                [self.failure_key(client, phone_key), self.all_failures_key(phone_key)],
+                [FAILURE_WINDOW_MS],
+            )
+
     def approve(self, verification_id: str, *, gen: int, now_ms: int) -> str:
         with store_guard():
-            return str(
-                self._run(
-                    self._approve,
-                    [self.record_key(verification_id)],
-                    [
-                        gen,
-                        now_ms,
-                        self._failure_prefix(verification_id[:TAG_LENGTH]),
-                        self._all_failures_prefix(verification_id[:TAG_LENGTH]),
-                    ],
-                )
-            )
+            return str(self._run(self._approve, [self.record_key(verification_id)], [gen, now_ms]))
 
     def cancel(self, verification_id: str, *, client: str, now_ms: int, max_attempts: int) -> str:
         with store_guard():
@@ -375,6 +370,46 @@ class VerificationStore:
         return str(policy) if policy is not None else None
 
     # Plumbing ------------------------------------------------------------------------------
+
+    def _run_replicated(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a script, then ``WAIT`` for one replica, on the one connection that wrote (WAIT
+        covers only that connection's writes), in one round trip. A connected replica that does
+        not acknowledge within ``wait_ms``: StoreUnavailable, before anything is compared. With
+        no replica connected at all there is nothing to wait for, and the check goes on."""
+        node: Any = self.redis
+        if is_cluster(self.redis):
+            node = self.redis.get_node_from_key(keys[0]).redis_connection  # type: ignore[union-attr]
+        try:
+            return self._wait_on(node, script, keys, args)
+        except STORE_ERRORS:
+            if is_cluster(self.redis):
+                # This path talks to the slot's node directly, past the cluster client's own
+                # handling of moved slots: have it learn the slot map again for the next try.
+                self.redis.nodes_manager.initialize()  # type: ignore[union-attr]
+            raise
+
+    def _wait_on(self, node: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
+        for _ in range(2):
+            pipe = node.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, self.wait_ms)
+            answer, acked = pipe.execute(raise_on_error=False)
+            if isinstance(answer, redis.exceptions.NoScriptError):
+                node.script_load(script.script)
+                continue
+            if isinstance(answer, Exception):
+                raise answer
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) < 1 and int(node.info("replication").get("connected_slaves", 0)) > 0:
+                # A replica exists but did not confirm: the attempt could still be lost.
+                raise StoreUnavailable("no replica acknowledged the attempt in time")
+            if int(acked) < 1:
+                # No replica to wait for (after a failover, until one rejoins): the attempt is
+                # as safe as it can be on this master alone.
+                log.warning("no replica connected to wait for; checks run on the master alone")
+            return answer
+        raise StoreUnavailable("the script could not be loaded")
 
     @staticmethod
     def _run(script: Script, keys: list[str], args: list[Any]) -> Any:

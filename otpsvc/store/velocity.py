@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import limits
 import redis
 
+from otpsvc.store.connection import RedisClient, is_cluster
 from otpsvc.store.redis_store import store_guard
 
 
@@ -44,7 +46,7 @@ def counters(kind: str, who: str, spec: str) -> list[Counter]:
 
 
 class VelocityStore:
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.redis = client
         self.tag = f"{prefix}:{{{prefix}:velocity}}"
         script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
@@ -57,14 +59,48 @@ class VelocityStore:
     def _key(self, counter: Counter) -> str:
         return f"{self.tag}:{counter.kind}:{counter.who}:{counter.window}"
 
-    def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
-        """Count a call against every counter; a reached limit refuses it and counts nothing."""
+    def _call(
+        self, items: Sequence[Counter], call_id: str, now_ms: int
+    ) -> tuple[list[str], list[int | str]]:
         keys = [self.kill_key, *(self._key(c) for c in items)]
         args: list[int | str] = [now_ms, call_id, 1]
         for c in items:
             args += [c.limit, c.window * 1000, "hit"]
+        return keys, args
+
+    def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
+        """Count a call against every counter; a reached limit refuses it and counts nothing."""
+        keys, args = self._call(items, call_id, now_ms)
         with store_guard():
-            result = self._count(keys=keys, args=args)
+            return self._refusal(items, self._count(keys=keys, args=args))
+
+    def count_and_read(
+        self, items: Sequence[Counter], call_id: str, now_ms: int, key: str
+    ) -> tuple[Refusal | None, str | None]:
+        """:meth:`count`, and read ``key`` (a string) in the same round trip."""
+        if is_cluster(self.redis):
+            # A cluster pipeline takes no scripts, and the two keys live on different nodes
+            # anyway: two round trips.
+            refusal = self.count(items, call_id, now_ms)
+            with store_guard():
+                value = self.redis.get(key)
+            return refusal, (str(value) if value else None)
+        keys, args = self._call(items, call_id, now_ms)
+        with store_guard():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._count.sha, len(keys), *keys, *args)
+            pipe.get(key)
+            result, value = pipe.execute(raise_on_error=False)
+            if isinstance(result, redis.exceptions.NoScriptError):
+                result = self._count(keys=keys, args=args)
+            elif isinstance(result, Exception):
+                raise result
+            if isinstance(value, Exception):
+                raise value
+        return self._refusal(items, result), (str(value) if value else None)
+
+    @staticmethod
+    def _refusal(items: Sequence[Counter], result: Any) -> Refusal | None:
         index = int(result[0])
         if index == 0:
             return None

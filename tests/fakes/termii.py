@@ -38,6 +38,12 @@ class FakeTermii(FakeServer):
     def last_code(self) -> str:
         return self.codes()[-1]
 
+    def code_for(self, phone: str) -> str:
+        """The code of the latest call to ``phone`` (E.164)."""
+        digits = phone.lstrip("+")
+        calls = [r for r in list(self.calls) if r.json["phone_number"] == digits]
+        return str(calls[-1].json["code"])
+
     def handle(self, request: Request, recorded: Recorded) -> Response:
         if request.path != "/api/sms/otp/call" or request.method != "POST":
             return self.violation(f"unexpected {request.method} {request.path}")

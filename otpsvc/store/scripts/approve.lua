@@ -2,10 +2,8 @@
 -- The attempt begin_check took for this check is handed back: only wrong codes count.
 -- KEYS[1]  the verification record
 -- ARGV[1]  generation of the send whose code matched      ARGV[2]  now, ms
--- ARGV[3]  key prefix of the per-client failure counters, ARGV[4] of the all-clients ones
---          (see begin_check.lua)
 -- Returns 'approved' | 'superseded' (a resend replaced that code) | 'not_found'
-local f = redis.call('HMGET', KEYS[1], 'st', 'g', 'ea', 'pk', 'c')
+local f = redis.call('HMGET', KEYS[1], 'st', 'g', 'ea')
 if f[1] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[2]) then
   return 'not_found'
 end
@@ -14,10 +12,5 @@ if tonumber(f[2]) ~= tonumber(ARGV[1]) then
 end
 redis.call('HSET', KEYS[1], 'st', 'approved', 'fa', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'a', -1)
-for _, failures in ipairs({ARGV[3] .. f[5] .. ':' .. f[4], ARGV[4] .. f[4]}) do
-  if tonumber(redis.call('GET', failures) or '0') > 0 then
-    redis.call('DECR', failures)
-  end
-end
 redis.call('HDEL', KEYS[1], 'h')
 return 'approved'

@@ -2,12 +2,10 @@
 -- KEYS[1]  the verification record
 -- ARGV[1]  now, ms        ARGV[2]  the calling client      ARGV[3]  max check attempts
 -- ARGV[4]  length of the submitted code
--- ARGV[5]  key prefix of the per-client failure counters of a number (same hash tag): the
---          counter is ARGV[5] .. <client> .. ':' .. <the record's phone key>
--- ARGV[6]  how long a number's failure count lives, ms
--- ARGV[7]  key prefix of the all-clients failure counters: ARGV[7] .. <phone key>
--- Both counters count every attempt taken here; approve hands the right one back.
--- Returns {outcome, hash, gen, attempts, expires_at, code length, provider}; outcome is one of
+-- The number's failure counters are counted by failure.lua once a code did not match (their
+-- keys need the record's phone key, which this script returns).
+-- Returns {outcome, hash, gen, attempts, expires_at, code length, provider, phone key}; outcome
+-- is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
 -- A keypress-mode verification has no code: checking one is not_found.
 local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p')
@@ -26,10 +24,4 @@ if not f[5] then
   return {'no_code', '', gen, attempts, expires, length}
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
--- Counted as a failure until approve hands it back: a new code never resets these counts.
-for _, failures in ipairs({ARGV[5] .. ARGV[2] .. ':' .. f[9], ARGV[7] .. f[9]}) do
-  if redis.call('INCR', failures) == 1 then
-    redis.call('PEXPIRE', failures, ARGV[6])
-  end
-end
-return {'verify', f[5], gen, attempts, expires, length, f[10] or ''}
+return {'verify', f[5], gen, attempts, expires, length, f[10] or '', f[9]}

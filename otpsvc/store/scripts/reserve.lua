@@ -1,42 +1,49 @@
 -- Reserve one send: open a new verification, or take the client's open one for this phone (a resend).
--- Every key shares the phone's hash tag, so the script runs on one Redis Cluster slot.
+-- Every key is declared here and shares the phone's hash tag: one Redis Cluster slot, by the rules.
 -- KEYS[1]  the client's open-verification index for this phone; its value is a verification id
--- KEYS[2]  the record of the candidate new verification (ARGV[3] .. ARGV[2])
--- KEYS[3]  the number's deny block, set when the person pressed "it was not me"
--- KEYS[4]  this client's failed checks of the number over the last day
--- KEYS[5]  every client's failed checks of the number over the last day
--- KEYS[6]  the number's slow-down gate: until the time it holds (ms), a number over the
+-- KEYS[2]  the record of the verification the caller read in KEYS[1] (ARGV[10]); when there was
+--          none, the candidate's record again
+-- KEYS[3]  the record of the candidate new verification (id ARGV[2])
+-- KEYS[4]  the number's deny block, set when the person pressed "it was not me"
+-- KEYS[5]  this client's failed checks of the number over the last day
+-- KEYS[6]  every client's failed checks of the number over the last day
+-- KEYS[7]  the number's slow-down gate: until the time it holds (ms), a number over the
 --          all-clients failure cap gets no call (one call per period, whichever client asks)
 -- ARGV[1]  now, ms                        ARGV[2]  candidate id
--- ARGV[3]  record key prefix: the open verification's record is ARGV[3] .. <its id>, same tag
--- ARGV[4]  code lifetime, ms              ARGV[5]  max sends per verification
--- ARGV[6]  base resend cooldown, ms; it doubles after every send
--- ARGV[7]  max check attempts             ARGV[8]  max failed checks per number and client per day
--- ARGV[9]  max failed checks per number per day, all clients together
--- ARGV[10] slow-down period, ms
+-- ARGV[3]  code lifetime, ms              ARGV[4]  max sends per verification
+-- ARGV[5]  base resend cooldown, ms; it doubles after every send
+-- ARGV[6]  max check attempts             ARGV[7]  max failed checks per number and client per day
+-- ARGV[8]  max failed checks per number per day, all clients together
+-- ARGV[9]  slow-down period, ms          ARGV[10] the open id the caller read ('' for none)
 -- ARGV[11..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
 --   new | resend | locked (attempts used up) | max_sends | cooldown | blocked | failures | slowed
---   (for the last three the record is just {'until', <ms>})
+--   (for the last three the record is just {'until', <ms>}) | retry (KEYS[1] changed since the
+--   caller read it: read again and call again)
 local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[4])
-local cooldown = tonumber(ARGV[6])
+local ttl = tonumber(ARGV[3])
+local cooldown = tonumber(ARGV[5])
 
-local blocked_for = redis.call('PTTL', KEYS[3])
+local open_id = redis.call('GET', KEYS[1])
+if (open_id or '') ~= ARGV[10] then
+  return {'retry', ''}
+end
+
+local blocked_for = redis.call('PTTL', KEYS[4])
 if blocked_for > 0 then
   return {'blocked', '', 'until', now + blocked_for}
 end
 
-local failures = tonumber(redis.call('GET', KEYS[4]) or '0')
-if failures >= tonumber(ARGV[8]) then
-  return {'failures', '', 'until', now + redis.call('PTTL', KEYS[4])}
+local failures = tonumber(redis.call('GET', KEYS[5]) or '0')
+if failures >= tonumber(ARGV[7]) then
+  return {'failures', '', 'until', now + redis.call('PTTL', KEYS[5])}
 end
 
 -- Many wrong codes across clients slow the number down instead of locking it out: one client
 -- must not be able to deny another client's users their calls.
-local slow = tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[9])
+local slow = tonumber(redis.call('GET', KEYS[6]) or '0') >= tonumber(ARGV[8])
 if slow then
-  local gate = tonumber(redis.call('GET', KEYS[6]) or '0')
+  local gate = tonumber(redis.call('GET', KEYS[7]) or '0')
   if gate > now then
     return {'slowed', '', 'until', gate}
   end
@@ -44,7 +51,7 @@ end
 
 -- The send cap and the cooldown of an open or canceled verification: the refusal, or nil.
 local function send_refused(id, rec, f)
-  if tonumber(f[3]) >= tonumber(ARGV[5]) then
+  if tonumber(f[3]) >= tonumber(ARGV[4]) then
     return {'max_sends', id, unpack(redis.call('HGETALL', rec))}
   end
   if now < tonumber(f[6]) then
@@ -54,14 +61,13 @@ local function send_refused(id, rec, f)
 end
 
 local sends_before = 0
-local open_id = redis.call('GET', KEYS[1])
 if open_id then
-  local rec = ARGV[3] .. open_id
+  local rec = KEYS[2]
   local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra')
   local live = f[2] and tonumber(f[2]) > now
   if f[1] == 'pending' and live then
     local sends, attempts, gen = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
-    if attempts >= tonumber(ARGV[7]) then
+    if attempts >= tonumber(ARGV[6]) then
       return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
     end
     local refusal = send_refused(open_id, rec, f)
@@ -78,7 +84,7 @@ if open_id then
     redis.call('PEXPIRE', rec, ttl)
     redis.call('PEXPIRE', KEYS[1], ttl)
     if slow then
-      redis.call('SET', KEYS[6], now + tonumber(ARGV[10]), 'PX', ARGV[10])
+      redis.call('SET', KEYS[7], now + tonumber(ARGV[9]), 'PX', ARGV[9])
     end
     return {'resend', open_id, unpack(redis.call('HGETALL', rec))}
   end
@@ -95,11 +101,11 @@ end
 
 local expires = now + ttl
 local resend_at = now + cooldown * 2 ^ sends_before
-redis.call('HSET', KEYS[2], 'st', 'pending', 'a', 0, 's', sends_before + 1, 'g', 1, 'ca', now,
+redis.call('HSET', KEYS[3], 'st', 'pending', 'a', 0, 's', sends_before + 1, 'g', 1, 'ca', now,
   'ea', expires, 'ra', resend_at, 'ds', 'sending', unpack(ARGV, 11))
-redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 if slow then
-  redis.call('SET', KEYS[6], now + tonumber(ARGV[10]), 'PX', ARGV[10])
+  redis.call('SET', KEYS[7], now + tonumber(ARGV[9]), 'PX', ARGV[9])
 end
-return {'new', ARGV[2], unpack(redis.call('HGETALL', KEYS[2]))}
+return {'new', ARGV[2], unpack(redis.call('HGETALL', KEYS[3]))}

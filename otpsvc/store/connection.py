@@ -1,0 +1,152 @@
+"""One URL for the store: a single Redis, a Sentinel-managed master, or a Redis Cluster.
+
+``OTPSVC_REDIS_URL`` takes the schemes of the ``limits`` library, so one URL describes every
+deployment:
+
+- ``redis://[:password@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path?db=0``;
+- ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel``
+  for TLS): the sentinels are asked for the current master of ``service_name``, and again after a
+  failover; the password is the data nodes' (sentinels without AUTH);
+- ``redis+cluster://[:password@]host:port[,host:port...]`` (``rediss+cluster``): any nodes of the
+  cluster; the client learns the slot map and follows it through failovers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+SINGLE = ("redis", "rediss", "unix")
+SENTINEL = ("redis+sentinel", "rediss+sentinel")
+CLUSTER = ("redis+cluster", "rediss+cluster")
+
+#: What every part of the store talks to: a client for one server (single or Sentinel master)
+#: or for a cluster. Both take the same commands for what otpsvc does.
+RedisClient = redis.Redis | RedisCluster
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    kind: str  # "single" | "sentinel" | "cluster"
+    url: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """The deployment a URL names; ValueError with a message fit for the operator otherwise."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in (*SINGLE, *SENTINEL, *CLUSTER):
+        raise ValueError(
+            "must be redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// "
+            "(rediss+ for TLS)"
+        )
+    if scheme in SINGLE:
+        return RedisTarget("single", url)
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        hostpart = rest
+    hosts_text, _, path = hostpart.partition("/")
+    hosts: list[tuple[str, int]] = []
+    for item in hosts_text.split(","):
+        parsed = urlsplit(f"//{item.strip()}")
+        try:
+            port = parsed.port or 6379 if scheme in CLUSTER else parsed.port or 26379
+        except ValueError as exc:
+            raise ValueError(f"{item.strip()!r} is not host:port") from exc
+        if not parsed.hostname:
+            raise ValueError(f"{item.strip()!r} is not host:port")
+        hosts.append((parsed.hostname, port))
+    username, _, password = userinfo.partition(":") if at else ("", "", "")
+    parts = [p for p in path.split("/") if p]
+    service: str | None = None
+    db = 0
+    if scheme in SENTINEL:
+        if not parts:
+            raise ValueError("name the Sentinel service: redis+sentinel://host:port/service_name")
+        service = parts[0]
+        if len(parts) > 1:
+            if not parts[1].isdecimal():
+                raise ValueError(f"{parts[1]!r} is not a database number")
+            db = int(parts[1])
+    elif parts:
+        raise ValueError("a cluster URL names nodes only: redis+cluster://host:port,host:port")
+    return RedisTarget(
+        "sentinel" if scheme in SENTINEL else "cluster",
+        url,
+        hosts=tuple(hosts),
+        service=service,
+        db=db,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        tls=scheme.startswith("rediss"),
+    )
+
+
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+#: Every error a client can raise about the store: the cluster client's own errors (a slot no
+#: node serves during a failover, say) are not all ``RedisError``s.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+
+
+def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> RedisClient:
+    """A client with bounded waits: no command waits longer than ``socket_timeout``.
+
+    A connection error is retried once on a fresh connection (after a restart or a failover the
+    pool holds dead sockets); a timeout is never retried, since the command may have run.
+    """
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(NoBackoff(), retries=1, supported_errors=(redis.ConnectionError,)),
+        "decode_responses": True,
+        "client_name": "otpsvc",
+    }
+    if target.kind == "single":
+        return redis.Redis.from_url(url, health_check_interval=30, **common)
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.tls:
+        auth["ssl"] = True
+    if target.kind == "sentinel":
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.hosts),
+            sentinel_kwargs={
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": connect_timeout,
+                **({"ssl": True} if target.tls else {}),
+            },
+        )
+        assert target.service is not None
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.service, db=target.db, health_check_interval=30, **common, **auth
+        )
+        return master
+    return RedisCluster(
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in target.hosts
+        ],
+        # ``retry`` (in ``common``) bounds the cluster client too: one retry on a connection
+        # error, so a slot whose master is gone answers 503 within a few timeouts, and the client
+        # follows the new slot map once the replica has taken over.
+        **common,
+        **auth,
+    )

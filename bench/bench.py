@@ -8,7 +8,8 @@ Measures, in one run on this machine:
 4. bytes of Redis memory per pending verification (target: <= 512).
 
 Everything runs on loopback: a bundled redis-server, a local stand-in for Termii's voice-call
-endpoint, and gunicorn. Request loops are bounded in count and time.
+endpoint, and gunicorn. Request loops are bounded in count and time. Then ``bench/capacity.py``
+measures capacity on one Redis and on a local Redis Cluster (see its docstring).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import capacity  # bench/capacity.py, beside this file
 import redis
 import requests
 from argon2 import PasswordHasher
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--memory-kib", type=int, default=Argon2Params.memory_kib)
     parser.add_argument("--time-cost", type=int, default=Argon2Params.time_cost)
+    parser.add_argument("--worker-args", default="", help="GUNICORN_CMD_ARGS for the capacity runs")
+    parser.add_argument("--capacity-seconds", type=float, default=4.0)
+    parser.add_argument("--no-capacity", action="store_true", help="skip the capacity runs")
     options = parser.parse_args()
 
     params = Argon2Params(memory_kib=options.memory_kib, time_cost=options.time_cost)
@@ -268,7 +273,7 @@ def main() -> None:
         finally:
             gunicorn.terminate()
             gunicorn.wait(10)
-            termii.shutdown()
+    capacity_env = {k: v for k, v in env.items() if k != "OTPSVC_REDIS_URL"}
 
     print("\n/otp/check under gunicorn (2 sync workers, wrong codes, 16 client threads):")
     print(f"  raw argon2, 2 processes: {raw:.0f} verifies/s, {raw_per_cpu:.0f} per CPU-second")
@@ -293,6 +298,17 @@ def main() -> None:
     )
     print(f"  used_memory growth over {extra} starts: {per_verification:.0f} bytes each")
     print("  (the growth also holds each call's rate-limiter and velocity-limit entries)")
+    if not options.no_capacity:
+        run = capacity.Run(
+            env=capacity_env,
+            codes=TermiiStandIn.codes,
+            api_key=API_KEY,
+            cpu_seconds=cpu_seconds,
+            worker_args=options.worker_args,
+            seconds=options.capacity_seconds,
+        )
+        capacity.report(params, run)
+    termii.shutdown()
 
 
 if __name__ == "__main__":

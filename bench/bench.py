@@ -188,15 +188,7 @@ def main() -> None:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    requests.get(base + "/healthz", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            capacity.wait_until_serving(base, gunicorn)
             headers = {"Authorization": f"Bearer {API_KEY}"}
             with requests.Session() as session:
 

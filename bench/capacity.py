@@ -123,6 +123,19 @@ class Driver:
         return sum(done)
 
 
+def wait_until_serving(base: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until ``GET /healthz`` answers; raises if the server exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(base + "/healthz", timeout=1)
+            return
+        except requests.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise
+            time.sleep(0.1)
+
+
 @dataclass
 class Run:
     """What every measurement needs besides its deployment."""
@@ -152,15 +165,7 @@ def measure(target: Target, run: Run) -> dict[Any, Any]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(base + "/healthz", timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        wait_until_serving(base, process)
         workers = [
             int(pid)
             for pid in subprocess.run(

@@ -71,14 +71,15 @@ class RequestLimits:
         """Count one request against every window of the given limits; over any of them it is
         429 ``rate_limited`` and nothing is counted. Retry-After says when the window has room."""
         keys: list[str] = []
-        args: list[int | str] = [int(self.clock() * 1000), secrets.token_hex(8), 0]
+        spec: list[str] = []
         windows: list[Window] = []
         for item in items:
+            who = self.name_of(item.scope, item.who)
             for window in self._windows[item.scope]:
-                who = self.name_of(item.scope, item.who)
                 keys.append(f"{self.tag}:{item.scope}:{who}:{window.window_ms}")
-                args += [window.limit, window.window_ms, "hit" if item.count else "test"]
+                spec.append(f"{window.limit} {window.window_ms} {'h' if item.count else 't'}")
                 windows.append(window)
+        args: list[int | str] = [int(self.clock() * 1000), secrets.token_hex(8), 0, " ".join(spec)]
         with store_guard():
             result = self._script(keys=keys, args=args)
         index = int(result[0])

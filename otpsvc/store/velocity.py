@@ -10,6 +10,7 @@ is then refused for another reason (cooldown, attempts) is handed back with :met
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -40,9 +41,16 @@ class Refusal:
     retry_after: int
 
 
+@functools.cache
+def windows(spec: str) -> tuple[tuple[int, int], ...]:
+    """(amount, seconds) of each window of a limit string such as ``5 per hour;10 per day``;
+    parsed once per string (the strings come from the settings)."""
+    return tuple((item.amount, item.get_expiry()) for item in limits.parse_many(spec))
+
+
 def counters(kind: str, who: str, spec: str) -> list[Counter]:
     """One counter per window of a limit string such as ``5 per hour;10 per day``."""
-    return [Counter(kind, who, item.amount, item.get_expiry()) for item in limits.parse_many(spec)]
+    return [Counter(kind, who, amount, seconds) for amount, seconds in windows(spec)]
 
 
 class VelocityStore:
@@ -63,10 +71,8 @@ class VelocityStore:
         self, items: Sequence[Counter], call_id: str, now_ms: int
     ) -> tuple[list[str], list[int | str]]:
         keys = [self.kill_key, *(self._key(c) for c in items)]
-        args: list[int | str] = [now_ms, call_id, 1]
-        for c in items:
-            args += [c.limit, c.window * 1000, "hit"]
-        return keys, args
+        spec = " ".join(f"{c.limit} {c.window * 1000} h" for c in items)
+        return keys, [now_ms, call_id, 1, spec]
 
     def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
         """Count a call against every counter; a reached limit refuses it and counts nothing."""

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from otpsvc.api import dev, health, otp, problems, webhooks
+from otpsvc.api import dev, health, otp, problems, tracing, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
@@ -20,7 +20,7 @@ from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import mask_e164 as mask
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
-from otpsvc.logs import JsonFormatter
+from otpsvc.logs import JsonFormatter, RequestIdFilter
 from otpsvc.store import VerificationStore, connect, parse_redis_url
 from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
@@ -125,6 +125,7 @@ def create_app(
         inbox=inbox,
     )
 
+    tracing.register(app)
     problems.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(otp.bp)
@@ -156,4 +157,5 @@ def _configure_logging(settings: Settings) -> None:
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
+        handler.addFilter(RequestIdFilter())
         logger.addHandler(handler)

@@ -33,6 +33,7 @@ from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.redis_store import store_guard
 from otpsvc.store.velocity import VelocityStore
+from otpsvc.telemetry import setup_from_environment
 
 BANNER = """
 otpsvc dev mode on {base} (Redis: {redis})
@@ -112,6 +113,7 @@ def dev(host: str, port: int) -> None:
     env.setdefault("OTPSVC_SECRET_KEY", secrets.token_urlsafe(32))
     env.setdefault("OTPSVC_PROVIDERS", "console")
     env["OTPSVC_DEV_MODE"] = "true"
+    setup_from_environment()
     try:
         app = create_app(env)
         click.echo(

@@ -17,3 +17,10 @@ accesslog = None
 errorlog = "-"
 # When an access log is turned on, callback tokens are redacted from it.
 logger_class = "otpsvc.serving.RedactingLogger"
+
+
+def post_fork(server: object, worker: object) -> None:
+    """Each worker sets up its own tracing, after the fork (exporter threads do not survive one)."""
+    from otpsvc.telemetry import setup_from_environment
+
+    setup_from_environment()

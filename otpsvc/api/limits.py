@@ -20,6 +20,7 @@ from otpsvc.core.audit import audit
 from otpsvc.errors import RateLimited
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.redis_store import store_guard
+from otpsvc.telemetry import TracedScript
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class RequestLimits:
         self.tag = f"{settings.redis_prefix}:{{{settings.redis_prefix}:requests}}"
         self.clock = clock
         script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
-        self._script = client.register_script(script.read_text())
+        self._script = TracedScript("request_limits", client.register_script(script.read_text()))
         specs = {
             "start_ip": settings.rate_limit_start_ip,
             "check_ip": settings.rate_limit_check_ip,

@@ -10,6 +10,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from otpsvc.errors import OtpError, StoreUnavailable
+from otpsvc.requestcontext import current_request_id
 from otpsvc.store.connection import STORE_ERRORS
 
 log = logging.getLogger("otpsvc.api")
@@ -34,6 +35,9 @@ def problem(
         "code": code,
         **(extensions or {}),
     }
+    request_id = current_request_id()
+    if request_id:
+        body["request_id"] = request_id
     response = jsonify(body)
     response.status_code = status
     response.mimetype = PROBLEM_JSON

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import logging
 
+from otpsvc.requestcontext import current_request_id
+
 log = logging.getLogger("otpsvc.audit")
 
 
 def audit(event: str, **fields: object) -> None:
-    log.info(event, extra={"audit": {"event": event, **fields}})
+    request_id = current_request_id()
+    extra = {"request_id": request_id} if request_id else {}
+    log.info(event, extra={"audit": {"event": event, **fields, **extra}})

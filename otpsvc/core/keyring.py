@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from argon2.low_level import Type, hash_secret
 
 from otpsvc.config import Argon2Params
+from otpsvc.telemetry import span
 
 ARGON2_HEAD = "$argon2id$v=19$"
 SALT_BYTES = 16
@@ -136,9 +137,10 @@ class Keyring:
         # The salt: the current secret's id, then 112 random bits (unique per verifier).
         salt = bytes.fromhex(self._current.id) + secrets.token_bytes(SALT_BYTES - KEY_ID_BYTES)
         params = self._argon2
-        encoded = hash_secret(
-            digest, salt, params.time_cost, params.memory_kib, params.parallelism, 16, Type.ID
-        ).decode()
+        with span("argon2 hash"):
+            encoded = hash_secret(
+                digest, salt, params.time_cost, params.memory_kib, params.parallelism, 16, Type.ID
+            ).decode()
         if not encoded.startswith(ARGON2_HEAD):
             raise RuntimeError("unexpected argon2 encoding")
         return encoded[len(ARGON2_HEAD) :]
@@ -153,6 +155,7 @@ class Keyring:
         keys = self._by_id.get(self._key_id_of(verifier), self._current)
         digest = self._code_digest(keys, verification_id, code)
         try:
-            return bool(self._hasher.verify(ARGON2_HEAD + verifier, digest))
+            with span("argon2 verify"):
+                return bool(self._hasher.verify(ARGON2_HEAD + verifier, digest))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False

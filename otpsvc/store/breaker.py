@@ -14,6 +14,7 @@ from importlib import resources
 
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.redis_store import store_guard
+from otpsvc.telemetry import TracedScript
 
 #: How long a worker trusts its last read of the open markers.
 CACHE_SECONDS = 1.0
@@ -35,7 +36,7 @@ class BreakerStore:
         self.window_ms = window_ms
         self.cooloff_ms = cooloff_ms
         script = resources.files("otpsvc.store").joinpath("scripts", "breaker_failure.lua")
-        self._failure = client.register_script(script.read_text())
+        self._failure = TracedScript("breaker_failure", client.register_script(script.read_text()))
         self._cache: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 

@@ -16,6 +16,7 @@ from importlib import resources
 
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.redis_store import store_guard
+from otpsvc.telemetry import TracedScript
 
 #: How long a running request holds its key: longer than the slowest start (every provider's
 #: connect and read timeouts in turn), shorter than a gateway would wait before giving up.
@@ -44,7 +45,7 @@ class IdempotencyStore:
         self.prefix = prefix
         self.ttl_ms = ttl_seconds * 1000
         script = resources.files("otpsvc.store").joinpath("scripts", "idempotency.lua")
-        self._script = client.register_script(script.read_text())
+        self._script = TracedScript("idempotency", client.register_script(script.read_text()))
 
     def key(self, client: str, idempotency_key: str) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]

@@ -32,10 +32,10 @@ from importlib import resources
 from typing import Any, cast
 
 import redis
-from redis.commands.core import Script
 
 from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster
+from otpsvc.telemetry import TracedScript, span
 
 log = logging.getLogger("otpsvc.store")
 
@@ -88,14 +88,18 @@ class VerificationStore:
         self.redis = client
         self.prefix = prefix
         self.wait_ms = wait_ms
-        self._reserve = client.register_script(_script("reserve"))
-        self._finalize = client.register_script(_script("finalize"))
-        self._begin_check = client.register_script(_script("begin_check"))
-        self._approve = client.register_script(_script("approve"))
-        self._failure = client.register_script(_script("failure"))
-        self._cancel = client.register_script(_script("cancel"))
-        self._delivery = client.register_script(_script("delivery"))
-        self._keypress = client.register_script(_script("keypress"))
+        self._reserve = self._register(client, "reserve")
+        self._finalize = self._register(client, "finalize")
+        self._begin_check = self._register(client, "begin_check")
+        self._approve = self._register(client, "approve")
+        self._failure = self._register(client, "failure")
+        self._cancel = self._register(client, "cancel")
+        self._delivery = self._register(client, "delivery")
+        self._keypress = self._register(client, "keypress")
+
+    @staticmethod
+    def _register(client: RedisClient, name: str) -> TracedScript:
+        return TracedScript(name, client.register_script(_script(name)))
 
     # Key names -----------------------------------------------------------------------------
 
@@ -251,10 +255,13 @@ class VerificationStore:
                     self.message_key(provider, message_id), verification_id, px=index_message_ms
                 )
                 return str(outcome)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(self._finalize.sha, len(keys), *keys, *args)
-            pipe.set(self.message_key(provider, message_id), verification_id, px=index_message_ms)
-            outcome, _ = pipe.execute(raise_on_error=False)
+            with span("redis finalize", **{"db.system": "redis"}):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.evalsha(self._finalize.sha, len(keys), *keys, *args)
+                pipe.set(
+                    self.message_key(provider, message_id), verification_id, px=index_message_ms
+                )
+                outcome, _ = pipe.execute(raise_on_error=False)
             if isinstance(outcome, redis.exceptions.NoScriptError):
                 outcome = self._run(self._finalize, keys, args)
             elif isinstance(outcome, Exception):
@@ -371,7 +378,7 @@ class VerificationStore:
 
     # Plumbing ------------------------------------------------------------------------------
 
-    def _run_replicated(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    def _run_replicated(self, script: TracedScript, keys: list[str], args: list[Any]) -> Any:
         """Run a script, then ``WAIT`` for one replica, on the one connection that wrote (WAIT
         covers only that connection's writes), in one round trip. A connected replica that does
         not acknowledge within ``wait_ms``: StoreUnavailable, before anything is compared. With
@@ -380,7 +387,8 @@ class VerificationStore:
         if is_cluster(self.redis):
             node = self.redis.get_node_from_key(keys[0]).redis_connection  # type: ignore[union-attr]
         try:
-            return self._wait_on(node, script, keys, args)
+            with span(f"redis {script.name}", **{"db.system": "redis", "db.operation": "WAIT"}):
+                return self._wait_on(node, script, keys, args)
         except STORE_ERRORS:
             if is_cluster(self.redis):
                 # This path talks to the slot's node directly, past the cluster client's own
@@ -388,14 +396,14 @@ class VerificationStore:
                 self.redis.nodes_manager.initialize()  # type: ignore[union-attr]
             raise
 
-    def _wait_on(self, node: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
+    def _wait_on(self, node: Any, script: TracedScript, keys: list[str], args: list[Any]) -> Any:
         for _ in range(2):
             pipe = node.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.execute_command("WAIT", 1, self.wait_ms)
             answer, acked = pipe.execute(raise_on_error=False)
             if isinstance(answer, redis.exceptions.NoScriptError):
-                node.script_load(script.script)
+                node.script_load(script.text)
                 continue
             if isinstance(answer, Exception):
                 raise answer
@@ -412,5 +420,5 @@ class VerificationStore:
         raise StoreUnavailable("the script could not be loaded")
 
     @staticmethod
-    def _run(script: Script, keys: list[str], args: list[Any]) -> Any:
+    def _run(script: TracedScript, keys: list[str], args: list[Any]) -> Any:
         return script(keys=keys, args=args)

@@ -21,6 +21,7 @@ import redis
 
 from otpsvc.store.connection import RedisClient, is_cluster
 from otpsvc.store.redis_store import store_guard
+from otpsvc.telemetry import TracedScript, span
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class VelocityStore:
         self.redis = client
         self.tag = f"{prefix}:{{{prefix}:velocity}}"
         script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
-        self._count = client.register_script(script.read_text())
+        self._count = TracedScript("velocity", client.register_script(script.read_text()))
 
     @property
     def kill_key(self) -> str:
@@ -92,7 +93,7 @@ class VelocityStore:
                 value = self.redis.get(key)
             return refusal, (str(value) if value else None)
         keys, args = self._call(items, call_id, now_ms)
-        with store_guard():
+        with store_guard(), span("redis velocity", **{"db.system": "redis"}):
             pipe = self.redis.pipeline(transaction=False)
             pipe.evalsha(self._count.sha, len(keys), *keys, *args)
             pipe.get(key)

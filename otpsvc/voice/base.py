@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 import requests
 from marshmallow import ValidationError, fields, validate
 
+from otpsvc.requestcontext import outgoing_traceparent
+from otpsvc.telemetry import current_traceparent
+
 log = logging.getLogger("otpsvc.voice")
 
 #: Four or more digits (optional "+" and separators): anything that may be a code or a number.
@@ -179,12 +182,16 @@ class HttpProvider:
         headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """POST once; turn every transport failure into a :class:`ProviderError`."""
+        sent_headers = dict(headers or {})
+        traceparent = current_traceparent() or outgoing_traceparent()
+        if traceparent:
+            sent_headers["traceparent"] = traceparent
         try:
             return self.session.post(
                 url,
                 json=json,
                 data=data,
-                headers=dict(headers or {}),
+                headers=sent_headers,
                 timeout=(self.timeouts.connect, self.timeouts.read),
                 allow_redirects=False,
             )

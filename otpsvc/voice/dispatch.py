@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from otpsvc.telemetry import span
 from otpsvc.voice.base import CallRequest, CallResult, ProviderError, VoiceProvider
 
 log = logging.getLogger("otpsvc.voice")
@@ -94,7 +95,8 @@ class Dispatcher:
                 errors.append(ProviderError(provider.name, "not tried: the call budget is spent"))
                 break
             try:
-                return provider.place_call(call)
+                with span(f"provider {provider.name}", **{"otpsvc.provider": provider.name}):
+                    return provider.place_call(call)
             except ProviderError as exc:
                 log.warning("provider failed for verification %s: %s", call.verification_id, exc)
                 # Only the provider's own health opens its circuit: one tenant's bad numbers

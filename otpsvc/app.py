@@ -113,6 +113,7 @@ def create_app(
         velocity=VelocityStore(client, settings.redis_prefix),
         clock=clock,
         test_numbers={number.e164: number for number in settings.test_numbers},
+        allowed_countries=settings.allowed_countries,
     )
     app.extensions["otpsvc"] = Runtime(
         settings=settings,

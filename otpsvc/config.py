@@ -100,6 +100,7 @@ SECRET_SETTINGS = frozenset(
         "OTPSVC_SECRET_KEY_FALLBACKS",
         "OTPSVC_API_KEYS",
         "OTPSVC_TEST_NUMBERS",
+        "OTPSVC_METRICS_TOKEN",
         "OTPSVC_TERMII_API_KEY",
         "OTPSVC_TERMII_WEBHOOK_SECRET",
         "OTPSVC_SEVENIO_API_KEY",
@@ -186,6 +187,8 @@ class Settings:
     breaker_cooloff: int = 30
     deny_block: int = 3600
     log_level: str = "INFO"
+    #: When set, GET /metrics needs "Authorization: Bearer <token>".
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def all_providers(self) -> tuple[str, ...]:
@@ -382,6 +385,9 @@ class _SettingsSchema(Schema):
         data_key="OTPSVC_DEFAULT_LOCALE",
         load_default="en",
         validate=validate.Regexp(r"\A[a-z]{2}\Z", error="a two-letter language code"),
+    )
+    metrics_token = fields.String(
+        data_key="OTPSVC_METRICS_TOKEN", load_default=None, validate=validate.Length(min=16)
     )
     log_level = fields.String(
         data_key="OTPSVC_LOG_LEVEL",

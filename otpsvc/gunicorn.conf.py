@@ -5,6 +5,12 @@ conventions; GUNICORN_CMD_ARGS overrides any setting here, as gunicorn itself de
 """
 
 import os
+import tempfile
+
+# prometheus-client's multiprocess mode: one directory for every worker's metric files, set
+# before the workers fork (they inherit it); a fresh one per server unless the operator set it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="otpsvc-metrics-")
 
 bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"]  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -24,3 +30,10 @@ def post_fork(server: object, worker: object) -> None:
     from otpsvc.telemetry import setup_from_environment
 
     setup_from_environment()
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker that exits is marked dead, so its gauges stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]

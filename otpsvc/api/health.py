@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 from importlib import resources
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
+from otpsvc import metrics
 from otpsvc.api.context import runtime
+from otpsvc.errors import Unauthorized
 
 bp = Blueprint("health", __name__)
 
@@ -30,6 +33,26 @@ def readyz() -> Response:
             "counters and limits are never evicted"
         )
     return jsonify({"status": "ready", "redis": "ok", "warnings": warnings})
+
+
+@bp.get("/metrics")
+def metrics_view() -> Response:
+    """Prometheus text format; behind a bearer token when OTPSVC_METRICS_TOKEN is set."""
+    rt = runtime()
+    token = rt.settings.metrics_token
+    if token:
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        expected = token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            expected, presented.strip().encode("utf-8", "surrogateescape")
+        ):
+            raise Unauthorized("send the metrics token as 'Authorization: Bearer <token>'")
+    velocity = rt.service.velocity
+    budget = metrics.BudgetCollector(
+        lambda: velocity.budget_used(rt.settings.call_budget, int(rt.service.clock() * 1000))
+    )
+    text, content_type = metrics.exposition(budget)
+    return Response(text, content_type=content_type)
 
 
 @bp.get("/openapi.yaml")

@@ -15,6 +15,7 @@ from importlib import resources
 
 import limits
 
+from otpsvc import metrics
 from otpsvc.config import Settings
 from otpsvc.core.audit import audit
 from otpsvc.errors import RateLimited
@@ -88,6 +89,7 @@ class RequestLimits:
             return
         window = windows[index - 1]
         audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
+        metrics.REFUSALS.labels(f"limit_{window.scope}").inc()
         raise RateLimited(
             int(result[1]) / 1000, f"rate limit exceeded: {window.text} ({window.scope})"
         )

@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 
 from flask import Flask, Response, g, request
 
-from otpsvc import telemetry
+from otpsvc import metrics, telemetry
 from otpsvc.requestcontext import (
     REQUEST_ID,
     TraceContext,
@@ -26,6 +27,7 @@ from otpsvc.requestcontext import (
 
 
 def _begin() -> None:
+    g.started = time.perf_counter()
     presented = request.headers.get("X-Request-Id", "")
     request_id = presented if REQUEST_ID.fullmatch(presented) else uuid.uuid4().hex
     g.request_id = request_id
@@ -42,6 +44,12 @@ def _begin() -> None:
 
 def _finish(response: Response) -> Response:
     telemetry.set_status(g.get("http_span"), response.status_code)
+    started = g.get("started")
+    if started is not None:
+        endpoint = request.endpoint or "unmatched"
+        metrics.HTTP_SECONDS.labels(endpoint, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
     request_id = g.get("request_id")
     if request_id:
         response.headers["X-Request-Id"] = request_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from otpsvc import metrics
 from otpsvc.config import Settings
 from otpsvc.core.audit import audit
 from otpsvc.core.phones import Phone
@@ -59,12 +60,15 @@ class AbusePolicy:
         """Refuse numbers no call may go to; no state is touched."""
         if not self.calls_enabled:
             audit("fraud_block", client=client, phone=phone.masked, reason="calls_disabled")
+            metrics.REFUSALS.labels("kill_switch").inc()
             raise CallsSuspended(60, "calls are switched off (OTPSVC_CALLS_ENABLED)")
         if self.allowed_countries is not None and phone.region not in self.allowed_countries:
             audit("fraud_block", client=client, phone=phone.masked, reason="country")
+            metrics.REFUSALS.labels("country").inc()
             raise CountryNotAllowed(f"calls to {phone.region or 'this country'} are not allowed")
         if phone.number_type not in self.allowed_number_types:
             audit("fraud_block", client=client, phone=phone.masked, reason="number_type")
+            metrics.REFUSALS.labels("number_type").inc()
             raise NumberTypeNotAllowed(
                 {"phone": ["this type of number (for example premium-rate) cannot be called"]},
                 "this type of number cannot be called",
@@ -105,6 +109,9 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
     """The error a velocity or budget refusal becomes, after it is audited."""
     reason = "kill_switch" if refusal.kind == "kill" else refusal.kind
     audit("fraud_block", client=client, phone=phone.masked, reason=f"velocity_{reason}")
+    metrics.REFUSALS.labels(
+        "kill_switch" if reason == "kill_switch" else f"velocity_{reason}"
+    ).inc()
     if refusal.kind in ("kill", "budget"):
         return CallsSuspended(refusal.retry_after, "calls are suspended: the call budget is spent")
     return RateLimited(refusal.retry_after, f"too many calls for this {refusal.kind}")

@@ -12,7 +12,11 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import phonenumbers
+
+from otpsvc import metrics
 from otpsvc.config import Settings, TestNumber
 from otpsvc.core.abuse import AbusePolicy, refusal_error
 from otpsvc.core.audit import audit
@@ -27,6 +31,7 @@ from otpsvc.errors import (
     MaxSendsReached,
     NotFound,
     NumberBlocked,
+    OtpError,
     RateLimited,
     ResendTooSoon,
     TooManyFailedChecks,
@@ -83,8 +88,10 @@ class VerificationService:
         velocity: VelocityStore,
         clock: Clock,
         test_numbers: Mapping[str, TestNumber] | None = None,
+        allowed_countries: frozenset[str] | None = None,
     ) -> None:
         self.test_numbers = dict(test_numbers or {})
+        self.allowed_countries = allowed_countries
         self.abuse = abuse
         self.velocity = velocity
         self.store = store
@@ -97,6 +104,24 @@ class VerificationService:
         return int(self.clock() * 1000)
 
     def start(
+        self, *, client: str, phone: Phone, mode: str = "code", **options: Any
+    ) -> StartOutcome:
+        """:meth:`_start`, counted in ``otpsvc_verifications_started_total``."""
+        country = metrics.country_label(phone.region, self.allowed_countries)
+        try:
+            outcome = self._start(client=client, phone=phone, mode=mode, **options)
+        except DeliveryFailed:
+            metrics.STARTS.labels("none", country, mode, "failed").inc()
+            raise
+        except OtpError:
+            metrics.STARTS.labels("none", country, mode, "refused").inc()
+            raise
+        verification = outcome.verification
+        result = "created" if outcome.created else "resent"
+        metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
+        return outcome
+
+    def _start(
         self,
         *,
         client: str,
@@ -276,6 +301,14 @@ class VerificationService:
             record["mid"] = result.message_id
         return StartOutcome(self._to_verification(reservation.id, record), created)
 
+    def _country_of(self, masked: str) -> str:
+        """The country label of a masked number (``+234*******567``): its calling code's region."""
+        digits = masked[1:].split("*", 1)[0]
+        region = (
+            phonenumbers.region_code_for_country_code(int(digits)) if digits.isdigit() else None
+        )
+        return metrics.country_label(region, self.allowed_countries)
+
     def _test_number(self, phone: Phone) -> TestNumber | None:
         """The number's test entry while it is active; after its last day it is ordinary."""
         test = self.test_numbers.get(phone.e164)
@@ -362,6 +395,10 @@ class VerificationService:
             max_attempts=max_attempts,
             code_length=len(code),
         )
+        if ticket.outcome in ("not_found", "locked", "bad_length"):
+            metrics.CHECKS.labels(
+                {"bad_length": "invalid"}.get(ticket.outcome, ticket.outcome)
+            ).inc()
         if ticket.outcome == "not_found":
             raise NotFound("no pending verification with this id")
         if ticket.outcome == "locked":
@@ -380,6 +417,10 @@ class VerificationService:
             result = self.store.approve(verification_id, gen=ticket.gen, now_ms=self._now_ms())
             if result == "approved":
                 audit("check", id=verification_id, client=client, result="approved")
+                metrics.CHECKS.labels("approved").inc()
+                metrics.APPROVALS.labels(
+                    ticket.provider or "none", self._country_of(ticket.phone_masked)
+                ).inc()
                 if ticket.provider == "test":
                     audit("test_number", id=verification_id, client=client, result="approved")
                 return CheckOutcome(verification_id, True, Status.APPROVED, remaining)
@@ -387,6 +428,7 @@ class VerificationService:
                 raise NotFound("no pending verification with this id")
             # 'superseded': the code was right for a call that a resend has since replaced.
         self.store.count_failure(client, ticket.phone_key)
+        metrics.CHECKS.labels("wrong_code").inc()
         status = Status.MAX_ATTEMPTS_REACHED if remaining == 0 else Status.PENDING
         audit(
             "check",
@@ -443,6 +485,7 @@ class VerificationService:
             verification_id, message_id=message_id, status=status, now_ms=self._now_ms(), gen=gen
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
+        metrics.DELIVERY_REPORTS.labels(provider or "unknown", status).inc()
         return result
 
     def keypress(
@@ -470,6 +513,10 @@ class VerificationService:
             gen=gen,
         )
         audit("keypress", id=verification_id, client=fields["c"], phone=fields["pm"], result=result)
+        if result == "approved":
+            metrics.APPROVALS.labels(
+                fields.get("p") or "none", self._country_of(fields["pm"])
+            ).inc()
         return result
 
     def _find(

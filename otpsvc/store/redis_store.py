@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import redis
 
+from otpsvc import metrics
 from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster
 from otpsvc.telemetry import TracedScript, span
@@ -51,6 +52,7 @@ def store_guard() -> Iterator[None]:
         yield
     except STORE_ERRORS as exc:
         log.warning("redis unavailable: %s", type(exc).__name__)
+        metrics.STORE_ERRORS.inc()
         raise StoreUnavailable("the verification store did not answer") from exc
 
 
@@ -75,6 +77,8 @@ class CheckTicket:
     provider: str = ""
     #: The number's keyed hash, for its failure counters.
     phone_key: str = ""
+    #: The masked number (its country labels metrics).
+    phone_masked: str = ""
 
 
 def _script(name: str) -> str:

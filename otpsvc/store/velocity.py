@@ -115,6 +115,16 @@ class VelocityStore:
             return Refusal("kill", 60)
         return Refusal(items[index - 2].kind, -(-int(result[1]) // 1000))
 
+    def budget_used(self, spec: str, now_ms: int) -> list[tuple[int, int, int]]:
+        """(window seconds, calls in it, limit) for each window of the call budget."""
+        budget = counters("budget", "all", spec)
+        with store_guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for c in budget:
+                pipe.zcount(self._key(c), now_ms - c.window * 1000, "+inf")
+            used = pipe.execute()
+        return [(c.window, int(n), c.limit) for c, n in zip(budget, used, strict=True)]
+
     def refund(self, items: Sequence[Counter], call_id: str) -> None:
         """Hand back a call that was counted but not placed."""
         with store_guard():

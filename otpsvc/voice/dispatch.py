@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from otpsvc import metrics
 from otpsvc.telemetry import span
 from otpsvc.voice.base import CallRequest, CallResult, ProviderError, VoiceProvider
 
@@ -84,20 +85,29 @@ class Dispatcher:
         """
         now_ms = int(self.clock() * 1000)
         open_until = self.breaker.open_until([p.name for p in route])
+        for name, until in open_until.items():
+            metrics.BREAKER_OPEN.labels(name).set(1 if until > now_ms else 0)
         errors: list[ProviderError] = []
         attempts = 0
         for provider in route:
             if open_until[provider.name] > now_ms:
                 errors.append(ProviderError(provider.name, "circuit open: provider cooling off"))
+                metrics.PROVIDER_ERRORS.labels(provider.name, "circuit_open").inc()
                 continue
             attempts += 1
             if attempts > 1 and not may_retry(attempts):
                 errors.append(ProviderError(provider.name, "not tried: the call budget is spent"))
                 break
             try:
-                with span(f"provider {provider.name}", **{"otpsvc.provider": provider.name}):
-                    return provider.place_call(call)
+                with (
+                    span(f"provider {provider.name}", **{"otpsvc.provider": provider.name}),
+                    metrics.timed(metrics.PROVIDER_SECONDS, provider=provider.name),
+                ):
+                    placed = provider.place_call(call)
+                metrics.CALLS.labels(provider.name).inc()
+                return placed
             except ProviderError as exc:
+                metrics.PROVIDER_ERRORS.labels(provider.name, _reason(exc)).inc()
                 log.warning("provider failed for verification %s: %s", call.verification_id, exc)
                 # Only the provider's own health opens its circuit: one tenant's bad numbers
                 # must not cut a single-provider country off for every tenant.
@@ -111,3 +121,16 @@ class Dispatcher:
     def close(self) -> None:
         for provider in self.providers.values():
             provider.close()
+
+
+def _reason(error: ProviderError) -> str:
+    """A bounded word for a provider failure, for the metrics."""
+    if error.ambiguous:
+        return "ambiguous"
+    if error.http_status is not None and error.http_status >= 500:
+        return "http_5xx"
+    if error.http_status in (401, 403):
+        return "auth"
+    if error.health:
+        return "unavailable"
+    return "refused"

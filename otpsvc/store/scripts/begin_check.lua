@@ -4,11 +4,12 @@
 -- ARGV[4]  length of the submitted code
 -- The number's failure counters are counted by failure.lua once a code did not match (their
 -- keys need the record's phone key, which this script returns).
--- Returns {outcome, hash, gen, attempts, expires_at, code length, provider, phone key}; outcome
+-- Returns {outcome, hash, gen, attempts, expires_at, code length, provider, phone key, masked
+-- number}; outcome
 -- is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
 -- A keypress-mode verification has no code: checking one is not_found.
-local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p')
+local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p', 'pm')
 if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] == 'k' then
   return {'not_found', '', 0, 0, 0, 0}
 end
@@ -24,4 +25,4 @@ if not f[5] then
   return {'no_code', '', gen, attempts, expires, length}
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
-return {'verify', f[5], gen, attempts, expires, length, f[10] or '', f[9]}
+return {'verify', f[5], gen, attempts, expires, length, f[10] or '', f[9], f[11] or ''}

@@ -1,0 +1,165 @@
+"""GET /metrics: prometheus-client's text format, the counters an operator needs, bounded labels;
+the alert rules under promtool; a real Prometheus scraping a real otpsvc."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from otpsvc.dev.redis_server import free_port
+from tests.conftest import KEY_A, PHONE, Api, fake_termii_env
+from tests.fakes.termii import FakeTermii
+from tests.test_cli import wait_until_serving
+
+ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+
+
+def scrape(api: Api, **headers: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = api.client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.data
+    values = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def value(values: dict, name: str, **labels: str) -> float:
+    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_a_verification_shows_in_the_metrics(api: Api, termii: FakeTermii):
+    before = scrape(api)
+    vid = api.start().get_json()["id"]
+    api.check(vid, "000000" if termii.last_code() != "000000" else "111111")
+    api.check(vid, termii.last_code())
+    after = scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    started = {"provider": "termii", "country": "NG", "mode": "code", "outcome": "created"}
+    assert delta("otpsvc_verifications_started_total", **started) == 1
+    assert delta("otpsvc_verifications_approved_total", provider="termii", country="NG") == 1
+    assert delta("otpsvc_checks_total", result="wrong_code") == 1
+    assert delta("otpsvc_checks_total", result="approved") == 1
+    assert delta("otpsvc_calls_placed_total", provider="termii") == 1
+    assert delta("otpsvc_argon2_duration_seconds_count", operation="hash") == 1
+    assert delta("otpsvc_argon2_duration_seconds_count", operation="verify") == 2
+    assert delta("otpsvc_provider_request_duration_seconds_count", provider="termii") == 1
+    assert (
+        delta("otpsvc_http_request_duration_seconds_count", endpoint="otp.start", status="201") == 1
+    )
+    assert value(after, "otpsvc_call_budget_used_ratio", window="3600") > 0
+
+
+def test_refusals_and_provider_errors_are_counted(api: Api, termii: FakeTermii):
+    before = scrape(api)
+    assert api.start("+254712345678").status_code == 403  # Kenya: outside the allowlist
+    termii.mode = "server_error"
+    assert api.start("+2348031234500").status_code == 502
+    after = scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("otpsvc_refusals_total", reason="country") == 1
+    assert delta("otpsvc_provider_errors_total", provider="termii", reason="http_5xx") == 1
+    refused = {"provider": "none", "country": "other", "mode": "code", "outcome": "refused"}
+    assert delta("otpsvc_verifications_started_total", **refused) == 1
+    failed = {"provider": "none", "country": "NG", "mode": "code", "outcome": "failed"}
+    assert delta("otpsvc_verifications_started_total", **failed) == 1
+
+
+def test_labels_hold_no_number_and_no_id(api: Api, termii: FakeTermii):
+    vid = api.start().get_json()["id"]
+    text = api.client.get("/metrics").get_data(as_text=True)
+    assert vid not in text
+    assert PHONE.lstrip("+") not in text
+    assert termii.last_code() not in text.replace("0.", "")
+
+
+def test_a_metrics_token_guards_the_endpoint(make_app, openapi):
+    api = Api(make_app(OTPSVC_METRICS_TOKEN="scrape-token-0123456789"), None, openapi)
+    assert api.client.get("/metrics").status_code == 401
+    wrong = api.client.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    scrape(api, Authorization="Bearer scrape-token-0123456789")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("OTPSVC_REQUIRE_PROMETHEUS"):
+            pytest.fail(f"{name} is required here (Debian package prometheus)")
+        pytest.skip(f"{name} is not installed (Debian package prometheus; .ci/run installs it)")
+    return path
+
+
+def test_the_alert_rules_pass_promtool():
+    promtool = _tool("promtool")
+    subprocess.run([promtool, "check", "rules", str(ALERTS / "alerts.yml")], check=True)
+    subprocess.run([promtool, "test", "rules", "alerts_test.yml"], check=True, cwd=ALERTS)
+
+
+def test_a_real_prometheus_scrapes_a_real_otpsvc(redis_url, redis_client, termii, tmp_path):
+    """otpsvc serve (2 workers, multiprocess metrics) and Prometheus scraping it every second;
+    starts made through either worker are summed and read back through Prometheus's API."""
+    prometheus = _tool("prometheus")
+    port, prom_port = free_port(), free_port()
+    env = {**os.environ, **fake_termii_env(redis_url, termii), "PORT": str(port),
+           "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}  # fmt: skip
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    service = subprocess.Popen([sys.executable, "-m", "otpsvc", "serve"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "otpsvc",
+                            "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+    }))  # fmt: skip
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_serving(base, service)
+        auth = {"Authorization": f"Bearer {KEY_A}"}
+        for i in range(6):
+            phone = f"+23480312345{i:02d}"
+            assert requests.post(f"{base}/otp/start", json={"phone": phone}, headers=auth,
+                                 timeout=10).status_code == 201  # fmt: skip
+        query = urllib.parse.quote('sum(otpsvc_verifications_started_total{outcome="created"})')
+        deadline = time.monotonic() + 60
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                answer = requests.get(
+                    f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}", timeout=2
+                ).json()
+                result = answer["data"]["result"]
+                seen = float(result[0]["value"][1]) if result else None
+            except (requests.ConnectionError, ValueError, KeyError):
+                seen = None
+            if seen == 6:
+                break
+            time.sleep(0.5)
+        assert seen == 6
+    finally:
+        for process in (server, service):
+            process.send_signal(signal.SIGTERM)
+        for process in (server, service):
+            process.wait(30)

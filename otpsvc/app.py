@@ -14,12 +14,14 @@ from otpsvc.api import dev, health, otp, problems, tracing, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
+from otpsvc.api.schemas import verification_view
 from otpsvc.config import Settings, load_settings
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import mask_e164 as mask
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
+from otpsvc.events import EventQueue, EventSettings
 from otpsvc.logs import JsonFormatter, RequestIdFilter
 from otpsvc.store import VerificationStore, connect, parse_redis_url
 from otpsvc.store.breaker import BreakerStore
@@ -115,6 +117,34 @@ def create_app(
         test_numbers={number.e164: number for number in settings.test_numbers},
         allowed_countries=settings.allowed_countries,
     )
+    events = EventQueue(
+        client,
+        settings.redis_prefix,
+        EventSettings(
+            webhooks=settings.event_webhooks,
+            secrets=settings.event_webhook_secrets,
+            retry_base=settings.event_retry_base,
+            retry_window=settings.event_retry_window,
+        ),
+    )
+
+    def on_event(owner: str, event_type: str, verification_id: str) -> None:
+        """The verification as GET /otp/{id} shows it, queued for the client's webhook.
+
+        ``verification.started`` is not sent: it only starts watching the verification's
+        expiry, for ``verification.expired``; every other event ends that watch."""
+        if not events.wanted(owner):
+            return
+        verification = service.get(client=owner, verification_id=verification_id)
+        view = verification_view(verification)
+        if event_type == "verification.started":
+            events.track(owner, view, verification.expires_at)
+            return
+        if event_type != "delivery.updated":
+            events.untrack(verification_id)
+        events.emit(owner, event_type, view)
+
+    service.on_event = on_event
     app.extensions["otpsvc"] = Runtime(
         settings=settings,
         redis=client,
@@ -124,6 +154,7 @@ def create_app(
         request_limits=RequestLimits(client, settings, clock, keyring.subject_key),
         idempotency=IdempotencyStore(client, settings.redis_prefix, settings.idempotency_ttl),
         inbox=inbox,
+        events=events,
     )
 
     tracing.register(app)

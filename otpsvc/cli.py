@@ -7,10 +7,13 @@ exactly as the service sees it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +32,7 @@ from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
 from otpsvc.dev.redis_server import RedisServer
 from otpsvc.errors import ConfigError, StoreUnavailable
+from otpsvc.events import EventQueue, EventSettings, EventWorker
 from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.redis_store import store_guard
@@ -114,8 +118,14 @@ def dev(host: str, port: int) -> None:
     env.setdefault("OTPSVC_PROVIDERS", "console")
     env["OTPSVC_DEV_MODE"] = "true"
     setup_from_environment()
+    worker = None
     try:
         app = create_app(env)
+        events = app.extensions["otpsvc"].events
+        if events.settings.webhooks:
+            # In dev mode the event worker runs inside the dev process.
+            worker = EventWorker(events, name="dev")
+            threading.Thread(target=worker.run, daemon=True).start()
         click.echo(
             BANNER.format(
                 base=f"http://{host}:{port}",
@@ -128,6 +138,8 @@ def dev(host: str, port: int) -> None:
         click.echo(str(exc), err=True)
         sys.exit(CONFIG_ERROR)
     finally:
+        if worker:
+            worker.stop()
         if server:
             server.close()
 
@@ -144,6 +156,62 @@ def serve() -> None:
     config = resources.files("otpsvc").joinpath("gunicorn.conf.py")
     argv = [sys.executable, "-m", "gunicorn", "--config", str(config), "otpsvc.app:create_app()"]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so signals reach gunicorn
+
+
+def _event_queue(settings: Settings) -> EventQueue:
+    client, _, _ = _store_parts(settings)
+    return EventQueue(
+        client,
+        settings.redis_prefix,
+        EventSettings(
+            webhooks=settings.event_webhooks,
+            secrets=settings.event_webhook_secrets,
+            retry_base=settings.event_retry_base,
+            retry_window=settings.event_retry_window,
+        ),
+    )
+
+
+@main.command()
+def worker() -> None:
+    """Deliver events to the apps' webhooks; several workers may run. Stops on SIGTERM/SIGINT."""
+    _audit_to_stderr()
+    settings = _settings()
+    consumer = EventWorker(_event_queue(settings))
+    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    click.echo(f"event worker {consumer.name} started", err=True)
+    try:
+        consumer.run()
+    except KeyboardInterrupt:
+        consumer.stop()
+
+
+@main.group()
+def events() -> None:
+    """Events that could not be delivered within the retry window."""
+
+
+@events.command("failed")
+def events_failed() -> None:
+    """List the events kept as failed: id, client, type, when."""
+    with _redis_errors(), store_guard():
+        failed = _event_queue(_settings()).failed()
+    for message_id, record in sorted(failed.items(), key=lambda item: item[1]["failed_at"]):
+        event_type = json.loads(record["body"]).get("type")
+        click.echo(f"{message_id}  {record['client']}  {event_type}  {record['failed_at']}")
+    if not failed:
+        click.echo("no failed events")
+
+
+@events.command("replay")
+@click.argument("message_id")
+def events_replay(message_id: str) -> None:
+    """Queue a failed event again, with the same webhook-id."""
+    with _redis_errors(), store_guard():
+        found = _event_queue(_settings()).replay(message_id)
+    if not found:
+        raise click.ClickException(f"no failed event {message_id}")
+    click.echo(f"{message_id} queued again")
 
 
 @main.command("check-config")

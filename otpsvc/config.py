@@ -21,10 +21,12 @@ from typing import Any
 import limits
 import phonenumbers
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
+from standardwebhooks import Webhook
 
 from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.errors import ConfigError
 from otpsvc.store.connection import parse_redis_url
+from otpsvc.voice.base import https_problem
 from otpsvc.voice.registry import PROVIDERS
 
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
@@ -101,6 +103,7 @@ SECRET_SETTINGS = frozenset(
         "OTPSVC_API_KEYS",
         "OTPSVC_TEST_NUMBERS",
         "OTPSVC_METRICS_TOKEN",
+        "OTPSVC_EVENT_WEBHOOK_SECRETS",
         "OTPSVC_TERMII_API_KEY",
         "OTPSVC_TERMII_WEBHOOK_SECRET",
         "OTPSVC_SEVENIO_API_KEY",
@@ -187,6 +190,11 @@ class Settings:
     breaker_cooloff: int = 30
     deny_block: int = 3600
     log_level: str = "INFO"
+    #: Per API client, the URL its events go to, and the secret they are signed with.
+    event_webhooks: Mapping[str, str] = field(default_factory=dict)
+    event_webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    event_retry_base: float = 5.0
+    event_retry_window: int = 86400
     #: When set, GET /metrics needs "Authorization: Bearer <token>".
     metrics_token: str | None = field(default=None, repr=False)
 
@@ -386,6 +394,16 @@ class _SettingsSchema(Schema):
         load_default="en",
         validate=validate.Regexp(r"\A[a-z]{2}\Z", error="a two-letter language code"),
     )
+    event_webhooks = fields.String(data_key="OTPSVC_EVENT_WEBHOOKS", load_default="")
+    event_webhook_secrets = fields.String(data_key="OTPSVC_EVENT_WEBHOOK_SECRETS", load_default="")
+    event_retry_base = fields.Float(
+        data_key="OTPSVC_EVENT_RETRY_BASE", load_default=5.0, validate=validate.Range(0.05, 600)
+    )
+    event_retry_window = fields.Integer(
+        data_key="OTPSVC_EVENT_RETRY_WINDOW",
+        load_default=86400,
+        validate=validate.Range(60, 604800),
+    )
     metrics_token = fields.String(
         data_key="OTPSVC_METRICS_TOKEN", load_default=None, validate=validate.Length(min=16)
     )
@@ -454,6 +472,10 @@ class _SettingsSchema(Schema):
         data["secret_key_fallbacks"] = _parse_fallbacks(data["secret_key_fallbacks"])
         data["test_numbers"] = _parse_test_numbers(data["test_numbers"])
         data["trusted_proxy_networks"] = _parse_networks(data["trusted_proxy_networks"])
+        data["event_webhooks"] = _parse_pairs(data["event_webhooks"], "OTPSVC_EVENT_WEBHOOKS")
+        data["event_webhook_secrets"] = _parse_pairs(
+            data["event_webhook_secrets"], "OTPSVC_EVENT_WEBHOOK_SECRETS"
+        )
         data["providers"] = tuple(_split(data["providers"]))
         data["routes"] = _parse_routes(data["routes"])
         data["allowed_countries"] = _parse_countries(data["allowed_countries"])
@@ -557,6 +579,41 @@ def _parse_api_keys(value: str) -> tuple[ApiClient, ...]:
     if len(set(every)) != len(every):
         raise ValidationError("keys must be unique")
     return tuple(ApiClient(name=name, key_digests=tuple(keys)) for name, keys in digests.items())
+
+
+def _parse_pairs(value: str, variable: str) -> dict[str, str]:
+    """``client=value;client=value`` -> {client: value}."""
+    pairs: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(";") if part.strip()):
+        name, sep, item = entry.partition("=")
+        if not sep or not CLIENT_NAME.match(name.strip()) or not item.strip():
+            raise ValidationError(f"{variable}: each entry must be client=value")
+        pairs[name.strip()] = item.strip()
+    return pairs
+
+
+def _event_problems(core: Mapping[str, Any]) -> list[str]:
+    """Webhooks only for known clients, each with a valid secret, each URL https (plain http
+    only to a loopback address, or in dev mode)."""
+    problems: list[str] = []
+    clients = {c.name for c in core.get("clients", ())}
+    secrets = core.get("event_webhook_secrets", {})
+    for client, url in core.get("event_webhooks", {}).items():
+        if client not in clients:
+            problems.append(f"OTPSVC_EVENT_WEBHOOKS: {client!r} is not a client of OTPSVC_API_KEYS")
+        if client not in secrets:
+            problems.append(f"OTPSVC_EVENT_WEBHOOK_SECRETS: no secret for {client!r}")
+        problem = https_problem(url, allow_http=bool(core.get("dev_mode")))
+        if problem:
+            problems.append(f"OTPSVC_EVENT_WEBHOOKS: {client}: {problem}")
+    for client, secret in secrets.items():
+        try:
+            Webhook(secret)
+        except Exception:
+            problems.append(
+                f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: not a whsec_<base64> signing secret"
+            )
+    return problems
 
 
 def _parse_networks(
@@ -697,7 +754,14 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "
             "networks your proxies connect from, or anyone reaching the port picks their own IP"
         )
-    checked_above = {"OTPSVC_SECRET_KEY", "OTPSVC_SECRET_KEY_FALLBACKS", "OTPSVC_API_KEYS"}
+    if core:
+        problems += _event_problems(core)
+    checked_above = {
+        "OTPSVC_SECRET_KEY",
+        "OTPSVC_SECRET_KEY_FALLBACKS",
+        "OTPSVC_API_KEYS",
+        "OTPSVC_EVENT_WEBHOOK_SECRETS",
+    }
     for name in sorted(SECRET_SETTINGS - checked_above):
         value = relevant.get(name)
         if isinstance(value, str) and any(m in value.lower() for m in PLACEHOLDER_MARKERS):

@@ -73,6 +73,11 @@ DELIVERY_REPORTS = Counter(
     "Provider delivery reports by provider and status.",
     ["provider", "status"],
 )
+EVENTS = Counter(
+    "otpsvc_events_total",
+    "Events to the apps by type and outcome (queued, delivered, retry, failed, lost).",
+    ["type", "outcome"],
+)
 STORE_ERRORS = Counter(
     "otpsvc_store_errors_total", "Redis did not answer (each is a 503 store_unavailable)."
 )

@@ -15,6 +15,7 @@ from otpsvc.core.addresses import address_bucket
 from otpsvc.core.service import VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.errors import Unauthorized
+from otpsvc.events import EventQueue
 from otpsvc.store import VerificationStore
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.idempotency import IdempotencyStore
@@ -33,6 +34,7 @@ class Runtime:
     request_limits: RequestLimits
     idempotency: IdempotencyStore
     inbox: CallInbox | None
+    events: EventQueue
 
     def client_for_key(self, presented: str) -> str | None:
         """The client whose key this is. Every stored digest is compared, in constant time."""

@@ -89,7 +89,10 @@ class VerificationService:
         clock: Clock,
         test_numbers: Mapping[str, TestNumber] | None = None,
         allowed_countries: frozenset[str] | None = None,
+        on_event: Callable[[str, str, str], None] | None = None,
     ) -> None:
+        #: (client, event type, verification id) after each state change an app is told of.
+        self.on_event = on_event or (lambda client, event_type, verification_id: None)
         self.test_numbers = dict(test_numbers or {})
         self.allowed_countries = allowed_countries
         self.abuse = abuse
@@ -264,6 +267,7 @@ class VerificationService:
                 phone=phone.masked,
                 providers=[e.provider for e in exc.errors],
             )
+            self.on_event(client, "verification.delivery_failed", reservation.id)
             raise DeliveryFailed(
                 "no provider accepted the call; no code was issued",
                 verification_id=reservation.id,
@@ -296,6 +300,7 @@ class VerificationService:
             provider=result.provider,
             delivery=result.status,
         )
+        self.on_event(client, "verification.started", reservation.id)
         record.update(p=result.provider, ds=result.status)
         if result.message_id:
             record["mid"] = result.message_id
@@ -421,6 +426,7 @@ class VerificationService:
                 metrics.APPROVALS.labels(
                     ticket.provider or "none", self._country_of(ticket.phone_masked)
                 ).inc()
+                self.on_event(client, "verification.approved", verification_id)
                 if ticket.provider == "test":
                     audit("test_number", id=verification_id, client=client, result="approved")
                 return CheckOutcome(verification_id, True, Status.APPROVED, remaining)
@@ -439,6 +445,7 @@ class VerificationService:
         )
         if status is Status.MAX_ATTEMPTS_REACHED:
             audit("lockout", id=verification_id, client=client)
+            self.on_event(client, "verification.max_attempts_reached", verification_id)
         return CheckOutcome(verification_id, False, status, remaining)
 
     def get(self, *, client: str, verification_id: str) -> Verification:
@@ -463,6 +470,8 @@ class VerificationService:
                 "this verification has no check attempts left; it cannot be canceled",
             )
         audit("cancel", id=verification_id, client=client)
+        if result == "canceled":
+            self.on_event(client, "verification.canceled", verification_id)
         return self.get(client=client, verification_id=verification_id)
 
     def delivery_report(
@@ -486,6 +495,10 @@ class VerificationService:
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
         metrics.DELIVERY_REPORTS.labels(provider or "unknown", status).inc()
+        if result == "applied":
+            owner = self.store.load(verification_id).get("c")
+            if owner:
+                self.on_event(owner, "delivery.updated", verification_id)
         return result
 
     def keypress(
@@ -517,6 +530,8 @@ class VerificationService:
             metrics.APPROVALS.labels(
                 fields.get("p") or "none", self._country_of(fields["pm"])
             ).inc()
+        if result in ("approved", "denied"):
+            self.on_event(fields["c"], f"verification.{result}", verification_id)
         return result
 
     def _find(

@@ -227,19 +227,26 @@ def _never_sent(exc: requests.ConnectionError) -> bool:
     )
 
 
-def _https_unless_loopback(url: str) -> None:
-    """API keys and spoken codes go to the provider: plain HTTP only to this machine (a local
-    stand-in in tests), never over a network."""
+def https_problem(url: str, *, allow_http: bool = False) -> str | None:
+    """Why a URL that secrets go to is not acceptable: https, or plain http only to this
+    machine (a local stand-in) or when ``allow_http``; None when it is fine."""
     parts = urlsplit(url)
-    if parts.scheme == "https":
-        return
-    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an https:// URL"
+    if parts.scheme == "https" or allow_http:
+        return None
+    host = parts.hostname
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback:
-        raise ValidationError("must be an https:// URL (plain http only to a loopback address)")
+    return None if loopback else "must be an https:// URL (plain http only to a loopback address)"
+
+
+def _https_unless_loopback(url: str) -> None:
+    problem = https_problem(url)
+    if problem:
+        raise ValidationError(problem)
 
 
 def base_url_field(variable: str, default: str) -> fields.Url:

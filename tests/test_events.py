@@ -1,0 +1,236 @@
+"""Events to the apps: Standard Webhooks signatures, retries, a killed worker, tenant isolation,
+failed events and their replay, against real local receivers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from standardwebhooks import Webhook
+from werkzeug.wrappers import Request, Response
+
+from otpsvc.cli import main
+from otpsvc.events import EventWorker
+from tests.conftest import KEY_A, KEY_B, PHONE, Api, fake_termii_env, wrong_code
+from tests.fakes.http import FakeServer, Recorded
+from tests.fakes.termii import FakeTermii
+
+SECRET_A = "whsec_" + base64.b64encode(b"a" * 8 + secrets.token_bytes(24)).decode()
+SECRET_B = "whsec_" + base64.b64encode(b"b" * 8 + secrets.token_bytes(24)).decode()
+
+
+class Receiver(FakeServer):
+    """An app's webhook endpoint: answers the scripted statuses in turn, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        super().__init__()
+        self.statuses = list(statuses or [])
+
+    def handle(self, request: Request, recorded: Recorded) -> Response:
+        status = self.statuses.pop(0) if self.statuses else 200
+        return Response("", status=status)
+
+    def events(self) -> list[dict]:
+        return [json.loads(r.body) for r in self.requests]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def wait_for(condition, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def event_env(**webhooks: Receiver) -> dict[str, str]:
+    names = {"a": "client-a", "b": "client-b"}
+    hooks = ";".join(f"{names[k]}={r.url}/hooks/otp" for k, r in webhooks.items())
+    keys = ";".join(f"{names[k]}={SECRET_A if k == 'a' else SECRET_B}" for k in webhooks)
+    return {
+        "OTPSVC_EVENT_WEBHOOKS": hooks,
+        "OTPSVC_EVENT_WEBHOOK_SECRETS": keys,
+        "OTPSVC_EVENT_RETRY_BASE": "0.1",
+    }
+
+
+@pytest.fixture
+def worker_for():  # type: ignore[no-untyped-def]
+    running: list[tuple[EventWorker, threading.Thread]] = []
+
+    def start(app) -> EventWorker:  # type: ignore[no-untyped-def]
+        worker = EventWorker(app.extensions["otpsvc"].events)
+        thread = threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True)
+        thread.start()
+        running.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in running:
+        worker.stop()
+        thread.join(10)
+
+
+def test_an_approval_arrives_signed_per_standard_webhooks(
+    make_app, openapi, termii: FakeTermii, receiver: Receiver, worker_for
+):
+    app = make_app(**event_env(a=receiver))
+    api = Api(app, KEY_A, openapi)
+    worker_for(app)
+    vid = api.start().get_json()["id"]
+    code = termii.last_code()
+    api.check(vid, code)
+    wait_for(lambda: any(e["type"] == "verification.approved" for e in receiver.events()))
+    request = next(r for r in receiver.requests if b"verification.approved" in r.body)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    payload = Webhook(SECRET_A).verify(request.body, headers)
+    assert payload["data"]["id"] == vid
+    assert payload["data"]["status"] == "approved"
+    assert headers["webhook-id"].startswith("msg_")
+    assert code not in request.body.decode()
+    assert PHONE not in request.body.decode()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any verification error will do
+        Webhook(SECRET_B).verify(request.body, headers)
+
+
+def test_a_receiver_down_three_times_gets_the_event_once_with_one_id(
+    make_app, openapi, termii: FakeTermii, worker_for
+):
+    receiver = Receiver([503, 503, 503])
+    try:
+        app = make_app(**event_env(a=receiver))
+        api = Api(app, KEY_A, openapi)
+        worker_for(app)
+        api.cancel(api.start().get_json()["id"])
+        wait_for(lambda: len(receiver.requests) >= 4)
+        time.sleep(0.5)
+        tries = [r for r in receiver.requests if b"verification.canceled" in r.body]
+        assert len(tries) == 4
+        assert len({r.headers["Webhook-Id"] for r in tries}) == 1
+    finally:
+        receiver.close()
+
+
+def test_events_for_one_client_never_go_to_another(
+    make_app, openapi, termii: FakeTermii, receiver: Receiver, worker_for
+):
+    other = Receiver()
+    try:
+        app = make_app(**event_env(a=receiver, b=other))
+        worker_for(app)
+        a, b = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+        a.cancel(a.start().get_json()["id"])
+        b_id = b.start("+2348031234500").get_json()["id"]
+        b.check(b_id, wrong_code(termii.last_code()))
+        b.cancel(b_id)
+        wait_for(lambda: receiver.requests and other.requests)
+        time.sleep(0.5)
+        assert all(e["type"] == "verification.canceled" for e in receiver.events())
+        assert {e["data"]["id"] for e in other.events()} == {b_id}
+        assert all(e["data"]["id"] != b_id for e in receiver.events())
+    finally:
+        other.close()
+
+
+def test_a_worker_killed_mid_delivery_loses_nothing(
+    make_app, openapi, termii: FakeTermii, redis_url, receiver: Receiver
+):
+    """The first delivery hangs; that worker process is killed; the next worker delivers it."""
+    app = make_app(**event_env(a=receiver))
+    api = Api(app, KEY_A, openapi)
+    receiver.hang = True
+    env = {**os.environ, **fake_termii_env(redis_url, termii), **event_env(a=receiver)}
+    first = subprocess.Popen([sys.executable, "-m", "otpsvc", "worker"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    second = None
+    try:
+        api.cancel(api.start().get_json()["id"])
+        wait_for(lambda: len(receiver.requests) >= 1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        receiver.hang = False
+        receiver._release.set()
+        second = subprocess.Popen([sys.executable, "-m", "otpsvc", "worker"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        wait_for(lambda: len(receiver.requests) >= 2, timeout=30)
+        ids = {r.headers["Webhook-Id"] for r in receiver.requests}
+        assert len(ids) == 1
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(10)
+
+
+def test_an_event_past_its_window_is_kept_failed_and_can_be_replayed(
+    make_app, openapi, termii: FakeTermii, redis_url, receiver: Receiver
+):
+    app = make_app(**event_env(a=receiver))
+    events = app.extensions["otpsvc"].events
+    body = json.dumps({"type": "verification.canceled", "timestamp": "x", "data": {}})
+    events.add("msg_old", "client-a", body, queued=time.time() - 90_000)
+    worker = EventWorker(events)
+    worker.ensure_group()
+    worker.step(block_ms=100)
+    assert not receiver.requests
+    env = {**fake_termii_env(redis_url, termii), **event_env(a=receiver)}
+    listed = CliRunner().invoke(main, ["events", "failed"], env=env)
+    assert "msg_old" in listed.output
+    assert "verification.canceled" in listed.output
+    replayed = CliRunner().invoke(main, ["events", "replay", "msg_old"], env=env)
+    assert replayed.exit_code == 0, replayed.output
+    worker.step(block_ms=100)
+    assert [r.headers["Webhook-Id"] for r in receiver.requests] == ["msg_old"]
+    assert "no failed events" in CliRunner().invoke(main, ["events", "failed"], env=env).output
+
+
+def test_webhook_urls_must_be_https_off_this_machine(redis_url):
+    from otpsvc.config import load_settings
+    from otpsvc.errors import ConfigError
+    from tests.conftest import termii_env
+
+    env = termii_env(
+        redis_url,
+        OTPSVC_EVENT_WEBHOOKS="client-a=http://app.example.com/hooks",
+        OTPSVC_EVENT_WEBHOOK_SECRETS=f"client-a={SECRET_A}",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert "OTPSVC_EVENT_WEBHOOKS" in str(info.value)
+    env["OTPSVC_EVENT_WEBHOOKS"] = "nobody=https://app.example.com/hooks"
+    with pytest.raises(ConfigError):
+        load_settings(env)
+
+
+def test_only_a_verification_that_timed_out_pending_is_told_expired(
+    make_app, openapi, termii: FakeTermii, receiver: Receiver, worker_for, clock
+):
+    app = make_app(**event_env(a=receiver))
+    api = Api(app, KEY_A, openapi)
+    pending = api.start().get_json()["id"]
+    approved = api.start("+2348031234500").get_json()["id"]
+    api.check(approved, termii.last_code())
+    events = app.extensions["otpsvc"].events
+    assert events.expire_due(clock() + 301) == 1
+    assert events.expire_due(clock() + 301) == 0  # told once
+    worker_for(app)
+    wait_for(lambda: any(e["type"] == "verification.expired" for e in receiver.events()))
+    time.sleep(0.3)
+    expired = [e for e in receiver.events() if e["type"] == "verification.expired"]
+    assert [e["data"]["id"] for e in expired] == [pending]
+    assert expired[0]["data"]["status"] == "expired"

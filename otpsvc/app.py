@@ -120,12 +120,7 @@ def create_app(
     events = EventQueue(
         client,
         settings.redis_prefix,
-        EventSettings(
-            webhooks=settings.event_webhooks,
-            secrets=settings.event_webhook_secrets,
-            retry_base=settings.event_retry_base,
-            retry_window=settings.event_retry_window,
-        ),
+        EventSettings.from_settings(settings),
     )
 
     def on_event(owner: str, event_type: str, verification_id: str) -> None:

@@ -163,12 +163,7 @@ def _event_queue(settings: Settings) -> EventQueue:
     return EventQueue(
         client,
         settings.redis_prefix,
-        EventSettings(
-            webhooks=settings.event_webhooks,
-            secrets=settings.event_webhook_secrets,
-            retry_base=settings.event_retry_base,
-            retry_window=settings.event_retry_window,
-        ),
+        EventSettings.from_settings(settings),
     )
 
 

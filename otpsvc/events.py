@@ -35,6 +35,7 @@ import requests
 from standardwebhooks import Webhook
 
 from otpsvc import metrics
+from otpsvc.config import Settings
 from otpsvc.store.connection import STORE_ERRORS, RedisClient
 
 log = logging.getLogger("otpsvc.events")
@@ -52,6 +53,15 @@ class EventSettings:
     retry_window: float = 86400.0
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventSettings:
+        return cls(
+            webhooks=settings.event_webhooks,
+            secrets=settings.event_webhook_secrets,
+            retry_base=settings.event_retry_base,
+            retry_window=settings.event_retry_window,
+        )
 
 
 class EventQueue:

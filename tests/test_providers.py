@@ -148,14 +148,21 @@ def test_cequens_expired_token_is_renewed_before_use(make_app, openapi, cequens:
     assert len(cequens.calls) == 2
 
 
+def test_cequens_signs_in_at_the_path_with_the_trailing_slash(cequens_api: Api, cequens):
+    """The path without the slash redirects; redirects are not followed: the slash is needed."""
+    assert cequens_api.start("+201001234567").status_code == 201
+    assert [r.path for r in cequens.requests][:1] == ["/auth/v1/tokens/"]
+
+
 def test_cequens_request_shape(cequens_api: Api, cequens: FakeCequens):
     """Arabic text for an Egyptian number, the Zeina voice, repeats and a tokened status URL."""
     data = cequens_api.start("+201001234567").get_json()
     body = cequens.calls[-1].json
-    assert body["recipientNumber"] == "+201001234567"
+    assert body["recipientNumber"] == "201001234567"  # digits, as CEQUENS's own examples
     assert body["voiceName"] == "Zeina"
     assert body["sayTextRepeats"] == 2
-    assert body["answerTimeout"] == 30
+    assert body["ringingDuration"] == 30
+    assert body["metaData"] == {"key": "verification", "value": data["id"]}
     assert body["collectDtmf"] is False
     assert body["sayText"].startswith("رمز التحقق الخاص بك من otpsvc هو")
     assert body["statusCallbackEndpoint"].startswith(f"{PUBLIC_URL}/webhooks/cequens/{data['id']}.")
@@ -239,3 +246,20 @@ def test_hanging_cequens_sign_in_is_a_definite_failure(
     assert data["provider"] == "sevenio"
     assert data["delivery"]["status"] == "queued"
     assert cequens.calls == []
+
+
+def test_alphasms_success_may_be_the_integer_1(alpha_api: Api, alphasms: FakeAlphasms):
+    """The doc table types ``success`` as an integer; its examples show ``true``: both work."""
+    alphasms.mode = "integer_success"
+    assert alpha_api.start(UA_MOBILE).status_code == 201
+
+
+def test_sevenio_bare_code_in_json_quotes_keeps_its_meaning(
+    make_app, openapi, sevenio: FakeSevenio, caplog
+):
+    """'"900"' is seven.io's 900 (invalid API key), not an unexpected answer."""
+    api = Api(make_app(OTPSVC_PROVIDERS="sevenio"), KEY_A, openapi)
+    sevenio.mode = '"900"'
+    assert api.start(DE_MOBILE).status_code == 502
+    assert "invalid API key" in caplog.text
+    assert "code 900" in caplog.text

@@ -138,8 +138,33 @@ def test_bad_signature_is_401_and_changes_nothing(seven: Seven):
     assert seven.api.get(data["id"]).get_json()["delivery"]["status"] == "queued"
 
 
-def test_stale_timestamp_is_refused(seven: Seven, clock: FakeClock):
-    """A correctly signed hook 31 s old is refused."""
+@pytest.mark.parametrize(("age", "status"), [(200, 200), (299, 200), (301, 401)])
+def test_hook_age_window_is_300_seconds_by_default(seven: Seven, clock: FakeClock, age, status):
+    """seven.io retries hourly and its own verifier allows 300 s of skew: so does this one."""
+    data = started(seven)
+    headers, body = signed_sevenio(
+        {
+            "webhook_event": "voice_status",
+            "data": {"id": data["delivery"]["provider_message_id"], "status": "ringing"},
+        },
+        int(clock()) - age,
+    )
+    response = seven.hooks.request(
+        "POST", "/webhooks/sevenio", data=body, headers=headers, content_type="application/json"
+    )
+    assert response.status_code == status
+
+
+def test_stale_timestamp_is_refused(make_app, openapi, clock: FakeClock):
+    """With OTPSVC_SEVENIO_WEBHOOK_MAX_AGE=30, a correctly signed hook 31 s old is refused."""
+    seven = Seven(
+        Api(
+            make_app(OTPSVC_PROVIDERS="sevenio", OTPSVC_SEVENIO_WEBHOOK_MAX_AGE="30"),
+            KEY_A,
+            openapi,
+        ),
+        clock,
+    )
     data = started(seven)
     headers, body = signed_sevenio(
         {
@@ -316,3 +341,32 @@ def test_non_ascii_tokens_and_signatures_are_401_not_500(make_app, openapi, path
     hooks = Api(app, None, openapi)
     response = hooks.request("POST", path, json={"status": "completed"}, headers=headers)
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("reported", "shown"),
+    [
+        ("Delivered", "completed"),
+        ("DELIVERED | Message delivered to handset", "completed"),
+        ("Message Failed", "failed"),
+        ("DND Active on Phone Number", "failed"),
+    ],
+)
+def test_termii_report_words_in_any_case_and_older_form(
+    make_app, openapi, termii: FakeTermii, reported: str, shown: str
+):
+    api = Api(make_app(OTPSVC_TERMII_WEBHOOK_SECRET=TERMII_WEBHOOK_SECRET), KEY_A, openapi)
+    data = api.start().get_json()
+    body = json.dumps(
+        {"message_id": data["delivery"]["provider_message_id"], "status": reported}
+    ).encode()
+    signature = hmac.new(TERMII_WEBHOOK_SECRET.encode(), body, hashlib.sha512).hexdigest()
+    answer = Api(api.app, None, openapi).request(
+        "POST",
+        "/webhooks/termii",
+        data=body,
+        headers={"X-Termii-Signature": signature},
+        content_type="application/json",
+    )
+    assert answer.get_json()["result"] == "applied"
+    assert api.get(data["id"]).get_json()["delivery"]["status"] == shown

@@ -2,7 +2,8 @@
 
 - ``POST /webhooks/sevenio``: seven.io hooks (``voice_status``, ``voice_dtmf``), created with
   ``request_method: JSON``. ``X-Signature`` is HMAC-SHA256 with the signing key over timestamp,
-  nonce, method, full URL and MD5 of the body; older than 30 s or a reused nonce is refused.
+  nonce, method, full URL and MD5 of the body; older than ``OTPSVC_SEVENIO_WEBHOOK_MAX_AGE``
+  (300 s) or a reused nonce is refused.
 - ``GET|POST /webhooks/cequens/<token>/status`` and ``.../dtmf``: CEQUENS callbacks; the token in
   the URL is made with the server secret for one endpoint of one send of one verification.
 - ``POST /webhooks/termii``: Termii events with ``X-Termii-Signature`` (HMAC-SHA512 of the body);
@@ -26,9 +27,7 @@ from otpsvc.errors import NotFound, Unauthorized
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
-SEVENIO_MAX_AGE = 30
 TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
-NONCE_TTL = 2 * SEVENIO_MAX_AGE + 60
 
 # Status words of each provider, mapped to otpsvc's delivery statuses.
 SEVENIO_STATUSES = {
@@ -105,11 +104,11 @@ def sevenio() -> Response:
     if not _same(expected, request.headers.get("X-Signature", "")):
         raise Unauthorized("bad signature")
     # ASCII digits only: str.isdigit() also takes "²", which int() then refuses (a 500).
-    if not TIMESTAMP.fullmatch(timestamp) or abs(rt.service.clock() - int(timestamp)) > (
-        SEVENIO_MAX_AGE
-    ):
+    max_age = rt.settings.provider_settings["sevenio"].webhook_max_age
+    if not TIMESTAMP.fullmatch(timestamp) or abs(rt.service.clock() - int(timestamp)) > max_age:
         raise Unauthorized("stale or missing timestamp")
-    if not nonce or not rt.store.first_use_of_nonce("sevenio", nonce, NONCE_TTL):
+    # A nonce is remembered at least twice as long as a hook may be old.
+    if not nonce or not rt.store.first_use_of_nonce("sevenio", nonce, 2 * max_age + 60):
         raise Unauthorized("nonce already used")
 
     payload: Any = request.get_json(silent=True)
@@ -195,7 +194,10 @@ def termii() -> Response:
     payload: Any = request.get_json(silent=True)
     if not isinstance(payload, dict) or not payload.get("message_id"):
         return _done("ignored")
-    status = TERMII_STATUSES.get(str(payload.get("status", "")).lower())
+    # "Delivered", "Message Sent", ... and, in older payloads,
+    # "DELIVERED | Message delivered to handset": the words before "|", in any case.
+    word = str(payload.get("status", "")).split("|", 1)[0].strip().lower()
+    status = TERMII_STATUSES.get(word)
     if status is None:
         return _done("ignored")
     return _done(

@@ -96,7 +96,7 @@ class AlphasmsProvider(HttpProvider):
             raise ProviderError(
                 self.name, "unexpected answer", http_status=response.status_code, health=True
             )
-        if payload.get("success") is not True:
+        if not _succeeded(payload.get("success")):
             # The whole request was refused (a bad key, no balance): the account, not a number.
             raise ProviderError(
                 self.name,
@@ -106,9 +106,15 @@ class AlphasmsProvider(HttpProvider):
             )
         items = payload.get("data")
         item = items[0] if isinstance(items, list) and items else None
-        if not isinstance(item, dict) or item.get("success") is not True:
+        if not isinstance(item, dict) or not _succeeded(item.get("success")):
             error = item.get("error") if isinstance(item, dict) else "no item in the answer"
             raise ProviderError(self.name, "call refused", provider_text=str(error)[:200])
         data = item.get("data")
         message_id = data.get("msg_id") if isinstance(data, dict) else None
         return CallResult(provider=self.name, message_id=str(message_id) if message_id else None)
+
+
+def _succeeded(value: object) -> bool:
+    """AlphaSMS's ``success``: its doc table types it "integer" while its examples show ``true``;
+    both ``true`` and ``1`` mean success (``false``, ``0`` and anything else do not)."""
+    return value is True or (type(value) is int and value == 1)

@@ -5,9 +5,14 @@ expires (one per process, shared by all threads), and sign in again once when a 
 The call carries the spoken text, the voice, repeats, the answer timeout, and this service's
 status and DTMF callback URLs, each holding an unguessable per-verification token.
 
-The public documentation confirms only ``sayText`` and ``dtmfCallbackEndpoint``; every other name
-below (paths, JSON keys, the reply shape) is an assumption kept in this one block. Confirm them
-with CEQUENS before going live.
+Sources of the field block below:
+- confirmed by CEQUENS's public voice documentation: ``sayText``, ``dtmfCallbackEndpoint``, the
+  ``metaData`` example as a ``{"key": ..., "value": ...}`` object, ``ringingDuration``, and a
+  recipient written as digits without ``+``;
+- confirmed by public CEQUENS client code: ``POST {base}/auth/v1/tokens/`` (with the trailing
+  slash) taking ``userName`` and ``apiKey`` and answering ``data.access_token``;
+- not confirmed (the rest of the call names, its path and the reply shape): confirm them with
+  CEQUENS before going live, or rename them with ``OTPSVC_CEQUENS_FIELDS`` (not yet built).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from otpsvc.voice.base import (
 )
 from otpsvc.voice.scripts import code_text, keypress_text
 
-SIGNIN_PATH = "/auth/v1/tokens"
+SIGNIN_PATH = "/auth/v1/tokens/"
 CALL_PATH = "/voice/v1/calls"
 SIGNIN_FIELDS = ("userName", "apiKey")
 TOKEN_FIELD = "access_token"  # noqa: S105 - a JSON key, not a secret
@@ -44,7 +49,7 @@ CALL_FIELDS = {
     "voice": "voiceName",
     "neural": "neuralTts",
     "repeats": "sayTextRepeats",
-    "answer_timeout": "answerTimeout",
+    "answer_timeout": "ringingDuration",
     "collect_dtmf": "collectDtmf",
     "dtmf_callback": "dtmfCallbackEndpoint",
     "status_callback": "statusCallbackEndpoint",
@@ -159,7 +164,7 @@ class CequensProvider(HttpProvider):
             text = code_text(call.code, call.locale, brand=self.speech.brand, repeats=1)
         status_url, dtmf_url = callback_urls(self.public_url, call)
         values: dict[str, Any] = {
-            "recipient": call.phone,
+            "recipient": call.phone.lstrip("+"),
             "text": text,
             "voice": self.settings.voice,
             "neural": False,
@@ -167,7 +172,7 @@ class CequensProvider(HttpProvider):
             "answer_timeout": 30,
             "collect_dtmf": keypress,
             "status_callback": status_url,
-            "metadata": {"verification": call.verification_id},
+            "metadata": {"key": "verification", "value": call.verification_id},
         }
         if keypress:
             values["dtmf_callback"] = dtmf_url

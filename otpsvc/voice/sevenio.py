@@ -9,6 +9,7 @@ signing key; see ``otpsvc.api.webhooks``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from marshmallow import Schema, fields, post_load, validate
 
@@ -60,6 +61,9 @@ class SevenioSettings:
     api_key: str
     sender: str | None
     signing_key: str | None
+    #: How old a signed webhook may be, seconds: seven.io retries hooks hourly, and its own
+    #: verifier allows 300 s of clock skew.
+    webhook_max_age: int = 300
 
     def __repr__(self) -> str:
         return f"SevenioSettings(base_url={self.base_url!r}, sender={self.sender!r})"
@@ -72,14 +76,20 @@ class SevenioSettingsSchema(Schema):
         data_key="OTPSVC_SEVENIO_FROM", load_default=None, validate=validate.Length(1, 16)
     )
     signing_key = secret_field("OTPSVC_SEVENIO_SIGNING_KEY", required=False)
+    webhook_max_age = fields.Integer(
+        data_key="OTPSVC_SEVENIO_WEBHOOK_MAX_AGE",
+        load_default=300,
+        validate=validate.Range(10, 3600),
+    )
 
     @post_load
-    def _build(self, data: dict[str, str | None], **_: object) -> SevenioSettings:
+    def _build(self, data: dict[str, Any], **_: object) -> SevenioSettings:
         return SevenioSettings(
             base_url=str(data["base_url"]).rstrip("/"),
             api_key=str(data["api_key"]),
             sender=data["sender"],
             signing_key=data["signing_key"],
+            webhook_max_age=int(data["webhook_max_age"]),
         )
 
 
@@ -141,6 +151,9 @@ def _parse(text: str, payload: object) -> tuple[str, str | None]:
         return str(payload.get("success", "")), str(message_id) if message_id else None
     if isinstance(payload, int):
         return str(payload), None
+    if isinstance(payload, str):
+        # A bare code can come back as a JSON string ("900"): the code without its quotes.
+        return payload.strip(), None
     lines = text.strip().splitlines()
     if not lines:
         return "", None

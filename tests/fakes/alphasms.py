@@ -49,12 +49,13 @@ class FakeAlphasms(FakeServer):
             return json_response(
                 {"success": True, "data": [{"success": False, "error": "Error in Alpha-name"}]}
             )
+        flag: bool | int = 1 if self.mode == "integer_success" else True
         return json_response(
             {
-                "success": True,
+                "success": flag,
                 "data": [
                     {
-                        "success": True,
+                        "success": flag,
                         "data": {"id": item["id"], "msg_id": 123456789, "data": 1, "parts": 1},
                     }
                 ],

@@ -21,11 +21,14 @@ REQUIRED = {
     "voiceName",
     "neuralTts",
     "sayTextRepeats",
-    "answerTimeout",
+    "ringingDuration",
     "collectDtmf",
     "statusCallbackEndpoint",
     "metaData",
 }
+#: Public clients sign in at this path, with the trailing slash; without it the server
+#: redirects, and a client that follows no redirects never signs in.
+SIGNIN = "/auth/v1/tokens/"
 
 
 def make_jwt(expires_at: float) -> str:
@@ -46,7 +49,7 @@ class FakeCequens(FakeServer):
 
     @property
     def sign_ins(self) -> list[Recorded]:
-        return [r for r in self.requests if r.path == "/auth/v1/tokens"]
+        return [r for r in self.requests if r.path == SIGNIN]
 
     @property
     def calls(self) -> list[Recorded]:
@@ -57,7 +60,9 @@ class FakeCequens(FakeServer):
         self.tokens.clear()
 
     def handle(self, request: Request, recorded: Recorded) -> Response:
-        if request.method == "POST" and request.path == "/auth/v1/tokens":
+        if request.path == SIGNIN.rstrip("/"):
+            return Response("", status=308, headers={"Location": SIGNIN})
+        if request.method == "POST" and request.path == SIGNIN:
             body = recorded.json
             if body != {"userName": self.username, "apiKey": self.api_key}:
                 return json_response({"replyCode": 1, "replyMessage": "Invalid credentials"}, 401)
@@ -75,6 +80,12 @@ class FakeCequens(FakeServer):
                 return self.violation(f"missing {sorted(missing)}")
             if body["collectDtmf"] and "dtmfCallbackEndpoint" not in body:
                 return self.violation("collectDtmf without dtmfCallbackEndpoint")
+            recipient = body["recipientNumber"]
+            if not isinstance(recipient, str) or not recipient.isdigit():
+                return self.violation("recipientNumber must be digits without '+'")
+            meta = body["metaData"]
+            if not isinstance(meta, dict) or set(meta) != {"key", "value"}:
+                return self.violation("metaData must be {key, value}")
             if self.mode == "server_error":
                 return json_response({"replyCode": 500, "replyMessage": "Server error"}, 500)
             if self.mode == "refused":

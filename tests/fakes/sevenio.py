@@ -45,6 +45,8 @@ class FakeSevenio(FakeServer):
             return Response("Internal Server Error", status=500)
         if self.mode.isdigit():
             return Response(self.mode, mimetype="text/plain")
+        if self.mode.startswith('"'):
+            return Response(self.mode, mimetype="application/json")
         message_id = next(self._ids)
         if self.mode == "plain" or form.get("json") != "1":
             return Response(f"100\n{message_id}\n0.045", mimetype="text/plain")

@@ -20,7 +20,7 @@ from typing import Self
 
 import redis
 
-from otpsvc.dev.redis_server import Managed, RedisServer, bundled_executable, free_port
+from otpsvc.dev.redis_server import Managed, RedisServer, bundled_executable, free_ports
 
 NODE_TIMEOUT_MS = 1000
 
@@ -161,8 +161,9 @@ class LocalSentinel(Managed):
         self.replica = RedisServer(
             extra_args=("--replicaof", "127.0.0.1", str(self.master.port))
         ).start()
-        for _ in range(3):
-            port = free_port()
+        # All three ports at once: a port chosen while the previous sentinel is still starting
+        # could be chosen twice, and two sentinels on one port never agree.
+        for port in free_ports(3):
             conf = Path(self._dir, f"sentinel-{port}.conf")
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self._dir}\n"
@@ -181,8 +182,17 @@ class LocalSentinel(Managed):
                 )
             self.sentinel_ports.append(port)
         _wait(self._replicating, 30, "the replica did not sync")
-        _wait(self._watched, 30, "the sentinels did not agree")
+        _wait(self._sentinels_up, 30, "a sentinel did not start")
+        _wait(self._watched, 60, "the sentinels did not agree")
         return self
+
+    def _sentinels_up(self) -> bool:
+        if any(process.poll() is not None for process in self._sentinels):
+            raise RuntimeError(f"a sentinel exited: see {self._dir}")
+        for port in self.sentinel_ports:
+            with redis.Redis(port=port, socket_timeout=1) as c:
+                c.ping()
+        return True
 
     def _replicating(self) -> bool:
         assert self.replica is not None

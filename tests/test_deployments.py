@@ -204,3 +204,12 @@ def test_two_instances_on_one_cluster_approve_once(cluster_url: str, termii: Fak
             process.terminate()
         for process in processes:
             process.wait(30)
+
+
+def test_ports_chosen_together_are_distinct():
+    """The local Sentinel takes its three ports in one go: never one port twice."""
+    from otpsvc.dev.redis_server import free_ports
+
+    for _ in range(20):
+        ports = free_ports(6)
+        assert len(set(ports)) == 6

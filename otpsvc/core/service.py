@@ -490,15 +490,13 @@ class VerificationService:
         verification_id = self._find(verification_id, provider, message_id)
         if verification_id is None:
             return "unknown"
-        result = self.store.record_delivery(
+        result, owner = self.store.record_delivery(
             verification_id, message_id=message_id, status=status, now_ms=self._now_ms(), gen=gen
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
         metrics.DELIVERY_REPORTS.labels(provider or "unknown", status).inc()
-        if result == "applied":
-            owner = self.store.load(verification_id).get("c")
-            if owner:
-                self.on_event(owner, "delivery.updated", verification_id)
+        if result == "applied" and owner:
+            self.on_event(owner, "delivery.updated", verification_id)
         return result
 
     def keypress(

@@ -329,15 +329,16 @@ class VerificationStore:
         status: str,
         now_ms: int,
         gen: int | None = None,
-    ) -> str:
+    ) -> tuple[str, str]:
+        """(outcome, the record's API client): the client, for the event an applied report
+        sends, comes back with the outcome instead of costing another read."""
         with store_guard():
-            return str(
-                self._run(
-                    self._delivery,
-                    [self.record_key(verification_id)],
-                    [message_id or "", status, now_ms, "" if gen is None else gen],
-                )
+            outcome, client = self._run(
+                self._delivery,
+                [self.record_key(verification_id)],
+                [message_id or "", status, now_ms, "" if gen is None else gen],
             )
+        return str(outcome), str(client)
 
     def record_keypress(
         self,

@@ -5,27 +5,29 @@
 -- ARGV[3]  now, ms
 -- ARGV[4]  the send the report is about ('' when the callback does not say): another send's
 --          report is ignored
--- Returns 'applied' | 'ignored' (a report of an older send, or no newer than what is known) | 'gone'
+-- Returns {outcome, client}: outcome 'applied' | 'ignored' (a report of an older send, or no newer
+-- than what is known) | 'gone'; client is the record's API client ('' when gone)
 local rank = {initiated = 1, ringing = 2, ['in-progress'] = 3,
   completed = 4, ['no-answer'] = 4, busy = 4, failed = 4}
-local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st', 'g')
+local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st', 'g', 'c')
 if not f[3] then
-  return 'gone'
+  return {'gone', ''}
 end
+local client = f[5] or ''
 if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(f[4]) then
-  return 'ignored'
+  return {'ignored', client}
 end
 if ARGV[1] ~= '' and f[1] ~= ARGV[1] then
-  return 'ignored'
+  return {'ignored', client}
 end
 local new_rank = rank[ARGV[2]]
 local old_rank = rank[f[2]] or 0
 if not new_rank or new_rank <= old_rank then
-  return 'ignored'
+  return {'ignored', client}
 end
 redis.call('HSET', KEYS[1], 'ds', ARGV[2])
 if ARGV[2] == 'no-answer' or ARGV[2] == 'busy' or ARGV[2] == 'failed' then
   -- Nobody heard the code: the person may ask for a new call at once.
   redis.call('HSET', KEYS[1], 'ra', ARGV[3])
 end
-return 'applied'
+return {'applied', client}

@@ -41,7 +41,11 @@ API_KEY = "bench-client-key-0123456789abcdef"
 
 
 class TermiiStandIn(BaseHTTPRequestHandler):
-    """Answers POST /api/sms/otp/call as Termii does and remembers each code it was given."""
+    """Answers POST /api/sms/otp/call as Termii does and remembers each code it was given.
+
+    HTTP/1.1 with keep-alive, as a provider's API is: otpsvc's session reuses its connection."""
+
+    protocol_version = "HTTP/1.1"
 
     codes: dict[str, str] = {}  # noqa: RUF012 - shared by the handler threads on purpose
     lock = threading.Lock()

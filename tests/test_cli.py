@@ -149,9 +149,16 @@ def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTer
         )
         assert response.status_code == 201, response.text
         assert len(termii.calls) == 1
-        workers = subprocess.run(
-            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
+        # gunicorn spawns its workers one after another: the first may serve before the second
+        # exists, so the count is awaited (bounded), not read once.
+        deadline = time.monotonic() + 20
+        while True:
+            workers = subprocess.run(
+                ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+            ).stdout.split()
+            if len(workers) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert len(workers) == 2
         callback = requests.get(f"{base}/webhooks/cequens/tok3n-SEEN-1n-a-log/status", timeout=5)
         assert callback.status_code == 401

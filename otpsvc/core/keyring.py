@@ -138,7 +138,7 @@ class Keyring:
         # The salt: the current secret's id, then 112 random bits (unique per verifier).
         salt = bytes.fromhex(self._current.id) + secrets.token_bytes(SALT_BYTES - KEY_ID_BYTES)
         params = self._argon2
-        with span("argon2 hash"), metrics.timed(metrics.ARGON2_SECONDS, operation="hash"):
+        with span("argon2 hash"), metrics.argon2_run("hash"):
             encoded = hash_secret(
                 digest, salt, params.time_cost, params.memory_kib, params.parallelism, 16, Type.ID
             ).decode()
@@ -156,7 +156,7 @@ class Keyring:
         keys = self._by_id.get(self._key_id_of(verifier), self._current)
         digest = self._code_digest(keys, verification_id, code)
         try:
-            with span("argon2 verify"), metrics.timed(metrics.ARGON2_SECONDS, operation="verify"):
+            with span("argon2 verify"), metrics.argon2_run("verify"):
                 return bool(self._hasher.verify(ARGON2_HEAD + verifier, digest))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False

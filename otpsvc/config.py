@@ -28,6 +28,7 @@ from otpsvc.errors import ConfigError
 from otpsvc.store.connection import parse_redis_url
 from otpsvc.voice.base import https_problem
 from otpsvc.voice.registry import PROVIDERS
+from otpsvc.voice.scripts import choose_locale
 
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
 MIN_API_KEY_LENGTH = 24
@@ -592,6 +593,38 @@ def _parse_pairs(value: str, variable: str) -> dict[str, str]:
     return pairs
 
 
+def _route_languages(provider: str, core: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Script locale -> the countries (ISO 3166) whose calls the routes send to ``provider`` in
+    that language when a start names no locale."""
+    routes: Mapping[int, tuple[str, ...]] = core.get("routes", {})
+    allowed: frozenset[str] | None = core.get("allowed_countries")
+    regions: set[str] = set()
+    for code, names in routes.items():
+        if provider in names:
+            regions.update(phonenumbers.region_codes_for_country_code(code))
+    if provider in core.get("providers", ()) and allowed is not None:
+        regions.update(r for r in allowed if phonenumbers.country_code_for_region(r) not in routes)
+    if allowed is not None:
+        regions &= allowed
+    languages: dict[str, list[str]] = {}
+    for region in sorted(regions):
+        locale = choose_locale(None, region, core.get("default_locale", "en"))
+        languages.setdefault(locale, []).append(region)
+    return languages
+
+
+def _voice_problems(
+    provider: str, voices: Mapping[str, str], core: Mapping[str, Any], variable: str
+) -> list[str]:
+    """A route that sends a language to ``provider`` for which it has no voice."""
+    return [
+        f"{variable}: the routes send {provider} calls in {locale!r} (to "
+        f"{', '.join(regions)}) and it has no voice for {locale!r}; add {locale}=<voice>"
+        for locale, regions in _route_languages(provider, core).items()
+        if locale not in voices
+    ]
+
+
 def _event_problems(core: Mapping[str, Any]) -> list[str]:
     """Webhooks only for known clients, each with a valid secret, each URL https (plain http
     only to a loopback address, or in dev mode)."""
@@ -744,6 +777,9 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         except ValidationError as exc:
             problems += _problems(exc.messages)
 
+    cequens = provider_settings.get("cequens")
+    if cequens is not None and core:
+        problems += _voice_problems("cequens", cequens.voices, core, "OTPSVC_CEQUENS_VOICES")
     if core and core.get("allowed_countries") is None and not core.get("dev_mode"):
         problems.append(
             "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "

@@ -36,6 +36,9 @@ SEVENIO_SIGNING_KEY = "sevenio-signing-key-0123456789"
 TERMII_WEBHOOK_SECRET = "termii-webhook-secret-0123"
 CEQUENS_USER = "otpsvc-service"
 CEQUENS_KEY = "cequens-test-api-key"
+#: CEQUENS as the only provider, to the countries whose languages it has voices for by default
+#: (Arabic, English): start-up refuses a route to CEQUENS in a language without a voice.
+CEQUENS_ONLY = {"OTPSVC_PROVIDERS": "cequens", "OTPSVC_ALLOWED_COUNTRIES": "EG,SA,AE,NG,GB,US"}
 ALPHASMS_KEY = "alphasms-test-api-key"
 PUBLIC_URL = "https://otpsvc.example.test"
 SECRET = "test-secret-key-0123456789abcdef0123456789"

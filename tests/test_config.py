@@ -173,3 +173,56 @@ def test_repr_holds_no_secret():
     secrets = ("Vq3-nX8_tR2pL7zK4yB9mW6cH1dF5gJ0sA", "kP4_vN8xQ2rT6yW1zM3bC7dF")
     for secret in (*secrets, "termii-key-123", "hunter2"):
         assert secret not in text
+
+
+CEQUENS = {
+    **VALID,
+    "OTPSVC_PROVIDERS": "termii",
+    "OTPSVC_CEQUENS_USERNAME": "otpsvc",
+    "OTPSVC_CEQUENS_API_KEY": "cequens-key-123",
+    "OTPSVC_PUBLIC_URL": "https://otp.example.org",
+}
+
+
+def test_a_route_to_cequens_in_a_language_without_a_voice_is_refused():
+    """Egypt (Arabic) and Nigeria (English) have CEQUENS voices; France (French) has none until
+    OTPSVC_CEQUENS_VOICES names one."""
+    assert load_settings(
+        {**CEQUENS, "OTPSVC_ALLOWED_COUNTRIES": "EG,NG", "OTPSVC_ROUTES": "20,234=cequens"}
+    )
+    french = {**CEQUENS, "OTPSVC_ALLOWED_COUNTRIES": "EG,FR", "OTPSVC_ROUTES": "20,33=cequens"}
+    text = problems(french)
+    assert "OTPSVC_CEQUENS_VOICES" in text
+    assert "'fr' (to FR)" in text
+    assert load_settings({**french, "OTPSVC_CEQUENS_VOICES": "fr=Celine"})
+
+
+def test_cequens_as_the_default_route_needs_a_voice_for_every_allowed_country():
+    """With CEQUENS in OTPSVC_PROVIDERS, every allowed country without a route of its own
+    counts; a country routed elsewhere does not."""
+    env = {**CEQUENS, "OTPSVC_PROVIDERS": "cequens", "OTPSVC_ALLOWED_COUNTRIES": "EG,DE"}
+    assert "'de' (to DE)" in problems(env)
+    assert load_settings({**env, "OTPSVC_ROUTES": "49=termii"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OTPSVC_CEQUENS_VOICES", "xx=Zeina"),
+        ("OTPSVC_CEQUENS_VOICES", "en"),
+        ("OTPSVC_CEQUENS_FIELDS", "text=message"),  # a confirmed name is not renamed
+        ("OTPSVC_CEQUENS_FIELDS", "recipient=sayText"),  # would collide with the text field
+        ("OTPSVC_CEQUENS_FIELDS", "recipient=bad name"),
+        ("OTPSVC_SEVENIO_VOICES", "de=Hans"),
+        ("OTPSVC_SEVENIO_KEYPRESS", "perhaps"),
+    ],
+)
+def test_bad_voice_and_field_settings_are_named(name: str, value: str):
+    env = {
+        **CEQUENS,
+        "OTPSVC_PROVIDERS": "cequens,sevenio",
+        "OTPSVC_ALLOWED_COUNTRIES": "EG",
+        "OTPSVC_SEVENIO_API_KEY": "sevenio-key-123",
+        name: value,
+    }
+    assert name in problems(env)

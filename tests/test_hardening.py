@@ -11,7 +11,7 @@ from otpsvc import create_app
 from otpsvc.config import load_settings
 from otpsvc.errors import ConfigError
 from otpsvc.store.clock import RedisClock
-from tests.conftest import KEY_A, KEY_B, PUBLIC_URL, Api, termii_env, wrong_code
+from tests.conftest import CEQUENS_ONLY, KEY_A, KEY_B, PUBLIC_URL, Api, termii_env, wrong_code
 from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
 
@@ -364,7 +364,7 @@ def cequens_urls(cequens) -> tuple[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_a_status_token_does_not_open_the_dtmf_endpoint(make_app, openapi, cequens):
-    app = make_app(OTPSVC_PROVIDERS="cequens")
+    app = make_app(**CEQUENS_ONLY)
     api, hooks = Api(app, KEY_A, openapi), Api(app, None, openapi)
     vid = api.start(EG, mode="keypress").get_json()["id"]
     status_url, dtmf_url = cequens_urls(cequens)
@@ -377,7 +377,7 @@ def test_a_status_token_does_not_open_the_dtmf_endpoint(make_app, openapi, ceque
 def test_callbacks_of_an_older_send_change_nothing(make_app, openapi, cequens, clock):
     """After a resend, the first send's URLs (from a log, say) neither approve nor lift the
     cooldown."""
-    app = make_app(OTPSVC_PROVIDERS="cequens")
+    app = make_app(**CEQUENS_ONLY)
     api, hooks = Api(app, KEY_A, openapi), Api(app, None, openapi)
     vid = api.start(EG, mode="keypress").get_json()["id"]
     old_status, old_dtmf = cequens_urls(cequens)
@@ -398,7 +398,7 @@ def test_callbacks_of_an_older_send_change_nothing(make_app, openapi, cequens, c
 def test_one_key_press_per_send(make_app, openapi, cequens):
     """The first key reported for a send is the answer: a later '1' on the same send (a replay,
     or a second report) does not approve."""
-    app = make_app(OTPSVC_PROVIDERS="cequens")
+    app = make_app(**CEQUENS_ONLY)
     api, hooks = Api(app, KEY_A, openapi), Api(app, None, openapi)
     vid = api.start(EG, mode="keypress").get_json()["id"]
     _, dtmf = cequens_urls(cequens)

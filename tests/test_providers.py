@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from otpsvc.voice.scripts import code_ssml
-from tests.conftest import CEQUENS_USER, KEY_A, PUBLIC_URL, SEVENIO_KEY, Api
+from otpsvc.voice.scripts import LANGUAGE_TAGS, SCRIPTS, code_ssml
+from tests.conftest import CEQUENS_ONLY, CEQUENS_USER, KEY_A, PUBLIC_URL, SEVENIO_KEY, Api
 from tests.fakes.alphasms import FakeAlphasms
 from tests.fakes.cequens import FakeCequens
 from tests.fakes.sevenio import FakeSevenio
@@ -43,12 +43,52 @@ def test_sevenio_request_shape(seven_api: Api, sevenio: FakeSevenio):
     assert form["json"] == "1"
     assert form["from"] == "otpsvc"
     assert form["foreign_id"] == data["id"]
-    assert form["text"].startswith("<speak>Ihr otpsvc Bestätigungscode lautet")
+    assert form["text"].startswith(
+        '<speak xml:lang="de-DE"><voice name="de-DE-female">Ihr otpsvc Bestätigungscode lautet'
+    )
     code = spoken_code(form["text"], DE_WORDS)[:6]
-    assert form["text"] == code_ssml(code, "de", brand="otpsvc", repeats=2)
+    assert form["text"] == code_ssml(code, "de", brand="otpsvc", repeats=2, voice="de-DE-female")
     assert data["provider"] == "sevenio"
     assert data["delivery"]["provider_message_id"] == "1384013"
     assert data["locale"] == "de"
+
+
+@pytest.mark.parametrize("locale", sorted(SCRIPTS))
+def test_sevenio_every_script_names_its_language_and_voice(seven_api: Api, sevenio, locale):
+    """seven.io reads SSML with its default voice unless the SSML picks one: every locale's
+    script declares its BCP-47 language and a voice of that language."""
+    assert seven_api.start(DE_MOBILE, locale=locale).status_code == 201
+    text = sevenio.calls[-1].form["text"]
+    tag = LANGUAGE_TAGS[locale]
+    assert tag.split("-")[0] == locale
+    assert text.startswith(f'<speak xml:lang="{tag}"><voice name="{tag}-female">')
+    assert SCRIPTS[locale].intro.format(brand="otpsvc") in text
+    assert text.endswith("</voice></speak>")
+
+
+def test_sevenio_voices_are_a_setting(make_app, openapi, sevenio: FakeSevenio):
+    """OTPSVC_SEVENIO_VOICES replaces the voice of the locales it names, not the others."""
+    app = make_app(OTPSVC_PROVIDERS="sevenio", OTPSVC_SEVENIO_VOICES="de=de-AT-male")
+    api = Api(app, KEY_A, openapi)
+    api.start(DE_MOBILE)
+    assert '<voice name="de-AT-male">' in sevenio.calls[-1].form["text"]
+    api.start("+4915123456780", locale="fr")
+    assert '<voice name="fr-FR-female">' in sevenio.calls[-1].form["text"]
+
+
+def test_sevenio_keypress_is_off_unless_turned_on(make_app, openapi, sevenio: FakeSevenio):
+    """Nothing public confirms key presses on a plain seven.io call: off by default (422 on a
+    route of seven.io only), on with OTPSVC_SEVENIO_KEYPRESS=true."""
+    off = Api(make_app(OTPSVC_PROVIDERS="sevenio"), KEY_A, openapi)
+    refused = off.start(DE_MOBILE, mode="keypress")
+    assert refused.status_code == 422
+    assert "mode" in refused.get_json()["errors"]
+    assert sevenio.calls == []
+    app = make_app(OTPSVC_PROVIDERS="sevenio", OTPSVC_SEVENIO_KEYPRESS="true")
+    on = Api(app, KEY_A, openapi)
+    assert on.start(DE_MOBILE, mode="keypress").status_code == 201
+    text = sevenio.calls[-1].form["text"]
+    assert text.startswith('<speak xml:lang="de-DE"><voice name="de-DE-female">Jemand')
 
 
 def test_sevenio_code_is_checkable(seven_api: Api, sevenio: FakeSevenio):
@@ -115,7 +155,7 @@ def test_termii_connection_is_reused(api: Api, termii: FakeTermii):
 
 @pytest.fixture
 def cequens_api(make_app, openapi) -> Api:
-    return Api(make_app(OTPSVC_PROVIDERS="cequens"), KEY_A, openapi)
+    return Api(make_app(**CEQUENS_ONLY), KEY_A, openapi)
 
 
 def test_cequens_signs_in_once_for_many_calls(cequens_api: Api, cequens: FakeCequens):
@@ -140,7 +180,7 @@ def test_cequens_signs_in_again_once_on_401(cequens_api: Api, cequens: FakeCeque
 def test_cequens_expired_token_is_renewed_before_use(make_app, openapi, cequens: FakeCequens):
     """A token whose exp has passed is renewed before the call, without a 401 round."""
     cequens.token_lifetime = 1  # expires within the renewal margin
-    api = Api(make_app(OTPSVC_PROVIDERS="cequens"), KEY_A, openapi)
+    api = Api(make_app(**CEQUENS_ONLY), KEY_A, openapi)
     api.start("+201001234500")
     api.start("+201001234501")
     assert len(cequens.sign_ins) == 2
@@ -167,6 +207,58 @@ def test_cequens_request_shape(cequens_api: Api, cequens: FakeCequens):
     assert body["sayText"].startswith("رمز التحقق الخاص بك من otpsvc هو")
     assert body["statusCallbackEndpoint"].startswith(f"{PUBLIC_URL}/webhooks/cequens/{data['id']}.")
     assert body["statusCallbackEndpoint"].endswith("/status")
+
+
+def test_cequens_english_script_gets_an_english_voice(cequens_api: Api, cequens: FakeCequens):
+    """Zeina is an Arabic voice: an English script is read by Joanna."""
+    cequens_api.start("+201001234567", locale="en")
+    body = cequens.calls[-1].json
+    assert body["sayText"].startswith("Your otpsvc verification code is")
+    assert body["voiceName"] == "Joanna"
+
+
+def test_cequens_voices_are_a_setting(make_app, openapi, cequens: FakeCequens):
+    """OTPSVC_CEQUENS_VOICES names a voice per locale; the defaults stay for the others."""
+    app = make_app(**CEQUENS_ONLY, OTPSVC_CEQUENS_VOICES="en=Matthew,fr=Celine")
+    api = Api(app, KEY_A, openapi)
+    for number, locale, voice in (
+        ("+201001234561", "en", "Matthew"),
+        ("+201001234562", "fr", "Celine"),
+        ("+201001234563", "ar", "Zeina"),
+    ):
+        assert api.start(number, locale=locale).status_code == 201
+        assert cequens.calls[-1].json["voiceName"] == voice
+
+
+def test_cequens_without_a_voice_for_the_locale_passes_the_call_on(
+    make_app, openapi, cequens: FakeCequens, termii: FakeTermii
+):
+    """A start that asks for a language CEQUENS has no voice for goes to the route's next
+    provider; with CEQUENS alone it is a 502, and CEQUENS was never asked."""
+    api = Api(make_app(**{**CEQUENS_ONLY, "OTPSVC_PROVIDERS": "cequens,termii"}), KEY_A, openapi)
+    response = api.start("+201001234567", locale="fr")
+    assert response.status_code == 201
+    assert response.get_json()["provider"] == "termii"
+    alone = Api(make_app(**CEQUENS_ONLY), KEY_A, openapi)
+    failed = alone.start("+201001234568", locale="de")
+    assert failed.status_code == 502
+    assert failed.get_json()["code"] == "delivery_failed"
+    assert cequens.calls == []
+
+
+def test_cequens_unconfirmed_field_names_can_be_renamed(make_app, openapi, cequens: FakeCequens):
+    """OTPSVC_CEQUENS_FIELDS renames the fields no public source confirms; the confirmed ones
+    keep their names."""
+    cequens.renamed = {"to": "recipientNumber", "voice": "voiceName"}
+    app = make_app(**CEQUENS_ONLY, OTPSVC_CEQUENS_FIELDS="recipient=to,voice=voice")
+    assert Api(app, KEY_A, openapi).start("+201001234567").status_code == 201
+    body = cequens.calls[-1].json
+    assert body["to"] == "201001234567"
+    assert body["voice"] == "Zeina"
+    assert "recipientNumber" not in body
+    assert "voiceName" not in body
+    assert body["sayText"]
+    assert body["ringingDuration"] == 30
 
 
 @pytest.mark.parametrize("mode", ["server_error", "refused"])
@@ -237,7 +329,10 @@ def test_hanging_cequens_sign_in_is_a_definite_failure(
 ):
     """A sign-in that never answers placed no call: the next provider takes it (no 'unknown')."""
     api = Api(
-        make_app(OTPSVC_PROVIDERS="cequens,sevenio", OTPSVC_PROVIDER_READ_TIMEOUT="0.3"),
+        make_app(
+            **{**CEQUENS_ONLY, "OTPSVC_PROVIDERS": "cequens,sevenio"},
+            OTPSVC_PROVIDER_READ_TIMEOUT="0.3",
+        ),
         KEY_A,
         openapi,
     )

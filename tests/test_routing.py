@@ -61,7 +61,8 @@ def test_failover_reads_the_same_code(make_app, openapi, termii: FakeTermii, sev
     termii.mode = "rate_limited"
     vid = api.start(NG).get_json()["id"]
     sent_to_termii = termii.last_code()
-    assert sevenio.calls[-1].form["text"] == code_ssml(sent_to_termii, "en", brand="otpsvc")
+    expected = code_ssml(sent_to_termii, "en", brand="otpsvc", voice="en-US-female")
+    assert sevenio.calls[-1].form["text"] == expected
     assert api.check(vid, sent_to_termii).get_json()["valid"] is True
 
 

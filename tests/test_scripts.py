@@ -57,9 +57,16 @@ def test_ssml_puts_a_break_between_digits():
     """SSML has a 400 ms break between digits and escapes the brand."""
     ssml = code_ssml("482", "en", brand="A&B", repeats=1)
     assert ssml == (
-        '<speak>Your A&amp;B verification code is<break time="400ms"/>four'
+        '<speak xml:lang="en-US">Your A&amp;B verification code is<break time="400ms"/>four'
         '<break time="400ms"/>eight<break time="400ms"/>two.</speak>'
     )
+
+
+def test_ssml_names_the_voice_escaped():
+    """A voice wraps the whole script; its name is escaped like any text."""
+    ssml = code_ssml("1", "fr", brand="Acme", repeats=1, voice='fr-FR-"x"')
+    assert ssml.startswith('<speak xml:lang="fr-FR"><voice name="fr-FR-&quot;x&quot;">Votre')
+    assert ssml.endswith("</voice></speak>")
 
 
 def test_repeats_setting_changes_how_often_the_code_is_read():
@@ -109,4 +116,10 @@ def test_start_in_french_for_a_french_number(make_app, openapi, sevenio):
     api = Api(make_app(OTPSVC_PROVIDERS="sevenio"), KEY_A, openapi)
     data = api.start("+33612345678").get_json()
     assert data["locale"] == "fr"
-    assert sevenio.calls[-1].form["text"].startswith("<speak>Votre code de vérification otpsvc")
+    assert (
+        sevenio.calls[-1]
+        .form["text"]
+        .startswith(
+            '<speak xml:lang="fr-FR"><voice name="fr-FR-female">Votre code de vérification otpsvc'
+        )
+    )

@@ -10,6 +10,7 @@ import secrets
 import pytest
 
 from tests.conftest import (
+    CEQUENS_ONLY,
     KEY_A,
     PUBLIC_URL,
     SEVENIO_SIGNING_KEY,
@@ -66,7 +67,9 @@ class Seven:
 
 @pytest.fixture
 def seven(make_app, openapi, clock: FakeClock) -> Seven:
-    return Seven(Api(make_app(OTPSVC_PROVIDERS="sevenio"), KEY_A, openapi), clock)
+    # Keypress on seven.io is unconfirmed, so an operator turns it on explicitly.
+    app = make_app(OTPSVC_PROVIDERS="sevenio", OTPSVC_SEVENIO_KEYPRESS="true")
+    return Seven(Api(app, KEY_A, openapi), clock)
 
 
 def started(seven: Seven, **fields) -> dict:
@@ -245,7 +248,7 @@ def test_keypress_needs_a_provider_that_reports_keys(api: Api, termii: FakeTermi
 
 @pytest.fixture
 def cequens_api(make_app, openapi) -> Api:
-    return Api(make_app(OTPSVC_PROVIDERS="cequens"), KEY_A, openapi)
+    return Api(make_app(**CEQUENS_ONLY), KEY_A, openapi)
 
 
 def test_cequens_status_callback_with_its_token(cequens_api: Api, cequens: FakeCequens):

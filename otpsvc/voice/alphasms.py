@@ -2,6 +2,13 @@
 
 AlphaSMS answers HTTP 200 whatever happens: the request's ``success``/``error`` and each item's
 ``success``/``error`` say whether the call was accepted. Errors are text.
+
+Sources of the fields: AlphaSMS's JSON API voice-call doc (``docs/api/json/voice/call.md``):
+``auth``; one ``data`` item with ``type: voice``, an integer ``id``, an integer ``phone``,
+``message``, ``voice`` (``gender``, ``language``, ``name``: Google text-to-speech names) and
+``dtmf``, all required; the answer's ``success``, ``error`` and ``data[].data.msg_id``; the
+``Content-Type: application/json`` requirement. The voices per locale below follow the doc's
+``uk-UA-Standard-A`` pattern; only the Ukrainian one appears in the doc.
 """
 
 from __future__ import annotations

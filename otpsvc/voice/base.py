@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
@@ -161,7 +161,7 @@ class HttpProvider:
 
     name: ClassVar[str]
     numeric_code: ClassVar[bool] = False
-    supports_dtmf: ClassVar[bool] = False
+    supports_dtmf: bool = False
     reports_by_message_id: bool = False
 
     def __init__(self, timeouts: Timeouts) -> None:
@@ -273,3 +273,42 @@ def json_body(response: requests.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+class MappingSetting(fields.Field[dict[str, str]]):
+    """A ``key=value,key=value`` setting -> {key: value}: every key one of ``keys``, every value
+    matching ``value_pattern``, no key twice. What is given is laid over ``defaults``."""
+
+    def __init__(
+        self,
+        variable: str,
+        *,
+        keys: Collection[str],
+        value_pattern: re.Pattern[str],
+        what: str,
+        defaults: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(data_key=variable, load_default=dict(defaults or {}))
+        self.keys = frozenset(keys)
+        self.value_pattern = value_pattern
+        self.what = what
+        self.defaults = dict(defaults or {})
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValidationError("must be key=value pairs separated by commas")
+        given: dict[str, str] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            key, sep, item = (s.strip() for s in part.partition("="))
+            if not sep or not key or not item:
+                raise ValidationError(f"{part!r}: each entry must be key=value")
+            if key not in self.keys:
+                raise ValidationError(f"{key!r} is not one of {', '.join(sorted(self.keys))}")
+            if key in given:
+                raise ValidationError(f"{key!r} is given twice")
+            if not self.value_pattern.fullmatch(item):
+                raise ValidationError(f"{key}={item!r}: not a valid {self.what}")
+            given[key] = item
+        return {**self.defaults, **given}

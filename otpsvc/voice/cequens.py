@@ -7,29 +7,33 @@ status and DTMF callback URLs, each holding an unguessable per-verification toke
 
 Sources of the field block below:
 - confirmed by CEQUENS's public voice documentation: ``sayText``, ``dtmfCallbackEndpoint``, the
-  ``metaData`` example as a ``{"key": ..., "value": ...}`` object, ``ringingDuration``, and a
-  recipient written as digits without ``+``;
+  ``metaData`` example as a ``{"key": ..., "value": ...}`` object, ``ringingDuration``, a
+  recipient written as digits without ``+``, and the voices (Zeina and Hala for Arabic; Kendra,
+  Joanna and Matthew for English);
 - confirmed by public CEQUENS client code: ``POST {base}/auth/v1/tokens/`` (with the trailing
   slash) taking ``userName`` and ``apiKey`` and answering ``data.access_token``;
-- not confirmed (the rest of the call names, its path and the reply shape): confirm them with
-  CEQUENS before going live, or rename them with ``OTPSVC_CEQUENS_FIELDS`` (not yet built).
+- not confirmed: the other call field names (``UNCONFIRMED_FIELDS``), the call path and the
+  reply shape. Confirm them with CEQUENS before going live; an operator renames the fields with
+  ``OTPSVC_CEQUENS_FIELDS`` (``recipient=to,voice=voice``) without a release.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from marshmallow import Schema, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from otpsvc.voice.base import (
     CallRequest,
     CallResult,
     HttpProvider,
+    MappingSetting,
     ProviderError,
     Speech,
     Timeouts,
@@ -37,24 +41,33 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
-from otpsvc.voice.scripts import code_text, keypress_text
+from otpsvc.voice.scripts import LANGUAGE_TAGS, code_text, keypress_text, language_of
 
 SIGNIN_PATH = "/auth/v1/tokens/"
 CALL_PATH = "/voice/v1/calls"
 SIGNIN_FIELDS = ("userName", "apiKey")
 TOKEN_FIELD = "access_token"  # noqa: S105 - a JSON key, not a secret
-CALL_FIELDS = {
-    "recipient": "recipientNumber",
+#: Call fields named in CEQUENS's public documentation.
+CONFIRMED_FIELDS = {
     "text": "sayText",
+    "answer_timeout": "ringingDuration",
+    "dtmf_callback": "dtmfCallbackEndpoint",
+    "metadata": "metaData",
+}
+#: Call fields no public source names: defaults here, renamed by ``OTPSVC_CEQUENS_FIELDS``.
+UNCONFIRMED_FIELDS = {
+    "recipient": "recipientNumber",
     "voice": "voiceName",
     "neural": "neuralTts",
     "repeats": "sayTextRepeats",
-    "answer_timeout": "ringingDuration",
     "collect_dtmf": "collectDtmf",
-    "dtmf_callback": "dtmfCallbackEndpoint",
     "status_callback": "statusCallbackEndpoint",
-    "metadata": "metaData",
 }
+CALL_FIELDS = {**CONFIRMED_FIELDS, **UNCONFIRMED_FIELDS}
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: CEQUENS's voices by script locale: the Arabic and English ones its documentation lists.
+DEFAULT_VOICES = {"ar": "Zeina", "en": "Joanna"}
+VOICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 CALL_ID_FIELDS = ("callId", "id", "requestId")
 #: When a token says nothing of its expiry, it is kept this long.
 DEFAULT_TOKEN_SECONDS = 600
@@ -67,10 +80,13 @@ class CequensSettings:
     base_url: str
     username: str
     api_key: str
-    voice: str
+    #: The voice for each script locale that may be sent to CEQUENS.
+    voices: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VOICES))
+    #: The call's field names, the unconfirmed ones as the operator set them.
+    call_fields: dict[str, str] = field(default_factory=lambda: dict(CALL_FIELDS))
 
     def __repr__(self) -> str:
-        return f"CequensSettings(base_url={self.base_url!r}, voice={self.voice!r})"
+        return f"CequensSettings(base_url={self.base_url!r}, voices={self.voices!r})"
 
 
 class CequensSettingsSchema(Schema):
@@ -79,17 +95,34 @@ class CequensSettingsSchema(Schema):
         data_key="OTPSVC_CEQUENS_USERNAME", required=True, validate=validate.Length(min=1)
     )
     api_key = secret_field("OTPSVC_CEQUENS_API_KEY")
-    voice = fields.String(
-        data_key="OTPSVC_CEQUENS_VOICE", load_default="Zeina", validate=validate.Length(1, 40)
+    voices = MappingSetting(
+        "OTPSVC_CEQUENS_VOICES",
+        keys=LANGUAGE_TAGS,
+        value_pattern=VOICE_NAME,
+        what="CEQUENS voice name",
+        defaults=DEFAULT_VOICES,
+    )
+    call_fields = MappingSetting(
+        "OTPSVC_CEQUENS_FIELDS",
+        keys=UNCONFIRMED_FIELDS,
+        value_pattern=FIELD_NAME,
+        what="JSON field name",
+        defaults=UNCONFIRMED_FIELDS,
     )
 
     @post_load
-    def _build(self, data: dict[str, str], **_: object) -> CequensSettings:
+    def _build(self, data: dict[str, Any], **_: object) -> CequensSettings:
+        names = {**CONFIRMED_FIELDS, **data["call_fields"]}
+        if len(set(names.values())) != len(names):
+            raise ValidationError(
+                "two call fields would have the same name", "OTPSVC_CEQUENS_FIELDS"
+            )
         return CequensSettings(
-            base_url=data["base_url"].rstrip("/"),
-            username=data["username"],
-            api_key=data["api_key"],
-            voice=data["voice"],
+            base_url=str(data["base_url"]).rstrip("/"),
+            username=str(data["username"]),
+            api_key=str(data["api_key"]),
+            voices=dict(data["voices"]),
+            call_fields=names,
         )
 
 
@@ -157,6 +190,14 @@ class CequensProvider(HttpProvider):
             return self._token
 
     def body_for(self, call: CallRequest) -> dict[str, Any]:
+        language = language_of(call.locale)
+        voice = self.settings.voices.get(language)
+        if voice is None:
+            # Start-up refuses a route whose countries' languages have no voice; a request that
+            # asks for another language is passed to the next provider of its route.
+            raise ProviderError(
+                self.name, f"no voice for locale {language}", ambiguous=False, health=False
+            )
         keypress = call.mode == "keypress"
         if keypress:
             text = keypress_text(call.locale, brand=self.speech.brand)
@@ -166,7 +207,7 @@ class CequensProvider(HttpProvider):
         values: dict[str, Any] = {
             "recipient": call.phone.lstrip("+"),
             "text": text,
-            "voice": self.settings.voice,
+            "voice": voice,
             "neural": False,
             "repeats": self.speech.repeats,
             "answer_timeout": 30,
@@ -176,7 +217,8 @@ class CequensProvider(HttpProvider):
         }
         if keypress:
             values["dtmf_callback"] = dtmf_url
-        return {CALL_FIELDS[key]: value for key, value in values.items()}
+        names = self.settings.call_fields
+        return {names[key]: value for key, value in values.items()}
 
     def place_call(self, call: CallRequest) -> CallResult:
         body = self.body_for(call)

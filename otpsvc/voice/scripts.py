@@ -106,6 +106,17 @@ SCRIPTS: dict[str, Script] = {
 }
 DEFAULT_LOCALE = "en"
 
+#: The BCP-47 tag each script is written in: the language its SSML declares and its voices speak.
+LANGUAGE_TAGS: dict[str, str] = {
+    "en": "en-US",
+    "fr": "fr-FR",
+    "de": "de-DE",
+    "uk": "uk-UA",
+    "ar": "ar-SA",
+    "pt": "pt-BR",
+    "es": "es-ES",
+}
+
 #: The language usually spoken in a country (ISO 3166 alpha-2), for calls without a locale.
 REGION_LANGUAGES: dict[str, str] = {
     **dict.fromkeys(["FR", "BE", "LU", "MC", "SN", "CI", "CM", "ML", "BF", "NE", "TG", "BJ"], "fr"),
@@ -121,10 +132,12 @@ REGION_LANGUAGES: dict[str, str] = {
 }
 
 PAUSE_MS = 400
+#: What ``escape`` adds for text inside a double-quoted attribute.
+QUOTE = {'"': "&quot;"}
 
 
 def script_for(locale: str) -> Script:
-    return SCRIPTS.get(locale.split("-")[0], SCRIPTS[DEFAULT_LOCALE])
+    return SCRIPTS[language_of(locale)]
 
 
 def choose_locale(requested: str | None, region: str | None, default: str) -> str:
@@ -145,15 +158,37 @@ def code_text(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
     return " ".join(sentences)
 
 
-def code_ssml(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
+def language_of(locale: str) -> str:
+    """The script's own locale (``pt-BR`` -> ``pt``; unknown -> the default)."""
+    base = locale.split("-")[0]
+    return base if base in SCRIPTS else DEFAULT_LOCALE
+
+
+def _speak(locale: str, body: str, voice: str | None) -> str:
+    """An SSML document in the script's language: ``xml:lang`` names it, and ``voice`` (when
+    given) selects the voice that reads it, so no engine reads it with a voice of another
+    language."""
+    tag = LANGUAGE_TAGS[language_of(locale)]
+    if voice is not None:
+        body = f'<voice name="{escape(voice, QUOTE)}">{body}</voice>'
+    return f'<speak xml:lang="{tag}">{body}</speak>'
+
+
+def code_ssml(
+    code: str, locale: str, *, brand: str, repeats: int = 2, voice: str | None = None
+) -> str:
     """The same as SSML, with a timed break between digits."""
     script = script_for(locale)
     pause = f'<break time="{PAUSE_MS}ms"/>'
     digits = pause.join(escape(script.digits[int(d)]) for d in code)
     parts = [f"{escape(script.intro.format(brand=brand))}{pause}{digits}."]
     parts += [f"{escape(script.again)}{pause}{digits}."] * (repeats - 1)
-    return "<speak>" + '<break time="800ms"/>'.join(parts) + "</speak>"
+    return _speak(locale, '<break time="800ms"/>'.join(parts), voice)
 
 
 def keypress_text(locale: str, *, brand: str) -> str:
     return script_for(locale).keypress.format(brand=brand)
+
+
+def keypress_ssml(locale: str, *, brand: str, voice: str | None = None) -> str:
+    return _speak(locale, escape(keypress_text(locale, brand=brand)), voice)

@@ -1,14 +1,27 @@
 """seven.io (formerly sms77) text-to-speech call: ``POST {base}/voice``.
 
 seven.io answers HTTP 200 even for errors: the return code is in the body, either the JSON
-``success`` field or the first line of a plain-text answer (``100`` = sent). Key presses and call
-status arrive on the account's webhooks (``voice_dtmf``, ``voice_status``), signed with the
-signing key; see ``otpsvc.api.webhooks``.
+``success`` field or the first line of a plain-text answer (``100`` = sent). Call status arrives
+on the account's webhooks (``voice_status``), signed with the signing key; see
+``otpsvc.api.webhooks``.
+
+Sources of the fields:
+- ``to``, ``text`` (plain text or SSML, at most 10,000 characters), ``from``, ``json``,
+  ``foreign_id``, the ``X-Api-Key`` header and the answer (``success``, ``messages[].id``):
+  seven.io's HTTP API docs (``/api/voice``) and its api-schemes OpenAPI file;
+- the return codes: seven.io's PHP client (``StatusCode``) and JS client (``ErrorCode``);
+- the voice, chosen in the SSML by a ``<voice>`` element whose name is a BCP-47 locale and a
+  variant (``female``, ``male``, ``child``): seven.io's announcement of SSML for voice
+  messages. The element's exact form is not in the API schema: confirm it with seven.io, or set
+  ``OTPSVC_SEVENIO_VOICES``;
+- key presses (``voice_dtmf`` webhooks) after a plain text-to-speech call: **nothing public
+  confirms them**, so keypress mode on seven.io is off unless ``OTPSVC_SEVENIO_KEYPRESS=true``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import Schema, fields, post_load, validate
@@ -17,6 +30,7 @@ from otpsvc.voice.base import (
     CallRequest,
     CallResult,
     HttpProvider,
+    MappingSetting,
     ProviderError,
     Speech,
     Timeouts,
@@ -24,7 +38,7 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
-from otpsvc.voice.scripts import code_ssml, keypress_text
+from otpsvc.voice.scripts import LANGUAGE_TAGS, code_ssml, keypress_ssml, language_of
 
 MAX_TEXT = 10_000
 SENT = "100"
@@ -54,6 +68,11 @@ RETURN_CODES = {
 #: circuit breaker (201-403 are about the request or the number and do not).
 HEALTH_CODES = frozenset({"300", "500", "600", "700", "900", "901", "902", "903"})
 
+#: The voice each script is read with: its locale's female voice.
+DEFAULT_VOICES = {locale: f"{tag}-female" for locale, tag in LANGUAGE_TAGS.items()}
+#: A seven.io voice name: a BCP-47 locale and a variant (``de-DE-female``).
+VOICE_NAME = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8}){1,3}")
+
 
 @dataclass(frozen=True)
 class SevenioSettings:
@@ -64,6 +83,10 @@ class SevenioSettings:
     #: How old a signed webhook may be, seconds: seven.io retries hooks hourly, and its own
     #: verifier allows 300 s of clock skew.
     webhook_max_age: int = 300
+    #: The voice for each script's locale (``de`` -> ``de-DE-female``).
+    voices: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VOICES))
+    #: Keypress mode on seven.io: off unless the operator confirmed it with seven.io.
+    keypress: bool = False
 
     def __repr__(self) -> str:
         return f"SevenioSettings(base_url={self.base_url!r}, sender={self.sender!r})"
@@ -81,6 +104,14 @@ class SevenioSettingsSchema(Schema):
         load_default=300,
         validate=validate.Range(10, 3600),
     )
+    voices = MappingSetting(
+        "OTPSVC_SEVENIO_VOICES",
+        keys=LANGUAGE_TAGS,
+        value_pattern=VOICE_NAME,
+        what="seven.io voice (a BCP-47 locale and a variant, e.g. de-DE-male)",
+        defaults=DEFAULT_VOICES,
+    )
+    keypress = fields.Boolean(data_key="OTPSVC_SEVENIO_KEYPRESS", load_default=False)
 
     @post_load
     def _build(self, data: dict[str, Any], **_: object) -> SevenioSettings:
@@ -90,25 +121,29 @@ class SevenioSettingsSchema(Schema):
             sender=data["sender"],
             signing_key=data["signing_key"],
             webhook_max_age=int(data["webhook_max_age"]),
+            voices=dict(data["voices"]),
+            keypress=bool(data["keypress"]),
         )
 
 
 class SevenioProvider(HttpProvider):
     name = "sevenio"
-    supports_dtmf = True
 
     def __init__(self, settings: SevenioSettings, timeouts: Timeouts, speech: Speech) -> None:
         super().__init__(timeouts)
         self.settings = settings
+        self.supports_dtmf = settings.keypress
         self.speech = speech
         self.url = settings.base_url + "/voice"
         self.reports_by_message_id = settings.signing_key is not None
 
     def text_for(self, call: CallRequest) -> str:
+        voice = self.settings.voices[language_of(call.locale)]
         if call.mode == "keypress":
-            return keypress_text(call.locale, brand=self.speech.brand)
+            return keypress_ssml(call.locale, brand=self.speech.brand, voice=voice)
+        speech = self.speech
         return code_ssml(
-            call.code, call.locale, brand=self.speech.brand, repeats=self.speech.repeats
+            call.code, call.locale, brand=speech.brand, repeats=speech.repeats, voice=voice
         )
 
     def place_call(self, call: CallRequest) -> CallResult:

@@ -2,6 +2,15 @@
 
 Termii's voice-call codes cannot be checked with Termii's Verify API, so otpsvc checks them itself.
 Termii takes the code as a JSON number and speaks it in its own voice; it sends no text of ours.
+
+Sources of the fields:
+- the path ``/api/sms/otp/call`` and ``api_key``, ``phone_number`` (digits, no ``+``), ``code``
+  ("numeric and length must be between 4 and 8 digits"): Termii's Voice Call page
+  (developers.termii.com/voice-call) and the public SDKs that call it;
+- the answer ``{"code": "ok", "message_id": ..., "pinId": ...}``: the same docs' sample;
+- the base URL: the account's own (dashboard); ``api.ng.termii.com`` is the older docs' default.
+Termii documents delivery reports for messages only, not for voice calls: no call status here
+depends on them.
 """
 
 from __future__ import annotations

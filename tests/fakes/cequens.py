@@ -46,6 +46,8 @@ class FakeCequens(FakeServer):
         self.tokens: dict[str, float] = {}
         self.token_lifetime = 3600.0
         self.mode = "ok"
+        #: An account whose API names some fields otherwise: {its name: the name above}.
+        self.renamed: dict[str, str] = {}
 
     @property
     def sign_ins(self) -> list[Recorded]:
@@ -75,6 +77,10 @@ class FakeCequens(FakeServer):
             if self.tokens.get(token, 0) < time.time():
                 return json_response({"replyCode": 401, "replyMessage": "Unauthorized"}, 401)
             body = recorded.json
+            unknown = set(body) & set(self.renamed.values())
+            if unknown:
+                return self.violation(f"this account does not take {sorted(unknown)}")
+            body = {self.renamed.get(name, name): value for name, value in body.items()}
             missing = REQUIRED - set(body)
             if missing:
                 return self.violation(f"missing {sorted(missing)}")

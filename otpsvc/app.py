@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask
+from flask import Flask, redirect
 from flask.json.provider import DefaultJSONProvider
 
-from otpsvc.api import dev, health, otp, problems, tracing, webhooks
+from otpsvc.api import dev, docs, health, otp, problems, tracing, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
@@ -86,7 +86,10 @@ def create_app(
     store = VerificationStore(
         client, settings.redis_prefix, wait_ms=settings.redis_wait_ms if replicated else 0
     )
-    inbox = CallInbox() if settings.dev_mode else None
+    keyring = Keyring(settings.secret_key, settings.argon2, settings.secret_key_fallbacks)
+    inbox = (
+        CallInbox(client, settings.redis_prefix, keyring.phone_key) if settings.dev_mode else None
+    )
     providers = build_providers(
         settings.all_providers,
         dict(settings.provider_settings),
@@ -105,7 +108,6 @@ def create_app(
         cooloff_ms=settings.breaker_cooloff * 1000,
     )
     dispatcher = Dispatcher(providers, settings.providers, settings.routes, breaker, clock)
-    keyring = Keyring(settings.secret_key, settings.argon2, settings.secret_key_fallbacks)
     service = VerificationService(
         store=store,
         keyring=keyring,
@@ -157,8 +159,12 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(otp.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(docs.bp)
     if settings.dev_mode:
-        app.register_blueprint(dev.bp)
+        app.register_blueprint(dev.api)
+        app.register_blueprint(dev.page)
+        app.register_blueprint(dev.console_hooks)
+        app.add_url_rule("/", "dev_root", lambda: redirect("/dev"))
     return app
 
 

@@ -41,11 +41,15 @@ from otpsvc.telemetry import setup_from_environment
 
 BANNER = """
 otpsvc dev mode on {base} (Redis: {redis})
+
+  Open {base}/dev : every call, live; start, check and inject faults from the page.
+  API reference: {base}/docs
+
 API key: {key}
 
   curl -s {base}/otp/start -H 'Authorization: Bearer {key}' \\
        -H 'Content-Type: application/json' -d '{{"phone": "+2348031234567"}}'
-  curl -s {base}/dev/calls -H 'Authorization: Bearer {key}'
+  curl -s '{base}/dev/calls?phone=%2B2348031234567&wait=10' -H 'Authorization: Bearer {key}'
   curl -s {base}/otp/check -H 'Authorization: Bearer {key}' \\
        -H 'Content-Type: application/json' -d '{{"id": "<id>", "code": "<code>"}}'
 """
@@ -116,6 +120,9 @@ def dev(host: str, port: int) -> None:
         env["OTPSVC_API_KEYS"] = f"dev:{api_key}"
     env.setdefault("OTPSVC_SECRET_KEY", secrets.token_urlsafe(32))
     env.setdefault("OTPSVC_PROVIDERS", "console")
+    # The console provider's delivery reports come back here, as a provider's webhooks would.
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    env.setdefault("OTPSVC_PUBLIC_URL", f"http://{local}:{port}")
     env["OTPSVC_DEV_MODE"] = "true"
     setup_from_environment()
     worker = None

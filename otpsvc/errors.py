@@ -79,6 +79,14 @@ class Unauthorized(OtpError):
         return {"WWW-Authenticate": 'Bearer realm="otpsvc"'}
 
 
+class Forbidden(OtpError):
+    """A request this endpoint never serves from where it came (the dev page: loopback only)."""
+
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
 class NotFound(OtpError):
     """Unknown, expired, finished or someone else's verification: indistinguishable on purpose."""
 

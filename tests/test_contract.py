@@ -25,23 +25,35 @@ def test_document_is_valid_openapi_31(spec):
     validate(spec)
 
 
-def test_every_route_and_method_is_documented(app, spec):
-    """Each Flask rule (but static) has a path in the document with the same methods."""
-    documented = {
-        (path, method.upper())
-        for path, item in spec["paths"].items()
-        for method in item
-        if method in {"get", "post", "put", "patch", "delete"}
-    }
+#: The dev page's own endpoints: they serve the page on this machine only and are not an API.
+PAGE_ENDPOINTS = re.compile(r"\A(dev_page\.|dev_root\Z)")
+
+
+def _served(app) -> set[tuple[str, str]]:
     served = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or PAGE_ENDPOINTS.match(rule.endpoint):
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule).replace(
             "{verification_id}", "{id}"
         )
         served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
-    assert served == documented
+    return served
+
+
+def test_every_route_and_method_is_documented(app, make_app, spec):
+    """Each Flask rule (but static and the dev page's own) has a path in the document with the
+    same methods; the dev-tagged ones exist in dev mode only."""
+    documented, dev_only = set(), set()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                documented.add((path, method.upper()))
+                if "dev" in operation.get("tags", []):
+                    dev_only.add((path, method.upper()))
+    assert _served(app) == documented - dev_only
+    dev = make_app(OTPSVC_DEV_MODE="true", OTPSVC_PROVIDERS="console")
+    assert _served(dev) == documented
 
 
 def test_top_level_openapi_yaml_is_the_served_document(api: Api):

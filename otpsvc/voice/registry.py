@@ -42,7 +42,7 @@ class ProviderSpec:
 def _console(_: Any, ctx: ProviderContext) -> VoiceProvider:
     if ctx.inbox is None:
         raise RuntimeError("the console provider needs the dev-mode call inbox")
-    return ConsoleProvider(ctx.inbox, ctx.speech)
+    return ConsoleProvider(ctx.inbox, ctx.speech, ctx.public_url)
 
 
 def _cequens(settings: Any, ctx: ProviderContext) -> VoiceProvider:

@@ -1,0 +1,210 @@
+"""The dev page and the API reference as a person uses them: ``otpsvc dev`` started as the
+README says, pages opened in Debian's Chromium (driven by Selenium through chromium-driver;
+nothing downloads a browser), accessibility checked with axe-core from the npm registry.
+
+Screenshots are saved to ``OTPSVC_TEST_ARTIFACTS`` (default ``test-artifacts/``). Without a
+Chromium and its driver the tests are skipped, unless ``OTPSVC_REQUIRE_BROWSER=1`` (as in CI),
+where that is a failure; the same goes for axe-core (``OTPSVC_AXE_JS``, or
+``.ci/node/node_modules/axe-core/axe.min.js`` as ``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otpsvc.dev.redis_server import free_port
+from tests.test_dev_mode import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = os.environ.get("OTPSVC_REQUIRE_BROWSER") == "1"
+ARTIFACTS = Path(os.environ.get("OTPSVC_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+AXE_JS = Path(
+    os.environ.get(
+        "OTPSVC_AXE_JS", ROOT / ".ci" / "node" / "node_modules" / "axe-core" / "axe.min.js"
+    )
+)
+WAIT = 15
+
+
+def _missing(what: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{what} is required here (OTPSVC_REQUIRE_BROWSER=1)")
+    pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        _missing("Chromium and chromium-driver (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--lang=en-US",
+    ):
+        options.add_argument(argument)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    session.set_page_load_timeout(WAIT)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory) -> Iterator[str]:
+    """``otpsvc dev`` as a developer starts it: nothing set, the bundled Redis."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    log = (tmp_path_factory.mktemp("dev") / "dev.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(base + "/healthz")
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(15)
+
+
+def _screenshot(browser, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    assert browser.save_screenshot(str(path))
+    return path
+
+
+def _axe_violations(browser) -> list[dict]:
+    """axe-core's serious and critical violations on the current page."""
+    if not AXE_JS.exists():
+        _missing(f"axe-core ({AXE_JS}; npm install axe-core)")
+    browser.execute_script(AXE_JS.read_text(encoding="utf-8"))
+    result = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']})"
+        ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact,"
+        " nodes: v.nodes.map(n => n.target.join(' '))}))))"
+        ".catch(e => done([{id: 'axe-error', impact: 'critical', nodes: [String(e)]}]));"
+    )
+    return [v for v in result if v["impact"] in ("serious", "critical")]
+
+
+def test_dev_page_a_verification_from_start_to_approved(browser, dev_server: str):
+    """Open /dev, start from the form, see the call appear without a reload, read the code
+    from the page, check it from the page, see "approved"."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(dev_server)  # / redirects to /dev in dev mode
+    assert browser.current_url.endswith("/dev")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live-text"), "live"))
+    assert browser.find_element(By.ID, "no-calls").is_displayed()
+    browser.execute_script("window.otpsvcTestMarker = 'same page';")
+
+    phone = browser.find_element(By.ID, "start-phone")
+    phone.clear()
+    phone.send_keys("+2348031234567")
+    browser.find_element(By.ID, "start-button").click()
+    card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#calls li.call")))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "start-result"), "201"))
+    # The call came in by the stream: the page was not reloaded.
+    assert browser.execute_script("return window.otpsvcTestMarker") == "same page"
+    assert "+234*******567" in card.text
+    assert card.get_attribute("data-status") == "pending"
+    code = card.find_element(By.CSS_SELECTOR, ".code").text
+    assert re.fullmatch(r"\d{6}", code)
+    spoken = card.find_element(By.CSS_SELECTOR, ".spoken")
+    assert spoken.get_attribute("lang") == "en-US"
+    assert card.find_element(By.CSS_SELECTOR, "button.listen").is_enabled()
+
+    verification_id = browser.find_element(By.ID, "check-id").get_attribute("value")
+    assert re.fullmatch(r"[0-9a-f]{36}", verification_id)
+    browser.find_element(By.ID, "check-code").send_keys(code)
+    browser.find_element(By.ID, "check-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "check-result"), "approved"))
+    wait.until(
+        ec.presence_of_element_located(
+            (
+                By.CSS_SELECTOR,
+                f'#calls li.call[data-id="{verification_id}"][data-status="approved"]',
+            )
+        )
+    )
+    assert browser.execute_script("return window.otpsvcTestMarker") == "same page"
+    shot = _screenshot(browser, "dev-page.png")
+    assert shot.stat().st_size > 10_000
+    assert _axe_violations(browser) == []
+
+
+def test_dev_page_fault_injection_from_the_page(browser, dev_server: str):
+    """Pick "busy" for the next call on the page, start: the call's card shows the fault, and
+    its delivery report comes back as a provider's webhook would."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(dev_server + "/dev")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live-text"), "live"))
+    Select(browser.find_element(By.ID, "fault-kind")).select_by_value("busy")
+    browser.find_element(By.ID, "fault-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "fault-result"), "the next call: busy"))
+    phone = browser.find_element(By.ID, "start-phone")
+    phone.clear()
+    phone.send_keys("+2348031234500")
+    browser.find_element(By.ID, "start-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "start-result"), "201"))
+    card = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "#calls li.call .badge.fault"))
+    )
+    assert card.text == "fault: busy"
+    # The report arrives a moment later through the console's webhook and shows on the card.
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, "#calls li.call .delivery"), "delivery: busy"
+        )
+    )
+    browser.find_element(By.ID, "fault-clear").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "fault-result"), "no faults"))
+
+
+def test_docs_page_lists_the_start_operation(browser, dev_server: str):
+    """/docs renders the reference from openapi.yaml, its assets from the package."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(dev_server + "/docs")
+    operation = WebDriverWait(browser, WAIT).until(
+        ec.presence_of_element_located(
+            (By.CSS_SELECTOR, '.opblock-summary-path[data-path="/otp/start"]')
+        )
+    )
+    assert operation.text.strip() == "/otp/start"
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    _screenshot(browser, "docs-page.png")

@@ -12,7 +12,6 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import phonenumbers
 
@@ -107,12 +106,30 @@ class VerificationService:
         return int(self.clock() * 1000)
 
     def start(
-        self, *, client: str, phone: Phone, mode: str = "code", **options: Any
+        self,
+        *,
+        client: str,
+        phone: Phone,
+        code_length: int | None = None,
+        locale: str | None = None,
+        client_ref: str | None = None,
+        mode: str = "code",
+        end_user_ip: str = "unknown",
+        end_user_id: str | None = None,
     ) -> StartOutcome:
         """:meth:`_start`, counted in ``otpsvc_verifications_started_total``."""
         country = metrics.country_label(phone.region, self.allowed_countries)
         try:
-            outcome = self._start(client=client, phone=phone, mode=mode, **options)
+            outcome = self._start(
+                client=client,
+                phone=phone,
+                code_length=code_length,
+                locale=locale,
+                client_ref=client_ref,
+                mode=mode,
+                end_user_ip=end_user_ip,
+                end_user_id=end_user_id,
+            )
         except DeliveryFailed:
             metrics.STARTS.labels("none", country, mode, "failed").inc()
             raise

@@ -39,6 +39,8 @@ class BreakerStore:
         self._failure = TracedScript("breaker_failure", client.register_script(script.read_text()))
         self._cache: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
+        #: How old a cached breaker state may be, seconds.
+        self.cache_seconds = CACHE_SECONDS
 
     def _key(self, name: str, part: str) -> str:
         return f"{self.prefix}:{{cb:{name}}}:{part}"
@@ -46,7 +48,7 @@ class BreakerStore:
     def open_until(self, names: Iterable[str]) -> dict[str, int]:
         """Each provider's open-until time in ms (0 when closed), at most a second old."""
         names = list(names)
-        fresh = time.monotonic() - CACHE_SECONDS
+        fresh = time.monotonic() - self.cache_seconds
         with self._lock:
             missing = [n for n in names if self._cache.get(n, (0, 0.0))[1] < fresh]
         if missing:

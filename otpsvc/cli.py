@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata, resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,7 +33,7 @@ from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
 from otpsvc.dev.redis_server import RedisServer
 from otpsvc.errors import ConfigError, StoreUnavailable
-from otpsvc.events import EventQueue, EventSettings, EventWorker
+from otpsvc.events import EventQueue, EventSettings, EventWorker, block_ms_for
 from otpsvc.logs import JsonFormatter
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.redis_store import store_guard
@@ -132,7 +133,8 @@ def dev(host: str, port: int) -> None:
         if events.settings.webhooks:
             # In dev mode the event worker runs inside the dev process.
             worker = EventWorker(events, name="dev")
-            threading.Thread(target=worker.run, daemon=True).start()
+            block_ms = block_ms_for(app.extensions["otpsvc"].settings.redis_socket_timeout)
+            threading.Thread(target=worker.run, args=(block_ms,), daemon=True).start()
         click.echo(
             BANNER.format(
                 base=f"http://{host}:{port}",
@@ -175,7 +177,13 @@ def _event_queue(settings: Settings) -> EventQueue:
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--heartbeat",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A file touched every second while Redis answers (for a liveness probe).",
+)
+def worker(heartbeat: Path | None) -> None:
     """Deliver events to the apps' webhooks; several workers may run. Stops on SIGTERM/SIGINT."""
     _audit_to_stderr()
     settings = _settings()
@@ -183,7 +191,7 @@ def worker() -> None:
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     click.echo(f"event worker {consumer.name} started", err=True)
     try:
-        consumer.run()
+        consumer.run(block_ms_for(settings.redis_socket_timeout), heartbeat=heartbeat)
     except KeyboardInterrupt:
         consumer.stop()
 

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -160,6 +161,13 @@ def _now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def block_ms_for(socket_timeout: float) -> int:
+    """How long a worker's ``XREADGROUP`` may block: half the Redis socket timeout. A block as
+    long as the timeout ends in a client-side timeout on every idle read (and a read the server
+    answered after the client gave up leaves its events pending until they are claimed)."""
+    return max(50, int(socket_timeout * 1000 / 2))
+
+
 class EventWorker:
     """One consumer of the ``senders`` group; :meth:`run` until :meth:`stop`."""
 
@@ -187,7 +195,9 @@ class EventWorker:
         digest = hashlib.sha256(f"{entry_id}:{tries}".encode()).digest()
         return float(base * (0.5 + digest[0] / 512))
 
-    def run(self, block_ms: int = 1000) -> None:
+    def run(self, block_ms: int = 1000, heartbeat: Path | None = None) -> None:
+        """Deliver until stopped. ``heartbeat`` is touched after every step that reached Redis
+        (at least once per ``block_ms``): a liveness probe can tell a stuck worker by its age."""
         self.ensure_group()
         while not self._stop.is_set():
             try:
@@ -195,6 +205,9 @@ class EventWorker:
             except STORE_ERRORS as exc:
                 log.warning("event worker: redis unavailable: %s", type(exc).__name__)
                 self._stop.wait(1.0)
+                continue
+            if heartbeat is not None:
+                heartbeat.touch()
 
     def step(self, block_ms: int = 1000) -> int:
         """Retry what is due, then take new events; how many deliveries were tried."""

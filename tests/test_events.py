@@ -234,3 +234,26 @@ def test_only_a_verification_that_timed_out_pending_is_told_expired(
     expired = [e for e in receiver.events() if e["type"] == "verification.expired"]
     assert [e["data"]["id"] for e in expired] == [pending]
     assert expired[0]["data"]["status"] == "expired"
+
+
+def test_the_worker_heartbeat_is_fresh_while_it_runs(
+    termii: FakeTermii, redis_url, receiver: Receiver, tmp_path
+):
+    """``otpsvc worker --heartbeat FILE`` touches FILE every second while Redis answers: what
+    the worker Deployment's liveness probe reads."""
+    heartbeat = tmp_path / "alive"
+    env = {**os.environ, **fake_termii_env(redis_url, termii), **event_env(a=receiver)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "worker", "--heartbeat", str(heartbeat)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(heartbeat.exists, timeout=20)
+        first = heartbeat.stat().st_mtime
+        wait_for(lambda: heartbeat.stat().st_mtime > first, timeout=5)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert process.returncode == 0

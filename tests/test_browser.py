@@ -190,6 +190,52 @@ def test_dev_page_fault_injection_from_the_page(browser, dev_server: str):
     )
     browser.find_element(By.ID, "fault-clear").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "fault-result"), "no faults"))
+    assert _axe_violations(browser) == []
+
+
+def test_dev_page_keypress_call_pressed_from_the_page(browser, dev_server: str):
+    """A keypress call gets "Press 1" and "Press 9"; pressing 1 approves it, as the person
+    pressing 1 on the phone would."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(dev_server + "/dev")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live-text"), "live"))
+    Select(browser.find_element(By.ID, "start-mode")).select_by_value("keypress")
+    Select(browser.find_element(By.ID, "start-locale")).select_by_value("fr")
+    phone = browser.find_element(By.ID, "start-phone")
+    phone.clear()
+    phone.send_keys("+2348031234511")
+    browser.find_element(By.ID, "start-button").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "start-result"), "201"))
+    verification_id = browser.find_element(By.ID, "check-id").get_attribute("value")
+    card_selector = f'#calls li.call[data-id="{verification_id}"]'
+    card = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, card_selector)))
+    assert card.find_element(By.CSS_SELECTOR, ".spoken").get_attribute("lang") == "fr-FR"
+    assert card.find_elements(By.CSS_SELECTOR, ".code") == []
+    assert _axe_violations(browser) == []
+    wait.until(lambda b: _click(b, card_selector, "Press 1"))
+    wait.until(
+        ec.presence_of_element_located(
+            (By.CSS_SELECTOR, card_selector + '[data-status="approved"]')
+        )
+    )
+
+
+def _click(browser, card_selector: str, label: str) -> bool:
+    """Click a card's button; False (to be tried again) when the list was redrawn meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        card = browser.find_element(By.CSS_SELECTOR, card_selector)
+        button = next(b for b in card.find_elements(By.TAG_NAME, "button") if label in b.text)
+        button.click()
+    except StaleElementReferenceException:
+        return False
+    return True
 
 
 def test_docs_page_lists_the_start_operation(browser, dev_server: str):

@@ -235,6 +235,20 @@ def test_unreachable_provider_is_502(make_app, openapi):
     assert response.get_json()["code"] == "delivery_failed"
 
 
+def test_a_connection_dropped_after_the_request_is_ambiguous(
+    make_app, openapi, termii: FakeTermii, sevenio
+):
+    """The provider read the request and closed the connection without answering: the call may
+    be placed, so no second provider is asked and the start answers 201, delivery 'unknown'."""
+    api = Api(make_app(OTPSVC_PROVIDERS="termii,sevenio"), "client-a-key-0123456789abcdef", openapi)
+    termii.drop = True
+    response = api.start()
+    assert response.status_code == 201
+    assert response.get_json()["delivery"]["status"] == "unknown"
+    assert len(termii.calls) == 1
+    assert sevenio.calls == []
+
+
 def test_hanging_provider_is_bounded_and_never_called_twice(make_app, openapi, termii: FakeTermii):
     """A read timeout answers within the timeout, reports delivery 'unknown', and does not retry."""
     api = Api(

@@ -64,6 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
             if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
                 environ[key] = value
         response = self.server.fake.dispatch(environ)
+        if response is None:  # ``drop``: the request was read, the connection closes unanswered
+            self.close_connection = True
+            return
         body = response.get_data()
         self.send_response(response.status_code)
         for name, value in response.headers.items():
@@ -86,13 +89,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeServer:
-    """Subclasses implement ``handle``; ``delay`` slows answers, ``hang`` holds them till close."""
+    """Subclasses implement ``handle``; ``delay`` slows answers, ``hang`` holds them till close,
+    ``drop`` reads each request and closes the connection without an answer."""
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.violations: list[str] = []
         self.delay = 0.0
         self.hang = False
+        self.drop = False
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -119,7 +124,7 @@ class FakeServer:
     def handle(self, request: Request, recorded: Recorded) -> Response:
         raise NotImplementedError
 
-    def dispatch(self, environ: dict[str, Any]) -> Response:
+    def dispatch(self, environ: dict[str, Any]) -> Response | None:
         request = Request(environ)
         recorded = Recorded(
             method=request.method,
@@ -133,6 +138,8 @@ class FakeServer:
             recorded.form = dict(request.form)
         with self._lock:
             self.requests.append(recorded)
+        if self.drop:
+            return None
         if self.hang:
             self._release.wait(60)
         elif self.delay:

@@ -181,7 +181,7 @@ def main() -> None:
         parts = Parts()
         parts.time(TracedScript, "__call__", "Lua script calls")
         parts.time(redis.client.Pipeline, "execute", "Redis pipelines")
-        parts.time(HttpProvider, "post", "provider HTTP request (requests)")
+        parts.time(HttpProvider, "post", "provider HTTP request")
         parts.time(otp, "load", "marshmallow loads, phone parsing included")
         parts.time(otp, "jsonify", "JSON responses")
         parts.time(service.Keyring, "hash_code", "argon2 hash")

@@ -36,10 +36,11 @@ def _begin() -> None:
     if context is None:
         context = TraceContext(secrets.token_hex(16), secrets.token_hex(8), "00")
     g.trace_token = trace_var.set(context)
-    g.http_span = telemetry.begin_server_span(
-        f"HTTP {request.method} {request.url_rule.rule if request.url_rule else request.path}",
-        dict(request.headers),
-    )
+    if telemetry.recording():  # the span's name and headers are built only when one is made
+        g.http_span = telemetry.begin_server_span(
+            f"HTTP {request.method} {request.url_rule.rule if request.url_rule else request.path}",
+            dict(request.headers),
+        )
 
 
 def _finish(response: Response) -> Response:

@@ -110,6 +110,8 @@ def dev(host: str, port: int) -> None:
     Any OTPSVC_* variable already set is kept, so dev mode can also point at a real Redis.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # SIGTERM (a process manager, `kill`) unwinds like Ctrl-C, so the bundled Redis stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     env = environment()
     server = None
     if "OTPSVC_REDIS_URL" not in env:

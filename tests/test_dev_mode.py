@@ -71,3 +71,35 @@ def test_dev_mode_serves_a_full_verification(tmp_path: Path):
     assert code not in Path(out.name).read_text()
     redis_pid = int(children[0])
     assert not Path(f"/proc/{redis_pid}").exists()
+
+
+def test_sigterm_stops_dev_mode_and_its_redis(tmp_path: Path):
+    """A process manager stops with SIGTERM, not Ctrl-C: the bundled redis-server stops too,
+    instead of being left running without its parent."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    status = Path(f"/proc/{children[0]}/status")
+
+    def stopped() -> bool:
+        # Gone, or exited and waiting to be reaped: either way no longer serving.
+        return not status.exists() or "zombie" in status.read_text()
+
+    deadline = time.monotonic() + 10
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stopped()

@@ -128,6 +128,35 @@ def drive(url: str, bodies: list[dict[str, str]], threads: int) -> float:
     return len(bodies) / elapsed
 
 
+def service_env(redis_url: str, termii_port: int) -> dict[str, str]:
+    """otpsvc's settings for a benchmark: the local Termii stand-in, and limits too high to
+    refuse anything, so every request does its full work."""
+    return {
+        "OTPSVC_REDIS_URL": redis_url,
+        "OTPSVC_SECRET_KEY": "bench-secret-0123456789abcdef0123456789",
+        "OTPSVC_API_KEYS": f"webapp-prod:{API_KEY}",
+        "OTPSVC_PROVIDERS": "termii",
+        "OTPSVC_TERMII_BASE_URL": f"http://127.0.0.1:{termii_port}",
+        "OTPSVC_TERMII_API_KEY": "bench-termii-key",
+        "OTPSVC_RATE_LIMIT_START_IP": "100000 per minute",
+        "OTPSVC_RATE_LIMIT_CHECK_IP": "100000 per minute",
+        "OTPSVC_RATE_LIMIT_CLIENT": "1000000 per minute",
+        "OTPSVC_ALLOWED_COUNTRIES": "NG",
+        **{
+            f"OTPSVC_{name}": "100000 per hour"
+            for name in (
+                "VELOCITY_PHONE",
+                "VELOCITY_IP",
+                "VELOCITY_PREFIX",
+                "VELOCITY_COUNTRY",
+                "VELOCITY_CLIENT",
+                "CALL_BUDGET",
+            )
+        },
+        "OTPSVC_LOG_LEVEL": "WARNING",
+    }
+
+
 def phone(i: int) -> str:
     """Distinct Nigerian mobile numbers (+234 803 ...), which the default number types allow."""
     return f"+234803{1000000 + i:07d}"
@@ -158,29 +187,8 @@ def main() -> None:
         port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")},
-            "OTPSVC_REDIS_URL": server.url,
-            "OTPSVC_SECRET_KEY": "bench-secret-0123456789abcdef0123456789",
-            "OTPSVC_API_KEYS": f"webapp-prod:{API_KEY}",
-            "OTPSVC_PROVIDERS": "termii",
-            "OTPSVC_TERMII_BASE_URL": f"http://127.0.0.1:{termii.server_port}",
-            "OTPSVC_TERMII_API_KEY": "bench-termii-key",
+            **service_env(server.url, termii.server_port),
             "OTPSVC_MAX_CHECK_ATTEMPTS": str(options.checks_each),
-            "OTPSVC_RATE_LIMIT_START_IP": "100000 per minute",
-            "OTPSVC_RATE_LIMIT_CHECK_IP": "100000 per minute",
-            "OTPSVC_RATE_LIMIT_CLIENT": "1000000 per minute",
-            "OTPSVC_ALLOWED_COUNTRIES": "NG",
-            **{
-                f"OTPSVC_{name}": "100000 per hour"
-                for name in (
-                    "VELOCITY_PHONE",
-                    "VELOCITY_IP",
-                    "VELOCITY_PREFIX",
-                    "VELOCITY_COUNTRY",
-                    "VELOCITY_CLIENT",
-                    "CALL_BUDGET",
-                )
-            },
-            "OTPSVC_LOG_LEVEL": "WARNING",
             "OTPSVC_ARGON2_MEMORY_KIB": str(params.memory_kib),
             "OTPSVC_ARGON2_TIME_COST": str(params.time_cost),
         }

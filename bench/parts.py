@@ -115,32 +115,7 @@ def main() -> None:
     termii.start()
     port = ports.get()
     with RedisServer() as server:
-        os.environ.update(
-            {
-                "OTPSVC_REDIS_URL": server.url,
-                "OTPSVC_SECRET_KEY": "bench-secret-0123456789abcdef0123456789",
-                "OTPSVC_API_KEYS": f"webapp-prod:{bench.API_KEY}",
-                "OTPSVC_PROVIDERS": "termii",
-                "OTPSVC_TERMII_BASE_URL": f"http://127.0.0.1:{port}",
-                "OTPSVC_TERMII_API_KEY": "bench-termii-key",
-                "OTPSVC_RATE_LIMIT_START_IP": "100000 per minute",
-                "OTPSVC_RATE_LIMIT_CHECK_IP": "100000 per minute",
-                "OTPSVC_RATE_LIMIT_CLIENT": "1000000 per minute",
-                "OTPSVC_ALLOWED_COUNTRIES": "NG",
-                "OTPSVC_LOG_LEVEL": "WARNING",
-                **{
-                    f"OTPSVC_{name}": "100000 per hour"
-                    for name in (
-                        "VELOCITY_PHONE",
-                        "VELOCITY_IP",
-                        "VELOCITY_PREFIX",
-                        "VELOCITY_COUNTRY",
-                        "VELOCITY_CLIENT",
-                        "CALL_BUDGET",
-                    )
-                },
-            }
-        )
+        os.environ.update(bench.service_env(server.url, port))
         from otpsvc import metrics
         from otpsvc.api import otp
         from otpsvc.app import create_app

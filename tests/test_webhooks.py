@@ -277,6 +277,19 @@ def test_cequens_keypress_by_get_callback(cequens_api: Api, cequens: FakeCequens
     assert cequens_api.get(data["id"]).get_json()["status"] == "approved"
 
 
+def post_termii(api: Api, body: bytes, signature: str | None = None):
+    """POST a Termii event, signed with the webhook secret unless ``signature`` is given."""
+    if signature is None:
+        signature = hmac.new(TERMII_WEBHOOK_SECRET.encode(), body, hashlib.sha512).hexdigest()
+    return Api(api.app, None, api.openapi).request(
+        "POST",
+        "/webhooks/termii",
+        data=body,
+        headers={"X-Termii-Signature": signature},
+        content_type="application/json",
+    )
+
+
 def test_termii_events_need_the_hmac_sha512_signature(make_app, openapi, termii: FakeTermii):
     """Signed Termii events update the status; a wrong signature is 401."""
     api = Api(make_app(OTPSVC_TERMII_WEBHOOK_SECRET=TERMII_WEBHOOK_SECRET), KEY_A, openapi)
@@ -288,24 +301,8 @@ def test_termii_events_need_the_hmac_sha512_signature(make_app, openapi, termii:
             "status": "DELIVERED",
         }
     ).encode()
-    good = hmac.new(TERMII_WEBHOOK_SECRET.encode(), body, hashlib.sha512).hexdigest()
-    hooks = Api(api.app, None, openapi)
-    bad = hooks.request(
-        "POST",
-        "/webhooks/termii",
-        data=body,
-        headers={"X-Termii-Signature": "0" * 128},
-        content_type="application/json",
-    )
-    assert bad.status_code == 401
-    ok = hooks.request(
-        "POST",
-        "/webhooks/termii",
-        data=body,
-        headers={"X-Termii-Signature": good},
-        content_type="application/json",
-    )
-    assert ok.get_json()["result"] == "applied"
+    assert post_termii(api, body, "0" * 128).status_code == 401
+    assert post_termii(api, body).get_json()["result"] == "applied"
     assert api.get(data["id"]).get_json()["delivery"]["status"] == "completed"
 
 
@@ -363,13 +360,5 @@ def test_termii_report_words_in_any_case_and_older_form(
     body = json.dumps(
         {"message_id": data["delivery"]["provider_message_id"], "status": reported}
     ).encode()
-    signature = hmac.new(TERMII_WEBHOOK_SECRET.encode(), body, hashlib.sha512).hexdigest()
-    answer = Api(api.app, None, openapi).request(
-        "POST",
-        "/webhooks/termii",
-        data=body,
-        headers={"X-Termii-Signature": signature},
-        content_type="application/json",
-    )
-    assert answer.get_json()["result"] == "applied"
+    assert post_termii(api, body).get_json()["result"] == "applied"
     assert api.get(data["id"]).get_json()["delivery"]["status"] == shown

@@ -29,7 +29,7 @@ from otpsvc.api import otp
 from otpsvc.api.context import authenticate, current_client, limit_request, runtime
 from otpsvc.api.docs import html_page
 from otpsvc.api.schemas import VERIFICATION_ID, PhoneField, load
-from otpsvc.api.webhooks import _done
+from otpsvc.api.webhooks import received
 from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.dev.inbox import FAULTS, CallInbox, InboxCall
 from otpsvc.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -135,8 +135,9 @@ def calls() -> Response:
 def _set_fault() -> dict[str, Any]:
     data = load(FAULT_SCHEMA, otp._json_body())
     phone = data.get("phone")
-    _inbox().set_fault(data["fault"], phone.e164 if phone else None)
-    return _inbox().faults()
+    inbox = _inbox()
+    inbox.set_fault(data["fault"], phone.e164 if phone else None)
+    return inbox.faults()
 
 
 @api.get("/faults")
@@ -312,4 +313,4 @@ def console_status(token: str) -> Response:
     )
     if rt.inbox is not None:
         rt.inbox.touch()
-    return _done(result)
+    return received(result)

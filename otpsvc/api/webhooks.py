@@ -71,7 +71,8 @@ def _same(expected: str, presented: str) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "surrogateescape"))
 
 
-def _done(result: str) -> Response:
+def received(result: str) -> Response:
+    """The answer to a webhook or callback: received, and what it changed."""
     return jsonify({"received": True, "result": result})
 
 
@@ -114,7 +115,7 @@ def sevenio() -> Response:
     payload: Any = request.get_json(silent=True)
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, dict):
-        return _done("ignored")
+        return received("ignored")
     event = payload.get("webhook_event")
     message_id = str(data.get("id", "")) or None
     verification_id = _known_id(data.get("foreign_id"))
@@ -125,12 +126,12 @@ def sevenio() -> Response:
             provider="sevenio",
             message_id=message_id,
         )
-        return _done(result)
+        return received(result)
     if event == "voice_status":
         status = SEVENIO_STATUSES.get(str(data.get("status", "")).lower())
         if status is None:
-            return _done("ignored")
-        return _done(
+            return received("ignored")
+        return received(
             rt.service.delivery_report(
                 status=status,
                 verification_id=verification_id,
@@ -138,7 +139,7 @@ def sevenio() -> Response:
                 message_id=message_id,
             )
         )
-    return _done("ignored")
+    return received("ignored")
 
 
 def _known_id(value: object) -> str | None:
@@ -171,8 +172,8 @@ def cequens_status(token: str) -> Response:
     verification_id, gen = _cequens_send(token, "status")
     status = CEQUENS_STATUSES.get(_cequens_field(CEQUENS_STATUS_FIELDS).lower())
     if status is None:
-        return _done("ignored")
-    return _done(
+        return received("ignored")
+    return received(
         runtime().service.delivery_report(status=status, verification_id=verification_id, gen=gen)
     )
 
@@ -181,7 +182,7 @@ def cequens_status(token: str) -> Response:
 def cequens_dtmf(token: str) -> Response:
     verification_id, gen = _cequens_send(token, "dtmf")
     key = _cequens_field(CEQUENS_DTMF_FIELDS)[:1]
-    return _done(runtime().service.keypress(key=key, verification_id=verification_id, gen=gen))
+    return received(runtime().service.keypress(key=key, verification_id=verification_id, gen=gen))
 
 
 @bp.post("/termii")
@@ -193,14 +194,14 @@ def termii() -> Response:
         raise Unauthorized("bad signature")
     payload: Any = request.get_json(silent=True)
     if not isinstance(payload, dict) or not payload.get("message_id"):
-        return _done("ignored")
+        return received("ignored")
     # "Delivered", "Message Sent", ... and, in older payloads,
     # "DELIVERED | Message delivered to handset": the words before "|", in any case.
     word = str(payload.get("status", "")).split("|", 1)[0].strip().lower()
     status = TERMII_STATUSES.get(word)
     if status is None:
-        return _done("ignored")
-    return _done(
+        return received("ignored")
+    return received(
         rt.service.delivery_report(
             status=status, provider="termii", message_id=str(payload["message_id"])
         )

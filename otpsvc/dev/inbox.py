@@ -9,7 +9,7 @@ Keys (one hash tag, so they share a slot on a cluster):
 - ``<prefix>:{dev}:inbox``: a list of JSON calls, newest first, at most ``size``;
 - ``<prefix>:{dev}:version``: bumped on every change, so a page knows when to redraw;
 - ``<prefix>:{dev}:fault:next``: the fault the next call gets (taken once, by ``GETDEL``);
-- ``<prefix>:{dev}:fault:pk:<phone key>``: the fault every call to one number gets.
+- ``<prefix>:{dev}:fault:numbers``: a hash, phone key -> the fault every call to it gets.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class CallInbox:
         self._list = f"{tag}:inbox"
         self._version = f"{tag}:version"
         self._next_fault = f"{tag}:fault:next"
-        self._fault_prefix = f"{tag}:fault:pk:"
+        self._number_faults = f"{tag}:fault:numbers"
 
     def phone_key(self, e164: str) -> str:
         return self._phone_key(e164)
@@ -123,23 +123,27 @@ class CallInbox:
         if e164 is None:
             self._redis.set(self._next_fault, fault, ex=TTL_SECONDS)
         else:
-            self._redis.set(self._fault_prefix + self.phone_key(e164), fault, ex=TTL_SECONDS)
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(self._number_faults, self.phone_key(e164), fault)
+            pipe.expire(self._number_faults, TTL_SECONDS)
+            pipe.execute()
         self.touch()
 
     def clear_faults(self) -> None:
-        keys = [self._next_fault, *self._redis.scan_iter(match=self._fault_prefix + "*")]
-        for key in keys:
-            self._redis.delete(key)
+        self._redis.delete(self._next_fault, self._number_faults)
         self.touch()
 
     def faults(self) -> dict[str, Any]:
         """The faults in force: the next call's, and how many numbers have one of their own."""
-        numbers = sum(1 for _ in self._redis.scan_iter(match=self._fault_prefix + "*"))
-        return {"next": self._redis.get(self._next_fault), "numbers": numbers}
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._next_fault)
+        pipe.hlen(self._number_faults)
+        upcoming, numbers = pipe.execute()
+        return {"next": upcoming, "numbers": int(numbers)}
 
     def take_fault(self, e164: str) -> str | None:
         """The fault for a call to this number: its own, else the next call's (used up)."""
-        own = self._redis.get(self._fault_prefix + self.phone_key(e164))
+        own = self._redis.hget(self._number_faults, self.phone_key(e164))
         if own is not None:
             return str(own)
         taken = self._redis.getdel(self._next_fault)

@@ -392,3 +392,20 @@ def test_no_page_loads_anything_from_another_site():
         text = static.joinpath(name).read_text(encoding="utf-8")
         assert not re.search(r"""(src|href)\s*=\s*["']https?://""", text), name
         assert "cdn" not in text.lower(), name
+
+
+def test_an_undelivered_console_report_logs_no_token(make_app, caplog):
+    """When the console cannot reach its own webhook, the warning names the failure, not the
+    URL: the URL holds the send's callback token."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    app = make_app(OTPSVC_DEV_MODE="true", OTPSVC_PROVIDERS="console", OTPSVC_PUBLIC_URL=dead)
+    api = app.test_client()
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    api.post("/dev/faults", json={"fault": "busy"}, headers=auth)
+    with caplog.at_level("WARNING", logger="otpsvc"):
+        assert api.post("/otp/start", json={"phone": PHONE}, headers=auth).status_code == 201
+        deadline = time.monotonic() + 10
+        while "report was not delivered" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "report was not delivered" in caplog.text
+    assert "/webhooks/console/" not in caplog.text

@@ -105,7 +105,10 @@ class ConsoleProvider:
             try:
                 self._session.post(url, json={"status": status}, timeout=5)
             except requests.RequestException as exc:
-                log.warning("the dev call's %s report was not delivered: %s", status, exc)
+                # The exception names the URL, which holds the send's token: its type only.
+                log.warning(
+                    "the dev call's %s report was not delivered: %s", status, type(exc).__name__
+                )
 
         timer = threading.Timer(self.report_delay, send)
         timer.daemon = True

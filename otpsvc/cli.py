@@ -35,6 +35,7 @@ from otpsvc.dev.redis_server import RedisServer
 from otpsvc.errors import ConfigError, StoreUnavailable
 from otpsvc.events import EventQueue, EventSettings, EventWorker, block_ms_for
 from otpsvc.logs import JsonFormatter
+from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.redis_store import store_guard
 from otpsvc.store.velocity import VelocityStore
@@ -144,7 +145,7 @@ def dev(host: str, port: int) -> None:
                 key=api_key or "<a key from OTPSVC_API_KEYS>",
             )
         )
-        run_simple(host, port, app, threaded=True)
+        run_simple(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(CONFIG_ERROR)

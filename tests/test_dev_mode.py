@@ -61,6 +61,16 @@ def test_dev_mode_serves_a_full_verification(tmp_path: Path):
             timeout=10,
         )
         assert checked.json()["valid"] is True
+        by_number = requests.get(
+            base + "/dev/calls?phone=%2B2348031234567", headers=auth, timeout=10
+        )
+        assert by_number.json()["calls"][0]["code"] == code
+        forged = requests.post(
+            base + "/webhooks/console/t0ken-SEEN-in-a-log/status",
+            json={"status": "busy"},
+            timeout=10,
+        )
+        assert forged.status_code == 401
         children = subprocess.run(
             ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
         ).stdout.split()
@@ -68,7 +78,15 @@ def test_dev_mode_serves_a_full_verification(tmp_path: Path):
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(15)
-    assert code not in Path(out.name).read_text()
+    printed = Path(out.name).read_text()
+    assert code not in printed
+    # The dev server's access log names requests without a full number or a token (the banner's
+    # example commands name an example number).
+    access = "\n".join(line for line in printed.splitlines() if " HTTP/1.1" in line)
+    assert "2348031234567" not in access
+    assert "t0ken-SEEN-in-a-log" not in access
+    assert "/dev/calls?phone=[number]" in access
+    assert "/webhooks/console/[token]/status" in access
     redis_pid = int(children[0])
     assert not Path(f"/proc/{redis_pid}").exists()
 

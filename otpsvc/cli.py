@@ -37,7 +37,7 @@ from otpsvc.events import EventQueue, EventSettings, EventWorker, block_ms_for
 from otpsvc.logs import JsonFormatter
 from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
-from otpsvc.store.redis_store import store_guard
+from otpsvc.store.connection import store_guard
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.telemetry import setup_from_environment
 

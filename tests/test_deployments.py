@@ -116,6 +116,24 @@ def test_limits(deployed, openapi, termii: FakeTermii):
     assert statuses == [201, 201, 429]
 
 
+def test_a_check_over_its_limit_takes_no_attempt(deployed, openapi, termii, clock):
+    """The check limit and the attempt are one step (one script on one server, two round trips
+    on a cluster): a 429 leaves the verification's attempts alone."""
+    api = Api(deployed(OTPSVC_RATE_LIMIT_CHECK_IP="2 per minute"), KEY_A, openapi)
+    vid = api.start().get_json()["id"]
+    code = termii.last_code()
+    assert [api.check(vid, wrong_code(code)).get_json()["attempts_remaining"] for _ in "ab"] == [
+        4,
+        3,
+    ]
+    refused = api.check(vid, wrong_code(code))
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "rate_limited")
+    assert api.check(vid, code).status_code == 429  # the right code is not compared either
+    clock.advance(61)
+    assert api.check(vid, wrong_code(code)).get_json()["attempts_remaining"] == 2
+    assert api.check(vid, code).get_json()["valid"] is True
+
+
 def test_idempotent_retry(deployed, openapi, termii: FakeTermii):
     api = Api(deployed(), KEY_A, openapi)
     headers = {"Idempotency-Key": "retry-1"}

@@ -32,6 +32,26 @@ def test_start_limit_per_ip_is_429_with_retry_after_and_no_call(
     assert len(termii.calls) == 2
 
 
+def test_starts_refused_before_the_call_limits_count_against_the_request_limit(
+    make_app, openapi, termii: FakeTermii
+):
+    """The start limit rides in the call limits' round trip, yet a start refused earlier (a
+    country not served, a mode no route takes) still counts, and over the limit it is a 429 in
+    place of that refusal; a start refused by the call limits still counts too."""
+    api = Api(
+        make_app(OTPSVC_RATE_LIMIT_START_IP="3 per minute", OTPSVC_VELOCITY_PHONE="1 per hour"),
+        KEY_A,
+        openapi,
+    )
+    assert api.start("+81312345678").get_json()["code"] == "country_not_allowed"
+    assert api.start(PHONES[0]).status_code == 201
+    assert api.start(PHONES[0]).get_json()["code"] in ("resend_too_soon", "rate_limited")
+    assert api.start("+81312345678").get_json()["code"] == "rate_limited"
+    refused = api.start(PHONES[1])
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "rate_limited")
+    assert len(termii.calls) == 1
+
+
 def test_calls_per_number_hold_across_ips(make_app, openapi, termii: FakeTermii):
     """Over OTPSVC_VELOCITY_PHONE, one number gets no more calls, whichever address asks."""
     api = Api(

@@ -17,25 +17,26 @@ def breaker_state_cached(api: Api) -> None:
     api.app.extensions["otpsvc"].dispatcher.breaker.cache_seconds = 3600.0
 
 
-def test_start_takes_at_most_four_round_trips(api: Api, termii: FakeTermii, redis_url):
-    """A start (request limits included) takes 4 round trips: request limits, call limits with the
-    open-verification read pipelined beside them, reserve, finalize."""
+def test_start_takes_three_round_trips(api: Api, termii: FakeTermii, redis_url):
+    """A start takes 3 round trips on one Redis: the request limits chained with the call
+    limits in one script, with the open-verification read pipelined beside it; reserve;
+    finalize."""
     api.start("+2348031234500")  # loads the scripts and opens the connection
-    assert round_trips(redis_url, lambda: api.start("+2348031234501")) <= 4
+    assert round_trips(redis_url, lambda: api.start("+2348031234501")) == 3
     commands = commands_sent(redis_url, lambda: api.start("+2348031234502"))
-    assert commands == ["EVALSHA", "EVALSHA", "GET", "EVALSHA", "EVALSHA"], commands
+    assert commands == ["EVALSHA", "GET", "EVALSHA", "EVALSHA"], commands
 
 
-def test_resend_takes_at_most_four_round_trips(api: Api, termii: FakeTermii, redis_url, clock):
+def test_resend_takes_three_round_trips(api: Api, termii: FakeTermii, redis_url, clock):
     """A resend costs the same as a first start."""
     api.start()
     clock.advance(31)
-    assert round_trips(redis_url, api.start) <= 4
+    assert round_trips(redis_url, api.start) == 3
 
 
-def test_check_takes_at_most_three_round_trips(api: Api, termii: FakeTermii, redis_url):
-    """A right check (limits, attempt, approval) takes 3 round trips; a wrong one too (limits,
-    attempt, failure count)."""
+def test_check_takes_two_round_trips(api: Api, termii: FakeTermii, redis_url):
+    """A right check takes 2 round trips on one Redis: the request limits chained with the
+    attempt in one script, then the approval; a wrong one too (the failure count second)."""
     warm = api.start("+2348031234500").get_json()["id"]
     api.check(warm, termii.last_code())  # Redis loads each script once, on its first use
     vid = api.start().get_json()["id"]
@@ -43,5 +44,8 @@ def test_check_takes_at_most_three_round_trips(api: Api, termii: FakeTermii, red
     api.check(vid, wrong_code(code))
     wrong = round_trips(redis_url, lambda: api.check(vid, wrong_code(code)))
     right = round_trips(redis_url, lambda: api.check(vid, code))
-    assert wrong <= 3
-    assert right <= 3
+    assert wrong == 2
+    assert right == 2
+    again = api.start("+2348031234503").get_json()["id"]
+    code = termii.last_code()
+    assert commands_sent(redis_url, lambda: api.check(again, code)) == ["EVALSHA", "EVALSHA"]

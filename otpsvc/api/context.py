@@ -18,6 +18,7 @@ from otpsvc.errors import Unauthorized
 from otpsvc.events import EventQueue
 from otpsvc.store import VerificationStore
 from otpsvc.store.connection import RedisClient
+from otpsvc.store.gate import Gate
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.voice.dispatch import Dispatcher
 
@@ -73,8 +74,14 @@ def limit_request(*extra: Meet) -> None:
     """The request limits of an authenticated request, in one round trip: its connecting address
     must not be over the failed-authentication limit, and it counts against its client's limit
     (sized for a backend serving many people) and any ``extra`` limit (per end-user IP)."""
+    request_gate(*extra).run()
+
+
+def request_gate(*extra: Meet) -> Gate:
+    """:func:`limit_request` as a gate, for the store to run first in the round trip of the
+    request's first store script."""
     client = current_client()
-    runtime().request_limits.meet(
+    return runtime().request_limits.gate(
         Meet("auth_failures", client_ip(), count=False),
         Meet("client", client),
         *extra,

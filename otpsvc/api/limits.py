@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import limits
 
@@ -20,7 +21,7 @@ from otpsvc.config import Settings
 from otpsvc.core.audit import audit
 from otpsvc.errors import RateLimited
 from otpsvc.store.connection import RedisClient
-from otpsvc.store.redis_store import store_guard
+from otpsvc.store.gate import Gate
 from otpsvc.telemetry import TracedScript
 
 
@@ -72,6 +73,10 @@ class RequestLimits:
     def meet(self, *items: Meet, audit_fields: dict[str, object] | None = None) -> None:
         """Count one request against every window of the given limits; over any of them it is
         429 ``rate_limited`` and nothing is counted. Retry-After says when the window has room."""
+        self.gate(*items, audit_fields=audit_fields).run()
+
+    def gate(self, *items: Meet, audit_fields: dict[str, object] | None = None) -> Gate:
+        """:meth:`meet` as a gate, for a store script to run first in its own round trip."""
         keys: list[str] = []
         spec: list[str] = []
         windows: list[Window] = []
@@ -82,14 +87,16 @@ class RequestLimits:
                 spec.append(f"{window.limit} {window.window_ms} {'h' if item.count else 't'}")
                 windows.append(window)
         args: list[int | str] = [int(self.clock() * 1000), secrets.token_hex(8), 0, " ".join(spec)]
-        with store_guard():
-            result = self._script(keys=keys, args=args)
-        index = int(result[0])
-        if index == 0:
-            return
-        window = windows[index - 1]
-        audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
-        metrics.REFUSALS.labels(f"limit_{window.scope}").inc()
-        raise RateLimited(
-            int(result[1]) / 1000, f"rate limit exceeded: {window.text} ({window.scope})"
-        )
+
+        def settle(result: Any) -> None:
+            index = int(result[0])
+            if index == 0:
+                return
+            window = windows[index - 1]
+            audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
+            metrics.REFUSALS.labels(f"limit_{window.scope}").inc()
+            raise RateLimited(
+                int(result[1]) / 1000, f"rate limit exceeded: {window.text} ({window.scope})"
+            )
+
+        return Gate(self._script, keys, args, settle)

@@ -14,6 +14,7 @@ from otpsvc.api.context import (
     client_ip,
     current_client,
     limit_request,
+    request_gate,
     runtime,
 )
 from otpsvc.api.limits import Meet
@@ -34,6 +35,7 @@ from otpsvc.errors import (
     OtpError,
     RequestInProgress,
 )
+from otpsvc.store.gate import Gate
 from otpsvc.store.idempotency import fingerprint
 
 bp = Blueprint("otp", __name__, url_prefix="/otp")
@@ -95,9 +97,10 @@ def start() -> Response:
     data = load(START_SCHEMA, body)
     rt = runtime()
     address = _person_address(data)
-    limit_request(Meet("start_ip", address))
     if key is None:
-        return _start(rt, data, address)
+        # The request limits go in the round trip of the call limits (see VerificationService).
+        return _start(rt, data, address, request_gate(Meet("start_ip", address)))
+    limit_request(Meet("start_ip", address))
     claim_key, claim = rt.idempotency.claim(current_client(), key, fingerprint(body))
     if claim.outcome == "reused":
         raise IdempotencyKeyReused(
@@ -137,7 +140,7 @@ def start() -> Response:
     return response
 
 
-def _start(rt: Runtime, data: dict[str, Any], address: str) -> Response:
+def _start(rt: Runtime, data: dict[str, Any], address: str, gate: Gate | None = None) -> Response:
     end_user = data.get("end_user") or {}
     outcome = rt.service.start(
         client=current_client(),
@@ -148,6 +151,7 @@ def _start(rt: Runtime, data: dict[str, Any], address: str) -> Response:
         mode=data["mode"],
         end_user_ip=address,
         end_user_id=end_user.get("user_id"),
+        gate=gate,
     )
     response = jsonify(verification_view(outcome.verification))
     response.status_code = 201 if outcome.created else 200
@@ -157,9 +161,11 @@ def _start(rt: Runtime, data: dict[str, Any], address: str) -> Response:
 @bp.post("/check")
 def check() -> Response:
     data = load(CHECK_SCHEMA, _json_body())
-    limit_request(Meet("check_ip", _person_address(data)))
     outcome = runtime().service.check(
-        client=current_client(), verification_id=data["id"], code=data["code"]
+        client=current_client(),
+        verification_id=data["id"],
+        code=data["code"],
+        gate=request_gate(Meet("check_ip", _person_address(data))),
     )
     return jsonify(check_view(outcome))
 

@@ -36,6 +36,7 @@ from otpsvc.errors import (
     TooManyFailedChecks,
 )
 from otpsvc.store import Reservation, VerificationStore
+from otpsvc.store.gate import Gate
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.base import CallRequest, VoiceProvider
 from otpsvc.voice.dispatch import DeliveryError, Dispatcher, NoRoute
@@ -116,6 +117,7 @@ class VerificationService:
         mode: str = "code",
         end_user_ip: str = "unknown",
         end_user_id: str | None = None,
+        gate: Gate | None = None,
     ) -> StartOutcome:
         """:meth:`_start`, counted in ``otpsvc_verifications_started_total``."""
         country = metrics.country_label(phone.region, self.allowed_countries)
@@ -129,6 +131,7 @@ class VerificationService:
                 mode=mode,
                 end_user_ip=end_user_ip,
                 end_user_id=end_user_id,
+                gate=gate,
             )
         except DeliveryFailed:
             metrics.STARTS.labels("none", country, mode, "failed").inc()
@@ -152,6 +155,7 @@ class VerificationService:
         mode: str = "code",
         end_user_ip: str = "unknown",
         end_user_id: str | None = None,
+        gate: Gate | None = None,
     ) -> StartOutcome:
         """Open a verification and call the phone, or resend the client's open one for it.
 
@@ -163,25 +167,32 @@ class VerificationService:
         A test number (``OTPSVC_TEST_NUMBERS``) places no call and counts against no call limit.
         """
         test = self._test_number(phone)
-        if test is not None:
-            if mode != "code":
-                raise InvalidRequest({"mode": ["a test number takes code mode only"]})
-            route: tuple[VoiceProvider, ...] = ()
-        else:
-            self.abuse.screen(phone, client)
-            try:
-                route = self.dispatcher.route_for(phone.country_code, mode)
-            except NoRoute as exc:
-                raise InvalidRequest({"mode": [str(exc)]}) from exc
-        now_ms = self._now_ms()
-        phone_key = self.keyring.phone_key(phone.e164)
-        earlier = self.store.earlier_blocks(
-            self.keyring.earlier_phone_keys(phone.e164),
-            client=client,
-            now_ms=now_ms,
-            max_failures=self.policy.max_failures,
-        )
-        self._refuse_unless_sendable(earlier, now_ms, client, phone)
+        try:
+            if test is not None:
+                if mode != "code":
+                    raise InvalidRequest({"mode": ["a test number takes code mode only"]})
+                route: tuple[VoiceProvider, ...] = ()
+            else:
+                self.abuse.screen(phone, client)
+                try:
+                    route = self.dispatcher.route_for(phone.country_code, mode)
+                except NoRoute as exc:
+                    raise InvalidRequest({"mode": [str(exc)]}) from exc
+            now_ms = self._now_ms()
+            phone_key = self.keyring.phone_key(phone.e164)
+            earlier = self.store.earlier_blocks(
+                self.keyring.earlier_phone_keys(phone.e164),
+                client=client,
+                now_ms=now_ms,
+                max_failures=self.policy.max_failures,
+            )
+            self._refuse_unless_sendable(earlier, now_ms, client, phone)
+        except OtpError:
+            # Refused before the gate's round trip: the request still counts against its
+            # limits, and over them it is a 429, as if the gate had gone first.
+            if gate is not None:
+                gate.run()
+            raise
         candidate_id = new_verification_id(VerificationStore.tag_of(phone_key))
         # The counters' member is random, not the verification id: a Redis dump must not join
         # a counter to a verification record (and so to its masked number).
@@ -198,11 +209,13 @@ class VerificationService:
                 keyed=self.keyring.subject_key,
             )
             # The client's open verification is read in the same round trip, so that reserve
-            # can declare its record among its keys.
-            refusal, open_id = self.velocity.count_and_read(counted, member, now_ms, open_key)
+            # can declare its record among its keys; the request limits pass first, in it too.
+            refusal, open_id = self.velocity.count_and_read(counted, member, now_ms, open_key, gate)
             if refusal is not None:
                 raise refusal_error(refusal, phone, client)
         else:
+            if gate is not None:
+                gate.run()
             open_id = self.store.open_id(client, phone_key, mode)
         fields: dict[str, str | int] = {
             "c": client,
@@ -406,8 +419,11 @@ class VerificationService:
             verification_id=about or None,
         )
 
-    def check(self, *, client: str, verification_id: str, code: str) -> CheckOutcome:
-        """Compare a code once. The attempt is counted before the comparison, atomically."""
+    def check(
+        self, *, client: str, verification_id: str, code: str, gate: Gate | None = None
+    ) -> CheckOutcome:
+        """Compare a code once. The attempt is counted before the comparison, atomically, once
+        ``gate`` (the request limits) passed."""
         now_ms = self._now_ms()
         max_attempts = self.policy.max_attempts
         ticket = self.store.begin_check(
@@ -416,6 +432,7 @@ class VerificationService:
             now_ms=now_ms,
             max_attempts=max_attempts,
             code_length=len(code),
+            gate=gate,
         )
         if ticket.outcome in ("not_found", "locked", "bad_length"):
             metrics.CHECKS.labels(

@@ -12,8 +12,7 @@ import time
 from collections.abc import Iterable
 from importlib import resources
 
-from otpsvc.store.connection import RedisClient
-from otpsvc.store.redis_store import store_guard
+from otpsvc.store.connection import RedisClient, store_guard
 from otpsvc.telemetry import TracedScript
 
 #: How long a worker trusts its last read of the open markers.

@@ -13,6 +13,9 @@ deployment:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -22,6 +25,11 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
+
+from otpsvc import metrics
+from otpsvc.errors import StoreUnavailable
+
+log = logging.getLogger("otpsvc.store")
 
 SINGLE = ("redis", "rediss", "unix")
 SENTINEL = ("redis+sentinel", "rediss+sentinel")
@@ -104,6 +112,17 @@ STORE_ERRORS: tuple[type[Exception], ...] = (
     redis.RedisError,
     redis.exceptions.RedisClusterException,
 )
+
+
+@contextmanager
+def store_guard() -> Iterator[None]:
+    """Every Redis failure leaves the store as :class:`StoreUnavailable` (HTTP 503)."""
+    try:
+        yield
+    except STORE_ERRORS as exc:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        metrics.STORE_ERRORS.inc()
+        raise StoreUnavailable("the verification store did not answer") from exc
 
 
 def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> RedisClient:

@@ -14,8 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 
-from otpsvc.store.connection import RedisClient
-from otpsvc.store.redis_store import store_guard
+from otpsvc.store.connection import RedisClient, store_guard
 from otpsvc.telemetry import TracedScript
 
 #: How long a running request holds its key: longer than the slowest start (every provider's

@@ -25,17 +25,16 @@ keypress; absent for code).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
 import redis
 
-from otpsvc import metrics
 from otpsvc.errors import StoreUnavailable
-from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster
+from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, store_guard
+from otpsvc.store.gate import Chains, Gate
 from otpsvc.telemetry import TracedScript, span
 
 log = logging.getLogger("otpsvc.store")
@@ -43,17 +42,6 @@ log = logging.getLogger("otpsvc.store")
 TAG_LENGTH = 4
 #: How long a number's failed checks are remembered.
 FAILURE_WINDOW_MS = 86_400_000
-
-
-@contextmanager
-def store_guard() -> Iterator[None]:
-    """Every Redis failure leaves the store as :class:`StoreUnavailable` (HTTP 503)."""
-    try:
-        yield
-    except STORE_ERRORS as exc:
-        log.warning("redis unavailable: %s", type(exc).__name__)
-        metrics.STORE_ERRORS.inc()
-        raise StoreUnavailable("the verification store did not answer") from exc
 
 
 @dataclass(frozen=True)
@@ -100,6 +88,7 @@ class VerificationStore:
         self._cancel = self._register(client, "cancel")
         self._delivery = self._register(client, "delivery")
         self._keypress = self._register(client, "keypress")
+        self._chains = Chains(client)
 
     @staticmethod
     def _register(client: RedisClient, name: str) -> TracedScript:
@@ -273,15 +262,21 @@ class VerificationStore:
             return str(outcome)
 
     def begin_check(
-        self, verification_id: str, *, client: str, now_ms: int, max_attempts: int, code_length: int
+        self,
+        verification_id: str,
+        *,
+        client: str,
+        now_ms: int,
+        max_attempts: int,
+        code_length: int,
+        gate: Gate | None = None,
     ) -> CheckTicket:
+        """Take an attempt. A ``gate`` (the request limits) passes first, in the same round trip
+        where it can: when it refuses, no attempt is taken."""
         keys = [self.record_key(verification_id)]
         args = [now_ms, client, max_attempts, code_length]
         with store_guard():
-            if self.wait_ms:
-                answer = self._run_replicated(self._begin_check, keys, args)
-            else:
-                answer = self._run(self._begin_check, keys, args)
+            answer = self._gated(gate, self._begin_check, keys, args, replicated=self.wait_ms > 0)
         outcome, verifier, gen, attempts, expires, length, *extra = answer
         return CheckTicket(
             str(outcome),
@@ -427,3 +422,23 @@ class VerificationStore:
     @staticmethod
     def _run(script: TracedScript, keys: list[str], args: list[Any]) -> Any:
         return script(keys=keys, args=args)
+
+    def _gated(
+        self,
+        gate: Gate | None,
+        script: TracedScript,
+        keys: list[str],
+        args: list[Any],
+        *,
+        replicated: bool = False,
+    ) -> Any:
+        """``script``'s answer, run only once ``gate`` passed; the gate's refusal is raised by
+        its ``settle``. One round trip on one server (see :mod:`otpsvc.store.gate`); on a
+        cluster the gate goes first, on its own, since its keys live in another slot."""
+        run = self._run_replicated if replicated else self._run
+        if gate is None:
+            return run(script, keys, args)
+        if is_cluster(self.redis):
+            gate.run()
+            return run(script, keys, args)
+        return Chains.answer(gate, run(*self._chains.call(gate, script, keys, args)))

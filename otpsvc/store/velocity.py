@@ -19,8 +19,8 @@ from typing import Any
 import limits
 import redis
 
-from otpsvc.store.connection import RedisClient, is_cluster
-from otpsvc.store.redis_store import store_guard
+from otpsvc.store.connection import RedisClient, is_cluster, store_guard
+from otpsvc.store.gate import Chains, Gate
 from otpsvc.telemetry import TracedScript, span
 
 
@@ -60,6 +60,7 @@ class VelocityStore:
         self.tag = f"{prefix}:{{{prefix}:velocity}}"
         script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
         self._count = TracedScript("velocity", client.register_script(script.read_text()))
+        self._chains = Chains(client)
 
     @property
     def kill_key(self) -> str:
@@ -82,28 +83,42 @@ class VelocityStore:
             return self._refusal(items, self._count(keys=keys, args=args))
 
     def count_and_read(
-        self, items: Sequence[Counter], call_id: str, now_ms: int, key: str
+        self,
+        items: Sequence[Counter],
+        call_id: str,
+        now_ms: int,
+        key: str,
+        gate: Gate | None = None,
     ) -> tuple[Refusal | None, str | None]:
-        """:meth:`count`, and read ``key`` (a string) in the same round trip."""
+        """:meth:`count`, and read ``key`` (a string) in the same round trip; after ``gate``
+        (the request limits), in that round trip too on one server: when it refuses, nothing is
+        counted here."""
         if is_cluster(self.redis):
-            # A cluster pipeline takes no scripts, and the two keys live on different nodes
-            # anyway: two round trips.
+            # A cluster pipeline takes no scripts, and the keys live on different nodes anyway:
+            # a round trip each.
+            if gate is not None:
+                gate.run()
             refusal = self.count(items, call_id, now_ms)
             with store_guard():
                 value = self.redis.get(key)
             return refusal, (str(value) if value else None)
         keys, args = self._call(items, call_id, now_ms)
+        script = self._count
+        if gate is not None:
+            script, keys, args = self._chains.call(gate, script, keys, args)
         with store_guard(), span("redis velocity", **{"db.system": "redis"}):
             pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(self._count.sha, len(keys), *keys, *args)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.get(key)
             result, value = pipe.execute(raise_on_error=False)
             if isinstance(result, redis.exceptions.NoScriptError):
-                result = self._count(keys=keys, args=args)
+                result = script(keys=keys, args=args)
             elif isinstance(result, Exception):
                 raise result
             if isinstance(value, Exception):
                 raise value
+        if gate is not None:
+            result = Chains.answer(gate, result)
         return self._refusal(items, result), (str(value) if value else None)
 
     @staticmethod

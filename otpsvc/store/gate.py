@@ -1,0 +1,94 @@
+"""Gates: a script (the request limits) that must pass before a store script may run, sent in the
+store script's own round trip wherever every key can go to one server.
+
+On one Redis server (or a Sentinel master) the two scripts are chained into one: the gate runs
+first and, when it refuses, the store script does not run at all; one round trip, one atomic step.
+On Redis Cluster the gate's keys live in their own slot, so the gate takes a round trip of its
+own, first. Either way the store script runs only after the gate passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from otpsvc.store.connection import store_guard
+from otpsvc.telemetry import TracedScript
+
+#: The chained script. The gate's script and the store script are each wrapped in a function
+#: whose parameters shadow KEYS and ARGV, and are given their own share of both: ARGV[1] is the
+#: number of the gate's keys, ARGV[2] of its arguments. Returns {1, the store script's answer}
+#: when the gate passed (its own answer is then {0}), {0, the gate's answer} when it refused.
+CHAIN = """\
+local function gate(KEYS, ARGV)
+{gate}
+end
+local function body(KEYS, ARGV)
+{body}
+end
+local gate_keys, gate_args = tonumber(ARGV[1]), tonumber(ARGV[2])
+local k1, a1, k2, a2 = {{}}, {{}}, {{}}, {{}}
+for i = 1, #KEYS do
+  if i <= gate_keys then k1[#k1 + 1] = KEYS[i] else k2[#k2 + 1] = KEYS[i] end
+end
+for i = 3, #ARGV do
+  if i <= gate_args + 2 then a1[#a1 + 1] = ARGV[i] else a2[#a2 + 1] = ARGV[i] end
+end
+local verdict = gate(k1, a1)
+if tonumber(verdict[1]) ~= 0 then
+  return {{0, verdict}}
+end
+return {{1, body(k2, a2)}}
+"""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A script call that must pass first. ``settle`` reads its answer: it returns when the gate
+    passed (the answer's first element is 0) and raises the refusal otherwise."""
+
+    script: TracedScript
+    keys: list[str]
+    args: list[Any]
+    settle: Callable[[Any], None]
+
+    def run(self) -> None:
+        """The gate in a round trip of its own."""
+        with store_guard():
+            answer = self.script(keys=self.keys, args=self.args)
+        self.settle(answer)
+
+
+class Chains:
+    """The chained scripts of one Redis client, each registered on its first use."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._made: dict[tuple[str, str], TracedScript] = {}
+
+    def call(
+        self, gate: Gate, body: TracedScript, keys: list[str], args: list[Any]
+    ) -> tuple[TracedScript, list[str], list[Any]]:
+        """The chained script of ``gate`` then ``body``, with the keys and arguments of both."""
+        chained = self._made.get((gate.script.sha, body.sha))
+        if chained is None:
+            source = CHAIN.format(gate=gate.script.text, body=body.text)
+            chained = TracedScript(
+                f"{gate.script.name}+{body.name}", self.client.register_script(source)
+            )
+            self._made[(gate.script.sha, body.sha)] = chained
+        return (
+            chained,
+            [*gate.keys, *keys],
+            [len(gate.keys), len(gate.args), *gate.args, *args],
+        )
+
+    @staticmethod
+    def answer(gate: Gate, chained_answer: Any) -> Any:
+        """The body's answer from the chained script's; the gate's refusal is raised."""
+        passed, answer = chained_answer
+        if not int(passed):
+            gate.settle(answer)
+            raise RuntimeError(f"the gate {gate.script.name} refused without raising")
+        return answer

@@ -70,6 +70,21 @@ def test_a_verification_shows_in_the_metrics(api: Api, termii: FakeTermii):
     assert value(after, "otpsvc_call_budget_used_ratio", window="3600") > 0
 
 
+def test_starts_over_their_request_limit_count_as_refused(make_app, openapi, termii):
+    """A 429 from the request limits is a refused start, with an Idempotency-Key or without."""
+    api = Api(make_app(OTPSVC_RATE_LIMIT_START_IP="1 per minute"), KEY_A, openapi)
+    assert api.start("+2348031234500").status_code == 201
+    before = scrape(api)
+    assert api.start("+2348031234501").status_code == 429
+    keyed = api.request(
+        "POST", "/otp/start", json={"phone": "+2348031234502"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert keyed.status_code == 429
+    refused = {"provider": "none", "country": "NG", "mode": "code", "outcome": "refused"}
+    started = value(scrape(api), "otpsvc_verifications_started_total", **refused)
+    assert started - value(before, "otpsvc_verifications_started_total", **refused) == 2
+
+
 def test_refusals_and_provider_errors_are_counted(api: Api, termii: FakeTermii):
     before = scrape(api)
     assert api.start("+254712345678").status_code == 403  # Kenya: outside the allowlist

@@ -33,6 +33,7 @@ from otpsvc.errors import (
     InvalidRequest,
     NotFound,
     OtpError,
+    RateLimited,
     RequestInProgress,
 )
 from otpsvc.store.gate import Gate
@@ -100,7 +101,11 @@ def start() -> Response:
     if key is None:
         # The request limits go in the round trip of the call limits (see VerificationService).
         return _start(rt, data, address, request_gate(Meet("start_ip", address)))
-    limit_request(Meet("start_ip", address))
+    try:
+        limit_request(Meet("start_ip", address))
+    except RateLimited:
+        rt.service.count_refused(data["phone"], data["mode"])
+        raise
     claim_key, claim = rt.idempotency.claim(current_client(), key, fingerprint(body))
     if claim.outcome == "reused":
         raise IdempotencyKeyReused(

@@ -137,12 +137,18 @@ class VerificationService:
             metrics.STARTS.labels("none", country, mode, "failed").inc()
             raise
         except OtpError:
-            metrics.STARTS.labels("none", country, mode, "refused").inc()
+            self.count_refused(phone, mode)
             raise
         verification = outcome.verification
         result = "created" if outcome.created else "resent"
         metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
         return outcome
+
+    def count_refused(self, phone: Phone, mode: str) -> None:
+        """A refused start, in ``otpsvc_verifications_started_total``: also one that its request
+        limits refused before the service saw it."""
+        country = metrics.country_label(phone.region, self.allowed_countries)
+        metrics.STARTS.labels("none", country, mode, "refused").inc()
 
     def _start(
         self,

@@ -12,14 +12,16 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 import requests
 from flask import Flask
 
 from otpsvc import create_app
-from otpsvc.dev.redis_server import free_port
+from otpsvc.dev.redis_server import RedisServer, free_port
 from tests.conftest import (
     KEY_A,
     PHONE,
@@ -167,6 +169,51 @@ def test_readiness(deployed, openapi):
     response = Api(deployed(), None, openapi).request("GET", "/readyz")
     assert response.status_code == 200
     assert response.get_json()["redis"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def slot_checking_url() -> Iterator[str]:
+    """A plain ``redis://`` URL to a server that refuses a command whose keys span slots, as a
+    cluster-aware proxy in front of a cluster does: a one-node Redis Cluster owning every slot."""
+    with RedisServer(
+        free_port(),
+        extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes-one.conf"),
+    ) as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
+        deadline = time.monotonic() + 10
+        while "cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "the one-node cluster did not come up"
+            time.sleep(0.05)
+        client.close()
+        yield server.url
+
+
+def test_a_server_that_refuses_keys_across_slots_gets_the_limits_on_their_own(
+    slot_checking_url: str, openapi, termii: FakeTermii, clock, caplog
+):
+    """Behind a plain URL there may be a proxy that routes by slot: the chained limits are then
+    refused (CROSSSLOT) before anything runs, and the store falls back to running them first, on
+    their own, for good. The limits still hold."""
+    env = fake_termii_env(
+        slot_checking_url,
+        termii,
+        OTPSVC_REDIS_PREFIX=f"t{next(_prefixes)}",
+        OTPSVC_RATE_LIMIT_CHECK_IP="3 per minute",
+    )
+    app = create_app(env, clock=clock)
+    try:
+        api = Api(app, KEY_A, openapi)
+        vid = api.start().get_json()["id"]
+        code = termii.last_code()
+        assert api.check(vid, wrong_code(code)).get_json()["attempts_remaining"] == 4
+        assert api.check(vid, code).get_json()["valid"] is True
+        assert api.check(vid, code).status_code == 404
+        assert api.check(vid, code).status_code == 429
+        assert sum("CROSSSLOT" in r.getMessage() for r in caplog.records) <= 2
+    finally:
+        app.extensions["otpsvc"].dispatcher.close()
+        app.extensions["otpsvc"].redis.close()
 
 
 def test_two_instances_on_one_cluster_approve_once(cluster_url: str, termii: FakeTermii, tmp_path):

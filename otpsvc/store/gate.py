@@ -5,16 +5,25 @@ On one Redis server (or a Sentinel master) the two scripts are chained into one:
 first and, when it refuses, the store script does not run at all; one round trip, one atomic step.
 On Redis Cluster the gate's keys live in their own slot, so the gate takes a round trip of its
 own, first. Either way the store script runs only after the gate passed.
+
+A plain ``redis://`` URL may lead to a proxy that routes by slot: it refuses the chained script
+(``CROSSSLOT``) before running any of it, and from then on every gate of that client runs on
+its own, as on a cluster.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ClusterCrossSlotError
+
 from otpsvc.store.connection import store_guard
 from otpsvc.telemetry import TracedScript
+
+log = logging.getLogger("otpsvc.store")
 
 #: The chained script. The gate's script and the store script are each wrapped in a function
 #: whose parameters shadow KEYS and ARGV, and are given their own share of both: ARGV[1] is the
@@ -66,6 +75,21 @@ class Chains:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._made: dict[tuple[str, str], TracedScript] = {}
+        #: False once the server refused a chained script for its keys' slots.
+        self.enabled = True
+
+    def refused_slots(self, error: object) -> bool:
+        """True when ``error`` is the server refusing a chained script because its keys span
+        slots (nothing of it ran); chaining is then off for good."""
+        if not isinstance(error, ClusterCrossSlotError):
+            return False
+        if self.enabled:
+            log.warning(
+                "the Redis server refuses keys across slots (CROSSSLOT): request limits now "
+                "take a round trip of their own; use a redis+cluster:// URL for a cluster"
+            )
+        self.enabled = False
+        return True
 
     def call(
         self, gate: Gate, body: TracedScript, keys: list[str], args: list[Any]

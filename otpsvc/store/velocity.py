@@ -104,8 +104,11 @@ class VelocityStore:
             return refusal, (str(value) if value else None)
         keys, args = self._call(items, call_id, now_ms)
         script = self._count
-        if gate is not None:
+        chained = gate is not None and self._chains.enabled
+        if gate is not None and chained:
             script, keys, args = self._chains.call(gate, script, keys, args)
+        elif gate is not None:
+            gate.run()
         with store_guard(), span("redis velocity", **{"db.system": "redis"}):
             pipe = self.redis.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -113,11 +116,17 @@ class VelocityStore:
             result, value = pipe.execute(raise_on_error=False)
             if isinstance(result, redis.exceptions.NoScriptError):
                 result = script(keys=keys, args=args)
+            elif gate is not None and chained and self._chains.refused_slots(result):
+                # Nothing of the chained script ran: the gate first, then the count.
+                gate.run()
+                chained = False
+                keys, args = self._call(items, call_id, now_ms)
+                result = self._count(keys=keys, args=args)
             elif isinstance(result, Exception):
                 raise result
             if isinstance(value, Exception):
                 raise value
-        if gate is not None:
+        if gate is not None and chained:
             result = Chains.answer(gate, result)
         return self._refusal(items, result), (str(value) if value else None)
 

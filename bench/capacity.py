@@ -301,6 +301,12 @@ def floor_cpu_ms(run: Run) -> float:
 SMALL_ARGON2_KIB = 64
 
 
+def outside(cpu_ms: float, argon2_ms: float, floor_ms: float) -> str:
+    """A pair's worker CPU outside argon2, and that as a multiple of the bare app's."""
+    rest = cpu_ms - argon2_ms
+    return f"outside argon2 {rest:.2f} ms = {rest / floor_ms:.1f} times the bare app"
+
+
 def report(params: Argon2Params, run: Run) -> None:
     run.argon2_ms = argon2_cpu_ms(params)
     server = run.worker_args or "sync workers"
@@ -319,9 +325,7 @@ def report(params: Argon2Params, run: Run) -> None:
                 rate, cpu_ms, argon2_ms = r[c]
                 print(
                     f"    concurrency {c:>2}: {rate:5.1f} pairs/s; worker CPU {cpu_ms:.2f} ms a "
-                    f"pair, of it argon2 {argon2_ms:.2f} ms, outside argon2 "
-                    f"{cpu_ms - argon2_ms:.2f} ms = {(cpu_ms - argon2_ms) / floor:.1f} times "
-                    "the bare app"
+                    f"pair, of it argon2 {argon2_ms:.2f} ms, {outside(cpu_ms, argon2_ms, floor)}"
                 )
             if target.name != "one Redis":
                 continue
@@ -334,7 +338,6 @@ def report(params: Argon2Params, run: Run) -> None:
             for c in CONCURRENCY:
                 rate, cpu_ms, argon2_ms = cold[c]
                 print(
-                    f"    concurrency {c:>2}: {rate:5.1f} pairs/s; outside argon2 "
-                    f"{cpu_ms - argon2_ms:.2f} ms = {(cpu_ms - argon2_ms) / floor:.1f} times "
-                    "the bare app"
+                    f"    concurrency {c:>2}: {rate:5.1f} pairs/s; "
+                    f"{outside(cpu_ms, argon2_ms, floor)}"
                 )

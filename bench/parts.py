@@ -135,11 +135,8 @@ def main() -> None:
             checked = call(target, "/otp/check", {"id": started["id"], "code": code}, bench.API_KEY)
             assert checked["valid"]
 
-        def pair(i: int) -> None:
-            pair_on(app, i)
-
-        def small_pair(i: int) -> None:
-            pair_on(small_app, i)
+        pair = functools.partial(pair_on, app)
+        small_pair = functools.partial(pair_on, small_app)
 
         def bare(i: int) -> None:
             started = call(floor_app.app, "/otp/start", {"phone": "+2348031234567"})

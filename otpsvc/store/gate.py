@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ClusterCrossSlotError
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterCrossSlotError, ResponseError
 
 from otpsvc.store.connection import store_guard
 from otpsvc.telemetry import TracedScript
@@ -108,11 +109,30 @@ class Chains:
             [len(gate.keys), len(gate.args), *gate.args, *args],
         )
 
-    @staticmethod
-    def answer(gate: Gate, chained_answer: Any) -> Any:
-        """The body's answer from the chained script's; the gate's refusal is raised."""
-        passed, answer = chained_answer
-        if not int(passed):
-            gate.settle(answer)
-            raise RuntimeError(f"the gate {gate.script.name} refused without raising")
-        return answer
+    def run(
+        self,
+        gate: Gate | None,
+        body: TracedScript,
+        keys: list[str],
+        args: list[Any],
+        execute: Callable[[TracedScript, list[str], list[Any]], Any],
+    ) -> Any:
+        """``body``'s answer, run by ``execute(script, keys, args)`` only once ``gate`` passed:
+        chained with it in one script where the server allows, else after it, on its own (a
+        cluster, or a server that refused keys across slots). The gate's refusal is raised by
+        its ``settle``."""
+        if gate is None:
+            return execute(body, keys, args)
+        if self.enabled and not isinstance(self.client, RedisCluster):
+            try:
+                passed, answer = execute(*self.call(gate, body, keys, args))
+            except ResponseError as exc:
+                if not self.refused_slots(exc):
+                    raise
+            else:
+                if not int(passed):
+                    gate.settle(answer)
+                    raise RuntimeError(f"the gate {gate.script.name} refused without raising")
+                return answer
+        gate.run()
+        return execute(body, keys, args)

@@ -436,13 +436,4 @@ class VerificationStore:
         its ``settle``. One round trip on one server (see :mod:`otpsvc.store.gate`); on a
         cluster, or a server that refused keys across slots, the gate goes first, on its own."""
         run = self._run_replicated if replicated else self._run
-        if gate is None:
-            return run(script, keys, args)
-        if self._chains.enabled and not is_cluster(self.redis):
-            try:
-                return Chains.answer(gate, run(*self._chains.call(gate, script, keys, args)))
-            except redis.ResponseError as exc:
-                if not self._chains.refused_slots(exc):
-                    raise
-        gate.run()
-        return run(script, keys, args)
+        return self._chains.run(gate, script, keys, args, run)

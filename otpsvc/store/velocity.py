@@ -102,32 +102,26 @@ class VelocityStore:
             with store_guard():
                 value = self.redis.get(key)
             return refusal, (str(value) if value else None)
-        keys, args = self._call(items, call_id, now_ms)
-        script = self._count
-        chained = gate is not None and self._chains.enabled
-        if gate is not None and chained:
-            script, keys, args = self._chains.call(gate, script, keys, args)
-        elif gate is not None:
-            gate.run()
-        with store_guard(), span("redis velocity", **{"db.system": "redis"}):
+        read: list[Any] = []
+
+        def count_and_get(script: TracedScript, keys: list[str], args: list[Any]) -> Any:
             pipe = self.redis.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
             pipe.get(key)
             result, value = pipe.execute(raise_on_error=False)
-            if isinstance(result, redis.exceptions.NoScriptError):
-                result = script(keys=keys, args=args)
-            elif gate is not None and chained and self._chains.refused_slots(result):
-                # Nothing of the chained script ran: the gate first, then the count.
-                gate.run()
-                chained = False
-                keys, args = self._call(items, call_id, now_ms)
-                result = self._count(keys=keys, args=args)
-            elif isinstance(result, Exception):
-                raise result
             if isinstance(value, Exception):
                 raise value
-        if gate is not None and chained:
-            result = Chains.answer(gate, result)
+            read[:] = [value]
+            if isinstance(result, redis.exceptions.NoScriptError):
+                return script(keys=keys, args=args)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        keys, args = self._call(items, call_id, now_ms)
+        with store_guard(), span("redis velocity", **{"db.system": "redis"}):
+            result = self._chains.run(gate, self._count, keys, args, count_and_get)
+        value = read[0]
         return self._refusal(items, result), (str(value) if value else None)
 
     @staticmethod

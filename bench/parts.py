@@ -5,10 +5,15 @@ no HTTP server, on a bundled redis-server and a local stand-in for Termii (in it
 its CPU is not counted). Printed, in thread CPU per pair, in one run:
 
 - the bare Flask app of ``bench/floor_app.py`` (two JSON requests);
+- the same bare app with one argon2 run per request (at otpsvc's parameters): what it spends
+  outside argon2 is the floor that, like otpsvc, runs between argon2 runs (``bench/cold.py``:
+  such code is slower than code run back to back);
 - otpsvc's pair, its argon2 runs (as ``otpsvc_argon2_cpu_seconds_total`` counts them) and what is
-  left outside them, as a multiple of the bare app; then the same with argon2 at 64 KiB, too
-  small to evict the CPU caches (at 16 MiB the code after each argon2 run meets cold caches);
+  left outside them, as a multiple of each floor;
 - that remainder part by part: each part is timed where it is called (the outermost call only).
+
+Other argon2 parameters come from the environment, as otpsvc's own settings:
+``OTPSVC_ARGON2_MEMORY_KIB=1024 OTPSVC_ARGON2_TIME_COST=10 .venv/bin/python bench/parts.py``.
 
 gunicorn's own share (HTTP parsing, the accept loop) is not here: ``bench/capacity.py`` measures
 the pair under gunicorn.
@@ -60,9 +65,22 @@ def _environ(path: str, body: dict[str, Any], key: str | None) -> dict[str, Any]
     return environ
 
 
-def call(app: Any, path: str, body: dict[str, Any], key: str | None = None) -> Any:
+def call(
+    app: Any,
+    path: str,
+    body: dict[str, Any],
+    key: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> Any:
+    """POST ``body`` to the WSGI ``app``; its JSON answer (its headers into ``headers``)."""
     status: list[str] = []
-    out = b"".join(app(_environ(path, body, key), lambda s, h, e=None: status.append(s)))
+
+    def start_response(line: str, sent: list[tuple[str, str]], exc_info: Any = None) -> None:
+        status.append(line)
+        if headers is not None:
+            headers.extend(sent)
+
+    out = b"".join(app(_environ(path, body, key), start_response))
     if not status[0].startswith("20"):
         raise RuntimeError(f"{path} answered {status[0]}: {out!r}")
     return json.loads(out)
@@ -125,22 +143,21 @@ def main() -> None:
         from otpsvc.voice.base import HttpProvider
 
         app = create_app()
-        # The same service with argon2 too small to evict the CPU caches.
-        small_app = create_app({**os.environ, "OTPSVC_ARGON2_MEMORY_KIB": "64"})
 
-        def pair_on(target: Any, i: int) -> None:
+        def pair(i: int) -> None:
             phone = bench.phone(i)
-            started = call(target, "/otp/start", {"phone": phone}, bench.API_KEY)
+            started = call(app, "/otp/start", {"phone": phone}, bench.API_KEY)
             code = codes[phone.lstrip("+")]
-            checked = call(target, "/otp/check", {"id": started["id"], "code": code}, bench.API_KEY)
+            checked = call(app, "/otp/check", {"id": started["id"], "code": code}, bench.API_KEY)
             assert checked["valid"]
 
-        pair = functools.partial(pair_on, app)
-        small_pair = functools.partial(pair_on, small_app)
+        floor_argon2: list[float] = []
 
         def bare(i: int) -> None:
-            started = call(floor_app.app, "/otp/start", {"phone": "+2348031234567"})
-            call(floor_app.app, "/otp/check", {"id": started["id"], "code": "1"})
+            sent: list[tuple[str, str]] = []
+            started = call(floor_app.app, "/otp/start", {"phone": "+2348031234567"}, None, sent)
+            call(floor_app.app, "/otp/check", {"id": started["id"], "code": "1"}, None, sent)
+            floor_argon2.extend(float(v) for k, v in sent if k == "X-Argon2-CPU-Seconds")
 
         def argon2_seconds() -> float:
             return sum(
@@ -150,18 +167,23 @@ def main() -> None:
 
         for i in range(30):  # warm up: scripts loaded, connections open
             pair(i)
-            small_pair(100 + i)
             bare(i)
-        floor = per_pair(bare, 0)
-        for label, run, first in (("otpsvc", pair, 1000), ("argon2 at 64 KiB", small_pair, 2000)):
-            before = argon2_seconds()
-            total = per_pair(run, first)
-            argon2 = (argon2_seconds() - before) / PAIRS * 1000
-            outside = total - argon2
-            print(
-                f"{label}: a pair {total:.2f} ms, argon2 {argon2:.2f}, outside argon2 "
-                f"{outside:.2f} ms = {outside / floor:.1f} times the bare app ({floor:.3f} ms)"
-            )
+        warm = per_pair(bare, 0)
+        # The same bare app with one argon2 run per request, at otpsvc's parameters.
+        floor_app.ARGON2_KIB = int(os.environ.get("OTPSVC_ARGON2_MEMORY_KIB", "16384"))
+        floor_app.ARGON2_TIME_COST = int(os.environ.get("OTPSVC_ARGON2_TIME_COST", "1"))
+        floor = per_pair(bare, 0) - sum(floor_argon2) / PAIRS * 1000
+        floor_app.ARGON2_KIB = 0
+        print(f"bare app: {warm:.3f} ms a pair; with argon2, outside it: {floor:.3f} ms")
+        before = argon2_seconds()
+        total = per_pair(pair, 1000)
+        argon2 = (argon2_seconds() - before) / PAIRS * 1000
+        outside = total - argon2
+        print(
+            f"otpsvc: a pair {total:.2f} ms, argon2 {argon2:.2f}, outside argon2 {outside:.2f} ms "
+            f"= {outside / warm:.1f} times the bare app, {outside / floor:.1f} times the bare "
+            "app with argon2"
+        )
 
         parts = Parts()
         parts.time(TracedScript, "__call__", "Lua script calls")

@@ -170,8 +170,8 @@ def main() -> None:
             bare(i)
         warm = per_pair(bare, 0)
         # The same bare app with one argon2 run per request, at otpsvc's parameters.
-        floor_app.ARGON2_KIB = int(os.environ.get("OTPSVC_ARGON2_MEMORY_KIB", "16384"))
-        floor_app.ARGON2_TIME_COST = int(os.environ.get("OTPSVC_ARGON2_TIME_COST", "1"))
+        params = app.extensions["otpsvc"].settings.argon2
+        floor_app.ARGON2_KIB, floor_app.ARGON2_TIME_COST = params.memory_kib, params.time_cost
         floor = per_pair(bare, 0) - sum(floor_argon2) / PAIRS * 1000
         floor_app.ARGON2_KIB = 0
         print(f"bare app: {warm:.3f} ms a pair; with argon2, outside it: {floor:.3f} ms")

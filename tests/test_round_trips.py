@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from otpsvc.dev.monitor import commands_sent, round_trips
@@ -49,3 +51,11 @@ def test_check_takes_two_round_trips(api: Api, termii: FakeTermii, redis_url):
     again = api.start("+2348031234503").get_json()["id"]
     code = termii.last_code()
     assert commands_sent(redis_url, lambda: api.check(again, code)) == ["EVALSHA", "EVALSHA"]
+
+
+def test_a_provider_never_read_is_read_whatever_the_host_uptime(api: Api):
+    """A breaker cache longer than the monotonic clock's reading (a host booted less than the
+    cache time ago) still reads a provider it never read, instead of failing with a KeyError."""
+    breaker = api.app.extensions["otpsvc"].dispatcher.breaker
+    breaker.cache_seconds = time.monotonic() + 3600.0
+    assert breaker.open_until(["termii"]) == {"termii": 0}

@@ -49,7 +49,9 @@ class BreakerStore:
         names = list(names)
         fresh = time.monotonic() - self.cache_seconds
         with self._lock:
-            missing = [n for n in names if self._cache.get(n, (0, 0.0))[1] < fresh]
+            # A provider never read is missing whatever the clock says: the monotonic clock
+            # starts near the host's boot, so "read at 0.0" can look fresh on a young host.
+            missing = [n for n in names if n not in self._cache or self._cache[n][1] < fresh]
         if missing:
             with store_guard():
                 pipe = self.redis.pipeline(transaction=False)

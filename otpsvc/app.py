@@ -65,6 +65,8 @@ def create_app(
     log = logging.getLogger("otpsvc")
     for name in settings.unknown:
         log.warning("unknown setting %s is ignored", name)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
 
     app = _Flask("otpsvc")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -238,6 +238,8 @@ def check_config() -> None:
         click.echo(f"{name} = {value}")
     for name in settings.unknown:
         click.echo(f"warning: unknown setting {name} is ignored", err=True)
+    for warning in settings.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _masked_url(url: str) -> str:
@@ -255,7 +257,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
     variables.update(clients="OTPSVC_API_KEYS", provider_settings="provider settings")
     shown: list[tuple[str, str]] = []
     for item in dataclasses.fields(settings):
-        if item.name == "unknown":
+        if item.name in ("unknown", "warnings"):
             continue
         value = getattr(settings, item.name)
         if item.name == "redis_url":
@@ -381,8 +383,9 @@ def unblock(phone: str) -> None:
     removed = 0
     with _redis_errors(), store_guard():
         for key in phone_keys:
-            names = [store.deny_key(key), store.all_failures_key(key), store.slow_key(key)]
+            names = [store.denials_key(key), store.all_failures_key(key), store.slow_key(key)]
             names += [store.failure_key(c.name, key) for c in settings.clients]
+            names += [store.deny_key(c.name, key) for c in settings.clients]
             removed += int(client.delete(*names))
     audit("unblock", phone=parsed.masked, removed=removed, by="cli")
     click.echo(f"{parsed.masked}: {'unblocked' if removed else 'nothing to lift'}")

@@ -158,6 +158,14 @@ class Settings:
     velocity_prefix: str = "20 per hour;100 per day"
     velocity_prefix_digits: int = 6
     velocity_country: str = "500 per hour;5000 per day"
+    #: Global ceilings per target, all clients together: the toll-fraud backstop above the
+    #: per-client shares (``velocity_phone`` ...). Default: three times the share.
+    velocity_phone_all: str = "15 per hour;30 per day"
+    velocity_prefix_all: str = "60 per hour;300 per day"
+    velocity_country_all: str = "1500 per hour;15000 per day"
+    #: Distinct clients whose calls the person must deny ("9") before the number is blocked
+    #: for every client; one denial blocks the number for the client that placed the call.
+    deny_clients: int = 2
     call_budget: str = "2000 per hour;20000 per day"
     calls_enabled: bool = True
     #: ISO 3166 alpha-2 codes calls may go to; None (dev mode only) means anywhere.
@@ -177,6 +185,9 @@ class Settings:
     failed_checks_slowdown: int = 600
     #: OTPSVC_* variables that no setting reads (a typo, or a setting that was renamed).
     unknown: tuple[str, ...] = ()
+    #: Settings that work but are probably not what the operator meant (logged at start-up,
+    #: printed by ``otpsvc check-config``).
+    warnings: tuple[str, ...] = ()
     trusted_proxies: int = 0
     #: Where those proxies connect from; X-Forwarded-For from anywhere else is ignored.
     trusted_proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -347,6 +358,18 @@ class _SettingsSchema(Schema):
         load_default=Settings.velocity_country,
         validate=_limit_string,
     )
+    velocity_phone_all = fields.String(
+        data_key="OTPSVC_VELOCITY_PHONE_ALL", load_default=None, validate=_limit_string
+    )
+    velocity_prefix_all = fields.String(
+        data_key="OTPSVC_VELOCITY_PREFIX_ALL", load_default=None, validate=_limit_string
+    )
+    velocity_country_all = fields.String(
+        data_key="OTPSVC_VELOCITY_COUNTRY_ALL", load_default=None, validate=_limit_string
+    )
+    deny_clients = fields.Integer(
+        data_key="OTPSVC_DENY_CLIENTS", load_default=2, validate=validate.Range(1, 10)
+    )
     call_budget = fields.String(
         data_key="OTPSVC_CALL_BUDGET", load_default=Settings.call_budget, validate=_limit_string
     )
@@ -464,6 +487,9 @@ class _SettingsSchema(Schema):
 
     @post_load
     def _build(self, data: dict[str, Any], **_: object) -> dict[str, Any]:
+        for share, ceiling in SHARED_LIMITS[:-1]:
+            if data[ceiling] is None:
+                data[ceiling] = scaled_limit(data[share], CEILING_FACTOR)
         data["argon2"] = Argon2Params(
             memory_kib=data.pop("argon2_memory_kib"),
             time_cost=data.pop("argon2_time_cost"),
@@ -485,6 +511,52 @@ class _SettingsSchema(Schema):
             data["public_url"] = data["public_url"].rstrip("/")
         data["secret_key"] = data["secret_key"].encode()
         return data
+
+
+#: Each limit one client's calls can fill, counted per client (the share), with the global
+#: ceiling above it for every client together (the toll-fraud backstop). A ceiling left unset is
+#: ``CEILING_FACTOR`` times the share.
+SHARED_LIMITS = (
+    ("velocity_phone", "velocity_phone_all"),
+    ("velocity_prefix", "velocity_prefix_all"),
+    ("velocity_country", "velocity_country_all"),
+    ("velocity_client", "call_budget"),
+)
+CEILING_FACTOR = 3
+
+
+def scaled_limit(spec: str, factor: int) -> str:
+    """``5 per hour;10 per day`` times 3: ``15 per 1 hour;30 per 1 day``."""
+    return ";".join(
+        f"{item.amount * factor} per {item.multiples} {item.GRANULARITY.name}"
+        for item in limits.parse_many(spec)
+    )
+
+
+def one_client_most(share: str, seconds: int) -> int:
+    """The most calls a client's share lets it place in any window of ``seconds``."""
+    items = limits.parse_many(share)
+    return min(item.amount * max(1, -(-seconds // item.get_expiry())) for item in items)
+
+
+def ceiling_problems(
+    core: Mapping[str, Any], pairs: tuple[tuple[str, str], ...] = SHARED_LIMITS
+) -> list[str]:
+    """Ceilings that one client alone could fill: then that client could spend them for all."""
+    variables = setting_variables()
+    problems = []
+    for share, ceiling in pairs:
+        if share not in core or ceiling not in core:
+            continue
+        for item in limits.parse_many(core[ceiling]):
+            most = one_client_most(core[share], item.get_expiry())
+            if item.amount <= most:
+                problems.append(
+                    f"{variables[ceiling]}: {item} is not above what one client's share "
+                    f"({variables[share]}) may place in that time ({most}): one client could "
+                    "spend it for every client"
+                )
+    return problems
 
 
 def _split(value: str) -> list[str]:
@@ -809,6 +881,12 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
                 f"OTPSVC_TEST_NUMBERS: a test number in {number.region} is outside "
                 "OTPSVC_ALLOWED_COUNTRIES"
             )
+    warnings: list[str] = []
+    if core:
+        problems += ceiling_problems(core, SHARED_LIMITS[:-1])
+        # A call budget below one client's share is legitimate on a small deployment, but then
+        # one client can spend it for all: said, not refused.
+        warnings += ceiling_problems(core, SHARED_LIMITS[-1:])
     if problems:
         raise ConfigError(sorted(problems))
     known = {f.data_key for f in _SettingsSchema().fields.values()} | {
@@ -818,4 +896,6 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         for f in spec.settings_schema().fields.values()
     }
     unknown = tuple(sorted(set(relevant) - known - {"OTPSVC_TEST_REDIS_URL"}))
-    return Settings(provider_settings=provider_settings, unknown=unknown, **core)
+    return Settings(
+        provider_settings=provider_settings, unknown=unknown, warnings=tuple(warnings), **core
+    )

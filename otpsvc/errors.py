@@ -103,15 +103,32 @@ class RetryLater(OtpError):
     """
 
     def __init__(
-        self, retry_after: float, detail: str | None = None, *, verification_id: str | None = None
+        self,
+        retry_after: float,
+        detail: str | None = None,
+        *,
+        verification_id: str | None = None,
+        limit: str | None = None,
+        scope: str | None = None,
     ) -> None:
         self.retry_after = max(1, int(-(-retry_after // 1)))
         self.verification_id = verification_id
+        #: The limit that refused (as the README's limit table names it) and whose count it
+        #: was: ``client`` (this client's share), ``global`` (every client together) or
+        #: ``address`` (the connecting address).
+        self.limit = limit
+        self.scope = scope
         super().__init__(detail)
 
     def extensions(self) -> dict[str, object]:
-        found = {"verification_id": self.verification_id} if self.verification_id else {}
-        return {"retry_after": self.retry_after, **found}
+        found: dict[str, object] = {"retry_after": self.retry_after}
+        if self.verification_id:
+            found["verification_id"] = self.verification_id
+        if self.limit:
+            found["limit"] = self.limit
+        if self.scope:
+            found["scope"] = self.scope
+        return found
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}

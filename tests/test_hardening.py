@@ -396,12 +396,15 @@ def test_callbacks_of_an_older_send_change_nothing(make_app, openapi, cequens, c
 
 
 def test_one_key_press_per_send(make_app, openapi, cequens):
-    """The first key reported for a send is the answer: a later '1' on the same send (a replay,
-    or a second report) does not approve."""
+    """The first 1 or 9 reported for a send is the answer: a later '9' on the same send (a
+    replay, or a second report) does not deny. A key other than 1 or 9 (a slip of the finger)
+    is ignored and does not use up the send's answer: the person can still press 1."""
     app = make_app(**CEQUENS_ONLY)
     api, hooks = Api(app, KEY_A, openapi), Api(app, None, openapi)
     vid = api.start(EG, mode="keypress").get_json()["id"]
     _, dtmf = cequens_urls(cequens)
     assert hooks.request("GET", dtmf + "?dtmf=5").get_json()["result"] == "ignored"
-    assert hooks.request("GET", dtmf + "?dtmf=1").get_json()["result"] == "ignored"
     assert api.get(vid).get_json()["status"] == "pending"
+    assert hooks.request("GET", dtmf + "?dtmf=1").get_json()["result"] == "approved"
+    assert hooks.request("GET", dtmf + "?dtmf=9").get_json()["result"] == "ignored"
+    assert api.get(vid).get_json()["status"] == "approved"

@@ -86,12 +86,15 @@ def test_a_failure_cap_made_under_an_earlier_secret_still_holds(
     assert refused.get_json()["code"] == "too_many_failed_checks"
 
 
-def test_callback_tokens_of_an_earlier_secret_are_recognised():
+def test_callback_tokens_of_an_earlier_secret_are_recognised_as_its_own():
+    """A token of the earlier secret is recognised, and named as that secret's: the caller holds
+    it to the send's own secret."""
     old = Keyring(SECRET.encode(), Argon2Params(memory_kib=64))
     rotated = Keyring(NEW_SECRET.encode(), Argon2Params(memory_kib=64), (SECRET.encode(),))
     alone = Keyring(NEW_SECRET.encode(), Argon2Params(memory_kib=64))
     token = old.callback_token("a" * 36, 2, "status")
-    assert rotated.verify_callback_token(token, "status") == ("a" * 36, 2)
+    assert rotated.verify_callback_token(token, "status") == ("a" * 36, 2, old.current_id)
+    assert old.current_id != rotated.current_id
     assert alone.verify_callback_token(token, "status") is None
 
 

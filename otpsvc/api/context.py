@@ -56,24 +56,32 @@ def authenticate() -> None:
     """``Authorization: Bearer <key>``: 401 unless the key belongs to a configured client.
 
     A failed attempt counts against the connecting address; over that limit the address gets
-    429 whatever key it sends (see :func:`limit_request`), so key guessing stops there.
+    429 for every further wrong key, so key guessing stops there. A valid key is never refused
+    by its address's failures: clients behind one egress address (or one gateway) must not lock
+    each other out with bad keys, and a key of 96 bits or more is beyond guessing anyway.
     """
     rt = runtime()
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     client = rt.client_for_key(token.strip()) if scheme.lower() == "bearer" else None
     if client is None:
-        address = client_ip()
-        rt.request_limits.meet(Meet("auth_failures", address), audit_fields={"ip": address})
+        count_failed_authentication()
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("send the API key as 'Authorization: Bearer <key>'")
         raise Unauthorized("the API key is not valid")
     g.client = client
 
 
+def count_failed_authentication() -> None:
+    """A wrong key or token, counted against the connecting address: 429 once it is over
+    ``OTPSVC_RATE_LIMIT_AUTH_FAILURES``."""
+    address = client_ip()
+    runtime().request_limits.meet(Meet("auth_failures", address), audit_fields={"ip": address})
+
+
 def limit_request(*extra: Meet) -> None:
-    """The request limits of an authenticated request, in one round trip: its connecting address
-    must not be over the failed-authentication limit, and it counts against its client's limit
-    (sized for a backend serving many people) and any ``extra`` limit (per end-user IP)."""
+    """The request limits of an authenticated request, in one round trip: it counts against its
+    client's limit (sized for a backend serving many people) and any ``extra`` limit (per
+    end-user IP, per client)."""
     request_gate(*extra).run()
 
 
@@ -82,7 +90,6 @@ def request_gate(*extra: Meet) -> Gate:
     request's first store script."""
     client = current_client()
     return runtime().request_limits.gate(
-        Meet("auth_failures", client_ip(), count=False),
         Meet("client", client),
         *extra,
         audit_fields={"client": client},

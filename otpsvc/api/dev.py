@@ -277,8 +277,14 @@ def page_press() -> Response:
     named = service.keyring.verify_callback_token(call.dtmf_token, "dtmf")
     if named is None:
         raise NotFound("no keypress call with this id")
-    verification_id, gen = named
-    result = service.keypress(key=data["key"], verification_id=verification_id, gen=gen)
+    verification_id, gen, key_id = named
+    result = service.keypress(
+        key=data["key"],
+        provider="console",
+        verification_id=verification_id,
+        gen=gen,
+        key_id=key_id,
+    )
     _inbox().touch()
     return jsonify({"result": result})
 
@@ -307,9 +313,13 @@ def console_status(token: str) -> Response:
     status = body.get("status") if isinstance(body, dict) else None
     if status not in CONSOLE_STATUSES:
         raise InvalidRequest({"status": [f"must be one of {', '.join(sorted(CONSOLE_STATUSES))}"]})
-    verification_id, gen = named
+    verification_id, gen, key_id = named
     result = rt.service.delivery_report(
-        status=str(status), verification_id=verification_id, provider="console", gen=gen
+        status=str(status),
+        provider="console",
+        verification_id=verification_id,
+        gen=gen,
+        key_id=key_id,
     )
     if rt.inbox is not None:
         rt.inbox.touch()

@@ -8,7 +8,7 @@ from importlib import resources
 from flask import Blueprint, Response, jsonify, request
 
 from otpsvc import metrics
-from otpsvc.api.context import runtime
+from otpsvc.api.context import count_failed_authentication, runtime
 from otpsvc.errors import Unauthorized
 
 bp = Blueprint("health", __name__)
@@ -46,6 +46,8 @@ def metrics_view() -> Response:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             expected, presented.strip().encode("utf-8", "surrogateescape")
         ):
+            # Guessed like an API key, so limited like one.
+            count_failed_authentication()
             raise Unauthorized("send the metrics token as 'Authorization: Bearer <token>'")
     velocity = rt.service.velocity
     budget = metrics.BudgetCollector(

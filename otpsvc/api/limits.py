@@ -35,11 +35,10 @@ class Window:
 
 @dataclass(frozen=True)
 class Meet:
-    """One limit a request meets: ``who`` it counts, and whether this request is counted."""
+    """One limit a request meets, and ``who`` it counts."""
 
     scope: str
     who: str
-    count: bool = True
 
 
 class RequestLimits:
@@ -84,7 +83,7 @@ class RequestLimits:
             who = self.name_of(item.scope, item.who)
             for window in self._windows[item.scope]:
                 keys.append(f"{self.tag}:{item.scope}:{who}:{window.window_ms}")
-                spec.append(f"{window.limit} {window.window_ms} {'h' if item.count else 't'}")
+                spec.append(f"{window.limit} {window.window_ms} h")
                 windows.append(window)
         args: list[int | str] = [int(self.clock() * 1000), secrets.token_hex(8), 0, " ".join(spec)]
 
@@ -96,7 +95,10 @@ class RequestLimits:
             audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
             metrics.REFUSALS.labels(f"limit_{window.scope}").inc()
             raise RateLimited(
-                int(result[1]) / 1000, f"rate limit exceeded: {window.text} ({window.scope})"
+                int(result[1]) / 1000,
+                f"rate limit exceeded: {window.text} ({window.scope})",
+                limit=f"rate_limit_{window.scope}",
+                scope="address" if window.scope == "auth_failures" else "client",
             )
 
         return Gate(self._script, keys, args, settle)

@@ -78,6 +78,13 @@ def _person_address(data: dict[str, Any]) -> str:
     return address_bucket(ip, runtime().settings.ipv6_prefix)
 
 
+def _per_person(scope: str, address: str) -> Meet:
+    """A limit per end-user address, counted per API client: the address is the client's word
+    (``end_user.ip``) or its own backend's, and one client's traffic must not lock the people
+    behind that address out of another client's app (a carrier NAT holds thousands)."""
+    return Meet(scope, f"{current_client()}\0{address}")
+
+
 def _idempotency_key() -> str | None:
     raw = request.headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
@@ -100,9 +107,9 @@ def start() -> Response:
     address = _person_address(data)
     if key is None:
         # The request limits go in the round trip of the call limits (see VerificationService).
-        return _start(rt, data, address, request_gate(Meet("start_ip", address)))
+        return _start(rt, data, address, request_gate(_per_person("start_ip", address)))
     try:
-        limit_request(Meet("start_ip", address))
+        limit_request(_per_person("start_ip", address))
     except RateLimited:
         rt.service.count_refused(data["phone"], data["mode"])
         raise
@@ -170,7 +177,7 @@ def check() -> Response:
         client=current_client(),
         verification_id=data["id"],
         code=data["code"],
-        gate=request_gate(Meet("check_ip", _person_address(data))),
+        gate=request_gate(_per_person("check_ip", _person_address(data))),
     )
     return jsonify(check_view(outcome))
 

@@ -159,8 +159,9 @@ def _cequens_field(names: tuple[str, ...]) -> str:
     return ""
 
 
-def _cequens_send(token: str, kind: str) -> tuple[str, int]:
-    """The verification and send a callback token was made for, on this endpoint only."""
+def _cequens_send(token: str, kind: str) -> tuple[str, int, str]:
+    """The verification and send a callback token was made for, on this endpoint only, and the
+    id of the secret that made it."""
     named = runtime().service.keyring.verify_callback_token(token, kind)
     if named is None:
         raise Unauthorized("unknown callback token")
@@ -169,20 +170,30 @@ def _cequens_send(token: str, kind: str) -> tuple[str, int]:
 
 @bp.route("/cequens/<token>/status", methods=["GET", "POST"])
 def cequens_status(token: str) -> Response:
-    verification_id, gen = _cequens_send(token, "status")
+    verification_id, gen, key_id = _cequens_send(token, "status")
     status = CEQUENS_STATUSES.get(_cequens_field(CEQUENS_STATUS_FIELDS).lower())
     if status is None:
         return received("ignored")
     return received(
-        runtime().service.delivery_report(status=status, verification_id=verification_id, gen=gen)
+        runtime().service.delivery_report(
+            status=status,
+            provider="cequens",
+            verification_id=verification_id,
+            gen=gen,
+            key_id=key_id,
+        )
     )
 
 
 @bp.route("/cequens/<token>/dtmf", methods=["GET", "POST"])
 def cequens_dtmf(token: str) -> Response:
-    verification_id, gen = _cequens_send(token, "dtmf")
+    verification_id, gen, key_id = _cequens_send(token, "dtmf")
     key = _cequens_field(CEQUENS_DTMF_FIELDS)[:1]
-    return received(runtime().service.keypress(key=key, verification_id=verification_id, gen=gen))
+    return received(
+        runtime().service.keypress(
+            key=key, provider="cequens", verification_id=verification_id, gen=gen, key_id=key_id
+        )
+    )
 
 
 @bp.post("/termii")

@@ -39,6 +39,9 @@ class AbusePolicy:
     prefix_digits: int
     per_country: str
     budget: str
+    all_phone: str
+    all_prefix: str
+    all_country: str
 
     @classmethod
     def from_settings(cls, s: Settings) -> AbusePolicy:
@@ -54,6 +57,9 @@ class AbusePolicy:
             prefix_digits=s.velocity_prefix_digits,
             per_country=s.velocity_country,
             budget=s.call_budget,
+            all_phone=s.velocity_phone_all,
+            all_prefix=s.velocity_prefix_all,
+            all_country=s.velocity_country_all,
         )
 
     def screen(self, phone: Phone, client: str) -> None:
@@ -84,19 +90,32 @@ class AbusePolicy:
         user_id: str | None,
         keyed: Callable[[str, str], str],
     ) -> list[Counter]:
-        """Every limit one call counts against. The number, its prefix, the end user's IP network
-        and the end user's account id appear only as keyed hashes (``keyed(kind, value)``): a
-        Redis dump gives none of them back."""
+        """Every limit one call counts against.
+
+        Whatever one client's calls can fill is counted per client (its share: ``phone``,
+        ``prefix``, ``country``, ``client``), so that no client can spend another's calls; the
+        number, its prefix and its country also count for every client together against a
+        ceiling sized above any one share (``phone_all``, ``prefix_all``, ``country_all``,
+        ``budget``), the toll-fraud backstop. What the client itself supplies (the end user's
+        IP and account id) is counted per client only: another client's value is another
+        person's.
+
+        The number, its prefix, the end user's IP network and account id appear only as keyed
+        hashes (``keyed(kind, value)``): a Redis dump gives none of them back."""
         national = phone.e164[len(f"+{phone.country_code}") :]
-        prefix = f"{phone.country_code}-{national[: self.prefix_digits]}"
+        prefix = keyed("prefix", f"{phone.country_code}-{national[: self.prefix_digits]}")
+        country = str(phone.country_code)
         user = keyed("user", f"{client}\0{user_id}") if user_id else None
         return [
-            *counters("phone", phone_key, self.per_phone),
+            *counters("phone", f"{client}:{phone_key}", self.per_phone),
             *counters("client", client, self.per_client),
-            *counters("ip", keyed("ip", ip), self.per_ip),
+            *counters("ip", f"{client}:{keyed('ip', ip)}", self.per_ip),
             *(counters("user", user, self.per_user) if user else []),
-            *counters("prefix", keyed("prefix", prefix), self.per_prefix),
-            *counters("country", str(phone.country_code), self.per_country),
+            *counters("prefix", f"{client}:{prefix}", self.per_prefix),
+            *counters("country", f"{client}:{country}", self.per_country),
+            *counters("phone_all", phone_key, self.all_phone),
+            *counters("prefix_all", prefix, self.all_prefix),
+            *counters("country_all", country, self.all_country),
             *self.budget_counters(),
         ]
 
@@ -105,13 +124,41 @@ class AbusePolicy:
         return counters("budget", "all", self.budget)
 
 
+#: What a refused call's limit counts, for its message: a share is this client's alone, a
+#: ceiling every client's together.
+LIMIT_TARGETS = {
+    "phone": "this number",
+    "client": "this API client",
+    "ip": "this end-user IP",
+    "user": "this end user",
+    "prefix": "this number prefix",
+    "country": "this country",
+}
+
+
 def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | CallsSuspended:
-    """The error a velocity or budget refusal becomes, after it is audited."""
+    """The error a velocity or budget refusal becomes, after it is audited. It names the limit
+    and whether it was this client's share or the ceiling of every client together, and says
+    nothing else about other clients."""
     reason = "kill_switch" if refusal.kind == "kill" else refusal.kind
     audit("fraud_block", client=client, phone=phone.masked, reason=f"velocity_{reason}")
     metrics.REFUSALS.labels(
         "kill_switch" if reason == "kill_switch" else f"velocity_{reason}"
     ).inc()
-    if refusal.kind in ("kill", "budget"):
+    if refusal.kind == "kill":
         return CallsSuspended(refusal.retry_after, "calls are suspended: the call budget is spent")
-    return RateLimited(refusal.retry_after, f"too many calls for this {refusal.kind}")
+    if refusal.kind == "budget":
+        return CallsSuspended(
+            refusal.retry_after,
+            "calls are suspended: the call budget of every client together is spent",
+            limit="call_budget",
+            scope="global",
+        )
+    target = refusal.kind.removesuffix("_all")
+    if refusal.kind.endswith("_all"):
+        detail = f"too many calls for {LIMIT_TARGETS[target]} from all clients together"
+        return RateLimited(
+            refusal.retry_after, detail, limit=f"velocity_{refusal.kind}", scope="global"
+        )
+    detail = f"too many calls for {LIMIT_TARGETS[target]} from this client"
+    return RateLimited(refusal.retry_after, detail, limit=f"velocity_{target}", scope="client")

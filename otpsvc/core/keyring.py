@@ -108,9 +108,16 @@ class Keyring:
         mac = hmac.new(keys.callback, message, hashlib.sha256)
         return f"{verification_id}.{gen}.{mac.hexdigest()[:32]}"
 
-    def verify_callback_token(self, token: str, kind: str) -> tuple[str, int] | None:
-        """(verification id, send generation) a token names for this endpoint, or None when the
-        token was not made here for it."""
+    @property
+    def current_id(self) -> str:
+        """The id of the secret everything new is made under."""
+        return self._current.id
+
+    def verify_callback_token(self, token: str, kind: str) -> tuple[str, int, str] | None:
+        """(verification id, send generation, id of the secret that made it) a token names for
+        this endpoint, or None when the token was not made here for it. The caller holds the
+        token to the send's own secret: an earlier secret (kept for what was made under it) must
+        not forge tokens for sends made after the rotation."""
         verification_id, _, rest = token.partition(".")
         gen_text, _, _ = rest.partition(".")
         if not gen_text.isascii() or not gen_text.isdecimal() or len(gen_text) > 6:
@@ -118,11 +125,12 @@ class Keyring:
         gen = int(gen_text)
         # Bytes, not str: compare_digest refuses non-ASCII str, and a token comes from a stranger.
         presented = token.encode("utf-8", "surrogateescape")
-        same = False
+        made_by = ""
         for keys in self._keys:
             expected = self._callback_token(keys, verification_id, gen, kind).encode()
-            same |= hmac.compare_digest(expected, presented)
-        return (verification_id, gen) if same else None
+            if hmac.compare_digest(expected, presented):
+                made_by = keys.id
+        return (verification_id, gen, made_by) if made_by else None
 
     @staticmethod
     def _code_digest(keys: _Keys, verification_id: str, code: str) -> bytes:

@@ -33,6 +33,7 @@ from otpsvc.errors import (
     OtpError,
     RateLimited,
     ResendTooSoon,
+    RetryLater,
     TooManyFailedChecks,
 )
 from otpsvc.store import Reservation, VerificationStore
@@ -56,6 +57,7 @@ class Policy:
     resend_cooldown_ms: int
     default_locale: str
     deny_block_ms: int
+    deny_clients: int
     max_failures: int
     max_failures_all: int
     slow_ms: int
@@ -70,10 +72,68 @@ class Policy:
             resend_cooldown_ms=settings.resend_cooldown * 1000,
             default_locale=settings.default_locale,
             deny_block_ms=settings.deny_block * 1000,
+            deny_clients=settings.deny_clients,
             max_failures=settings.max_failed_checks_per_number,
             max_failures_all=settings.max_failed_checks_all_clients,
             slow_ms=settings.failed_checks_slowdown * 1000,
         )
+
+
+#: What each refusing outcome of a reservation becomes: the error, the record field that says
+#: until when, the message, and the limit that refused with whose count it was (``client``: this
+#: client's own; ``global``: every client's together). No message says anything about which
+#: other client's traffic a global refusal came from.
+REFUSALS: dict[str, tuple[type[RetryLater], str, str, str | None, str | None]] = {
+    "locked": (
+        MaxAttemptsReached,
+        "ea",
+        "no check attempts are left for this number; wait for it to expire",
+        None,
+        None,
+    ),
+    "max_sends": (
+        MaxSendsReached,
+        "ea",
+        "this verification has been sent the maximum number of times",
+        "max_sends",
+        "client",
+    ),
+    "cooldown": (
+        ResendTooSoon,
+        "ra",
+        "a new call for this verification is not allowed yet",
+        "resend_cooldown",
+        "client",
+    ),
+    "blocked": (
+        NumberBlocked,
+        "until",
+        "the owner of this number said a recent call from this client was not theirs",
+        "deny_block",
+        "client",
+    ),
+    "blocked_all": (
+        NumberBlocked,
+        "until",
+        "the owner of this number said recent calls from several clients were not theirs",
+        "deny_block_all",
+        "global",
+    ),
+    "failures": (
+        TooManyFailedChecks,
+        "until",
+        "too many wrong codes for this number today",
+        "max_failed_checks_per_number",
+        "client",
+    ),
+    "slowed": (
+        RateLimited,
+        "until",
+        "too many calls for this number; try again later",
+        "max_failed_checks_all_clients",
+        "global",
+    ),
+}
 
 
 class VerificationService:
@@ -191,6 +251,8 @@ class VerificationService:
                 client=client,
                 now_ms=now_ms,
                 max_failures=self.policy.max_failures,
+                deny_ms=self.policy.deny_block_ms,
+                deny_clients=self.policy.deny_clients,
             )
             self._refuse_unless_sendable(earlier, now_ms, client, phone)
         except OtpError:
@@ -204,7 +266,7 @@ class VerificationService:
         # a counter to a verification record (and so to its masked number).
         member = secrets.token_hex(8)
         counted = []
-        open_key = self.store.open_key(client, phone_key, mode)
+        open_key = self.store.open_key(client, phone_key)
         if test is None:
             counted = self.abuse.counters(
                 phone=phone,
@@ -222,7 +284,7 @@ class VerificationService:
         else:
             if gate is not None:
                 gate.run()
-            open_id = self.store.open_id(client, phone_key, mode)
+            open_id = self.store.open_id(client, phone_key)
         fields: dict[str, str | int] = {
             "c": client,
             "pk": phone_key,
@@ -246,6 +308,9 @@ class VerificationService:
             max_failures=self.policy.max_failures,
             max_failures_all=self.policy.max_failures_all,
             slow_ms=self.policy.slow_ms,
+            deny_ms=self.policy.deny_block_ms,
+            deny_clients=self.policy.deny_clients,
+            key_id=self.keyring.current_id,
             fields=fields,
             open_id=open_id,
             mode=mode,
@@ -388,17 +453,11 @@ class VerificationService:
         self, reservation: Reservation, now_ms: int, client: str, phone: Phone
     ) -> None:
         record = reservation.record
-        wait_until = {
-            "locked": (int(record.get("ea", 0)), MaxAttemptsReached),
-            "max_sends": (int(record.get("ea", 0)), MaxSendsReached),
-            "cooldown": (int(record.get("ra", 0)), ResendTooSoon),
-            "blocked": (int(record.get("until", 0)), NumberBlocked),
-            "failures": (int(record.get("until", 0)), TooManyFailedChecks),
-            "slowed": (int(record.get("until", 0)), RateLimited),
-        }.get(reservation.outcome)
-        if wait_until is None:
+        refusal = REFUSALS.get(reservation.outcome)
+        if refusal is None:
             return
-        until_ms, error = wait_until
+        error, until_field, message, limit, scope = refusal
+        until_ms = int(record.get(until_field, 0))
         # Refusals about the client's own open verification name it; the others name nothing.
         about = (
             reservation.id if reservation.outcome in ("locked", "max_sends", "cooldown") else None
@@ -410,19 +469,12 @@ class VerificationService:
             phone=phone.masked,
             reason=reservation.outcome,
         )
-        messages = {
-            "locked": "no check attempts are left for this number; wait for it to expire",
-            "max_sends": "this verification has been sent the maximum number of times",
-            "cooldown": "a new call for this verification is not allowed yet",
-            "blocked": "the owner of this number said a recent call was not theirs",
-            "failures": "too many wrong codes for this number today",
-            # Says nothing about which client's users typed the wrong codes.
-            "slowed": "too many calls for this number; try again later",
-        }
         raise error(
             (until_ms - now_ms) / 1000,
-            messages[reservation.outcome],
+            message,
             verification_id=about or None,
+            limit=limit,
+            scope=scope,
         )
 
     def check(
@@ -518,23 +570,31 @@ class VerificationService:
         self,
         *,
         status: str,
+        provider: str,
         verification_id: str | None = None,
-        provider: str | None = None,
         message_id: str | None = None,
         gen: int | None = None,
+        key_id: str = "",
     ) -> str:
-        """Apply a provider's report on a call, found by verification id or by message id.
+        """Apply ``provider``'s report on a call, found by verification id or by message id.
 
         ``gen`` names the send the report is about (from a per-send callback URL): a report
-        about an older send changes nothing."""
+        about an older send changes nothing; nor does one about another provider's call, or one
+        whose callback token was made with another secret (``key_id``) than the send's."""
         verification_id = self._find(verification_id, provider, message_id)
         if verification_id is None:
             return "unknown"
         result, owner = self.store.record_delivery(
-            verification_id, message_id=message_id, status=status, now_ms=self._now_ms(), gen=gen
+            verification_id,
+            message_id=message_id,
+            status=status,
+            now_ms=self._now_ms(),
+            provider=provider,
+            gen=gen,
+            key_id=key_id,
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
-        metrics.DELIVERY_REPORTS.labels(provider or "unknown", status).inc()
+        metrics.DELIVERY_REPORTS.labels(provider, status).inc()
         if result == "applied" and owner:
             self.on_event(owner, "delivery.updated", verification_id)
         return result
@@ -543,25 +603,35 @@ class VerificationService:
         self,
         *,
         key: str,
+        provider: str,
         verification_id: str | None = None,
-        provider: str | None = None,
         message_id: str | None = None,
         gen: int | None = None,
+        key_id: str = "",
     ) -> str:
-        """Apply a key pressed on a keypress-mode call: 1 approves, 9 denies and blocks.
+        """Apply a key pressed on a keypress-mode call: 1 approves, 9 denies and blocks the
+        number for the client whose call it was (for every client once several clients' calls
+        were denied).
 
-        One key press per send is accepted; a report about an older send (``gen``) is not."""
+        The press must be bound to the send: it comes from the provider that took the call, and
+        either with the call's message id or through the send's callback token made with the
+        send's own secret (``key_id``). One key press per send is accepted; a report about an
+        older send (``gen``) is not."""
         verification_id = self._find(verification_id, provider, message_id)
         fields = self.store.load(verification_id) if verification_id else {}
         if not verification_id or not fields:
             return "unknown"
         result = self.store.record_keypress(
             verification_id,
+            client=fields["c"],
             phone_key=fields["pk"],
             key=key,
             now_ms=self._now_ms(),
             deny_ms=self.policy.deny_block_ms,
+            provider=provider,
+            message_id=message_id,
             gen=gen,
+            key_id=key_id,
         )
         audit("keypress", id=verification_id, client=fields["c"], phone=fields["pm"], result=result)
         if result == "approved":
@@ -573,10 +643,10 @@ class VerificationService:
         return result
 
     def _find(
-        self, verification_id: str | None, provider: str | None, message_id: str | None
+        self, verification_id: str | None, provider: str, message_id: str | None
     ) -> str | None:
         """The verification a callback is about: named directly, or by the provider's message id."""
-        if verification_id is None and provider and message_id:
+        if verification_id is None and message_id:
             return self.store.verification_for_message(provider, message_id)
         return verification_id
 

@@ -5,8 +5,11 @@ the number's keyed hash, so each script touches one Redis Cluster slot):
 
 - ``<prefix>:{tag}:v:<id>``: a hash, the verification record. Verification ids start with their tag.
 - ``<prefix>:{tag}:o:<client>:<phone key>``: the id of the client's open verification for the
-  number (``ok:`` for keypress mode).
-- ``<prefix>:{tag}:d:<phone key>``: the number is blocked after its owner pressed "it was not me".
+  number, whatever its mode (one cooldown and send count per client and number).
+- ``<prefix>:{tag}:d:<client>:<phone key>``: the number is blocked for this client after its owner
+  pressed "it was not me" on this client's call.
+- ``<prefix>:{tag}:dn:<phone key>``: the clients whose calls the owner denied, by time; denials
+  through ``OTPSVC_DENY_CLIENTS`` clients block the number for every client.
 - ``<prefix>:{tag}:x:<client>:<phone key>``: one client's failed checks of the number over a day,
   across its verifications; ``<prefix>:{tag}:xa:<phone key>``: every client's together.
 - ``<prefix>:{tag}:sl:<phone key>``: the slow-down gate of a number over the all-clients cap.
@@ -19,7 +22,8 @@ Field names of the record are short on purpose (memory per pending verification 
 client reference, ``st`` status, ``a`` attempts taken, ``s`` sends, ``g`` send generation, ``ca``
 created, ``ea`` expires, ``ra`` resend allowed, ``fa`` finished (ms), ``h`` argon2 verifier,
 ``p`` provider, ``mid`` provider message id, ``ds`` delivery status, ``m`` mode (``k`` for
-keypress; absent for code).
+keypress; absent for code), ``kg`` the send whose key press was taken, ``k`` the id of the secret
+the current send's callback tokens were made with.
 """
 
 from __future__ import annotations
@@ -103,12 +107,14 @@ class VerificationStore:
     def record_key(self, verification_id: str) -> str:
         return f"{self.prefix}:{{{verification_id[:TAG_LENGTH]}}}:v:{verification_id}"
 
-    def open_key(self, client: str, phone_key: str, mode: str = "code") -> str:
-        kind = "ok" if mode == "keypress" else "o"
-        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:{kind}:{client}:{phone_key}"
+    def open_key(self, client: str, phone_key: str) -> str:
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:o:{client}:{phone_key}"
 
-    def deny_key(self, phone_key: str) -> str:
-        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:d:{phone_key}"
+    def deny_key(self, client: str, phone_key: str) -> str:
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:d:{client}:{phone_key}"
+
+    def denials_key(self, phone_key: str) -> str:
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:dn:{phone_key}"
 
     def failure_key(self, client: str, phone_key: str) -> str:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:x:{client}:{phone_key}"
@@ -120,7 +126,14 @@ class VerificationStore:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:sl:{phone_key}"
 
     def earlier_blocks(
-        self, phone_keys: list[str], *, client: str, now_ms: int, max_failures: int
+        self,
+        phone_keys: list[str],
+        *,
+        client: str,
+        now_ms: int,
+        max_failures: int,
+        deny_ms: int,
+        deny_clients: int,
     ) -> Reservation:
         """A deny block or a spent failure cap made under an earlier secret (key rotation).
 
@@ -133,14 +146,20 @@ class VerificationStore:
         with store_guard():
             pipe = self.redis.pipeline(transaction=False)
             for key in phone_keys:
-                pipe.pttl(self.deny_key(key))
+                pipe.pttl(self.deny_key(client, key))
                 pipe.get(self.failure_key(client, key))
                 pipe.pttl(self.failure_key(client, key))
+                pipe.zrevrangebyscore(
+                    self.denials_key(key), "+inf", now_ms - deny_ms, withscores=True
+                )
             answers = pipe.execute()
-        for i in range(0, len(answers), 3):
-            blocked_ms, failures, failures_ttl = answers[i : i + 3]
+        for i in range(0, len(answers), 4):
+            blocked_ms, failures, failures_ttl, denials = answers[i : i + 4]
             if int(blocked_ms) > 0:
                 return Reservation("blocked", "", {"until": str(now_ms + int(blocked_ms))})
+            if len(denials) >= deny_clients:
+                until = int(denials[deny_clients - 1][1]) + deny_ms
+                return Reservation("blocked_all", "", {"until": str(until)})
             if failures is not None and int(failures) >= max_failures:
                 return Reservation("failures", "", {"until": str(now_ms + int(failures_ttl))})
         return Reservation("clear", "", {})
@@ -150,10 +169,10 @@ class VerificationStore:
 
     # Operations ----------------------------------------------------------------------------
 
-    def open_id(self, client: str, phone_key: str, mode: str = "code") -> str | None:
+    def open_id(self, client: str, phone_key: str) -> str | None:
         """The client's open verification for the number, as the index says now."""
         with store_guard():
-            found = self.redis.get(self.open_key(client, phone_key, mode))
+            found = self.redis.get(self.open_key(client, phone_key))
         return str(found) if found else None
 
     def reserve(
@@ -170,26 +189,31 @@ class VerificationStore:
         max_failures: int,
         max_failures_all: int,
         slow_ms: int,
+        deny_ms: int,
+        deny_clients: int,
+        key_id: str,
         fields: Mapping[str, str | int],
         open_id: str | None,
         mode: str = "code",
     ) -> Reservation:
         """Reserve a send. ``open_id`` is the client's open verification as the caller read it
         (so that the script can declare its record); when another request changed it since, the
-        index is read again and the script runs again."""
+        index is read again and the script runs again. ``key_id`` names the secret the send's
+        callback tokens are made with."""
         pairs = [str(x) for kv in fields.items() for x in kv]
         for _ in range(3):
             with store_guard():
                 raw = self._run(
                     self._reserve,
                     [
-                        self.open_key(client, phone_key, mode),
+                        self.open_key(client, phone_key),
                         self.record_key(open_id or candidate_id),
                         self.record_key(candidate_id),
-                        self.deny_key(phone_key),
+                        self.deny_key(client, phone_key),
                         self.failure_key(client, phone_key),
                         self.all_failures_key(phone_key),
                         self.slow_key(phone_key),
+                        self.denials_key(phone_key),
                     ],
                     [
                         now_ms,
@@ -202,6 +226,10 @@ class VerificationStore:
                         max_failures_all,
                         slow_ms,
                         open_id or "",
+                        deny_ms,
+                        deny_clients,
+                        "k" if mode == "keypress" else "",
+                        key_id,
                         *pairs,
                     ],
                 )
@@ -210,7 +238,7 @@ class VerificationStore:
                 return Reservation(
                     str(outcome), str(vid), dict(zip(flat[::2], flat[1::2], strict=True))
                 )
-            open_id = self.open_id(client, phone_key, mode)
+            open_id = self.open_id(client, phone_key)
         raise StoreUnavailable("the verification changed under three starts in a row")
 
     def finalize(
@@ -323,15 +351,19 @@ class VerificationStore:
         message_id: str | None,
         status: str,
         now_ms: int,
+        provider: str,
         gen: int | None = None,
+        key_id: str = "",
     ) -> tuple[str, str]:
         """(outcome, the record's API client): the client, for the event an applied report
-        sends, comes back with the outcome instead of costing another read."""
+        sends, comes back with the outcome instead of costing another read. A report about
+        another provider's call, or with a token of another secret than the send's, changes
+        nothing."""
         with store_guard():
             outcome, client = self._run(
                 self._delivery,
                 [self.record_key(verification_id)],
-                [message_id or "", status, now_ms, "" if gen is None else gen],
+                [message_id or "", status, now_ms, "" if gen is None else gen, provider, key_id],
             )
         return str(outcome), str(client)
 
@@ -339,18 +371,36 @@ class VerificationStore:
         self,
         verification_id: str,
         *,
+        client: str,
         phone_key: str,
         key: str,
         now_ms: int,
         deny_ms: int,
+        provider: str,
+        message_id: str | None = None,
         gen: int | None = None,
+        key_id: str = "",
     ) -> str:
+        """Apply a key press bound to the send by its token's secret (``key_id``) or by the
+        provider's ``message_id``; see keypress.lua."""
         with store_guard():
             return str(
                 self._run(
                     self._keypress,
-                    [self.record_key(verification_id), self.deny_key(phone_key)],
-                    [key, now_ms, deny_ms, "" if gen is None else gen],
+                    [
+                        self.record_key(verification_id),
+                        self.deny_key(client, phone_key),
+                        self.denials_key(phone_key),
+                    ],
+                    [
+                        key,
+                        now_ms,
+                        deny_ms,
+                        "" if gen is None else gen,
+                        provider,
+                        message_id or "",
+                        key_id,
+                    ],
                 )
             )
 

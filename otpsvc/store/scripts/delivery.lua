@@ -5,11 +5,14 @@
 -- ARGV[3]  now, ms
 -- ARGV[4]  the send the report is about ('' when the callback does not say): another send's
 --          report is ignored
+-- ARGV[5]  the provider the report came from: a report about another provider's call is ignored
+-- ARGV[6]  the id of the secret that made the callback's token ('' for a report found by message
+--          id): a token of another secret than the send's (field 'k') is ignored
 -- Returns {outcome, client}: outcome 'applied' | 'ignored' (a report of an older send, or no newer
 -- than what is known) | 'gone'; client is the record's API client ('' when gone)
 local rank = {initiated = 1, ringing = 2, ['in-progress'] = 3,
   completed = 4, ['no-answer'] = 4, busy = 4, failed = 4}
-local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st', 'g', 'c')
+local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st', 'g', 'c', 'p', 'k')
 if not f[3] then
   return {'gone', ''}
 end
@@ -18,6 +21,14 @@ if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(f[4]) then
   return {'ignored', client}
 end
 if ARGV[1] ~= '' and f[1] ~= ARGV[1] then
+  return {'ignored', client}
+end
+-- Until the provider is recorded (a report racing the call's own answer), the token or the
+-- message id binds the report to the send.
+if f[6] and f[6] ~= ARGV[5] then
+  return {'ignored', client}
+end
+if ARGV[6] ~= '' and f[7] and f[7] ~= ARGV[6] then
   return {'ignored', client}
 end
 local new_rank = rank[ARGV[2]]

@@ -1,27 +1,45 @@
--- Apply the key a person pressed on a keypress-mode call: 1 approves, 9 denies and blocks the number.
--- A code-mode verification is never approved here.
--- KEYS[1]  the verification record        KEYS[2]  the number's deny block (same hash tag)
+-- Apply the key a person pressed on a keypress-mode call: 1 approves, 9 denies and blocks the number
+-- for the client whose call it was. A code-mode verification is never approved here.
+-- KEYS[1]  the verification record
+-- KEYS[2]  the record's client's deny block of the number (same hash tag)
+-- KEYS[3]  the number's denials: a sorted set of clients by the time of their denial (same tag)
 -- ARGV[1]  the key pressed                ARGV[2]  now, ms
 -- ARGV[3]  how long a denial blocks new starts for the number, ms
 -- ARGV[4]  the send the key press is about ('' when the callback does not say: the current one)
+-- ARGV[5]  the provider the callback came from: it must be the one that took the send's call
+-- ARGV[6]  the provider's message id of the call ('' for a callback bound by its token)
+-- ARGV[7]  the id of the secret that made the callback's token ('' for a callback bound by the
+--          message id): it must be the secret the send was made under (field 'k')
 -- One key press is accepted per send (field 'kg' holds the send that had it): a replayed or
--- later report for the same send, or one about an older send, changes nothing.
+-- later report for the same send, or one about an older send, changes nothing. A key other than
+-- 1 or 9 is ignored and leaves the person free to press 1 or 9.
 -- Returns 'approved' | 'denied' | 'ignored'
-local f = redis.call('HMGET', KEYS[1], 'm', 'st', 'ea', 'g', 'kg')
+local f = redis.call('HMGET', KEYS[1], 'm', 'st', 'ea', 'g', 'kg', 'c', 'p', 'mid', 'k')
 if f[1] ~= 'k' or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[2]) then
   return 'ignored'
 end
 if (ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(f[4])) or f[5] == f[4] then
   return 'ignored'
 end
-redis.call('HSET', KEYS[1], 'kg', f[4])
+if f[7] ~= ARGV[5] then
+  return 'ignored'
+end
+if ARGV[7] ~= '' then
+  if f[9] and f[9] ~= ARGV[7] then
+    return 'ignored'
+  end
+elseif ARGV[6] == '' or ARGV[6] ~= f[8] then
+  return 'ignored'
+end
 if ARGV[1] == '1' then
-  redis.call('HSET', KEYS[1], 'st', 'approved', 'fa', ARGV[2])
+  redis.call('HSET', KEYS[1], 'kg', f[4], 'st', 'approved', 'fa', ARGV[2])
   return 'approved'
 end
 if ARGV[1] == '9' then
-  redis.call('HSET', KEYS[1], 'st', 'denied', 'fa', ARGV[2])
+  redis.call('HSET', KEYS[1], 'kg', f[4], 'st', 'denied', 'fa', ARGV[2])
   redis.call('SET', KEYS[2], 1, 'PX', ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[2], f[6])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
   return 'denied'
 end
 return 'ignored'

@@ -1,25 +1,35 @@
 -- Reserve one send: open a new verification, or take the client's open one for this phone (a resend).
 -- Every key is declared here and shares the phone's hash tag: one Redis Cluster slot, by the rules.
--- KEYS[1]  the client's open-verification index for this phone; its value is a verification id
+-- KEYS[1]  the client's open-verification index for this phone, whatever the mode: one cooldown and
+--          one send count per client and number; its value is a verification id
 -- KEYS[2]  the record of the verification the caller read in KEYS[1] (ARGV[10]); when there was
 --          none, the candidate's record again
 -- KEYS[3]  the record of the candidate new verification (id ARGV[2])
--- KEYS[4]  the number's deny block, set when the person pressed "it was not me"
+-- KEYS[4]  this client's deny block of the number, set when the person pressed "it was not me"
+--          on this client's call
 -- KEYS[5]  this client's failed checks of the number over the last day
 -- KEYS[6]  every client's failed checks of the number over the last day
 -- KEYS[7]  the number's slow-down gate: until the time it holds (ms), a number over the
 --          all-clients failure cap gets no call (one call per period, whichever client asks)
+-- KEYS[8]  the number's denials: a sorted set of the clients whose call the person denied, by
+--          the time of the denial (ms); denials through ARGV[12] clients block every client
 -- ARGV[1]  now, ms                        ARGV[2]  candidate id
 -- ARGV[3]  code lifetime, ms              ARGV[4]  max sends per verification
 -- ARGV[5]  base resend cooldown, ms; it doubles after every send
 -- ARGV[6]  max check attempts             ARGV[7]  max failed checks per number and client per day
 -- ARGV[8]  max failed checks per number per day, all clients together
 -- ARGV[9]  slow-down period, ms          ARGV[10] the open id the caller read ('' for none)
--- ARGV[11..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
+-- ARGV[11] how long a denial blocks, ms   ARGV[12] clients whose denials block every client
+-- ARGV[13] the mode asked for: 'k' (keypress) or '' (code)
+-- ARGV[14] the id of the secret this send's callback tokens are made with (field 'k')
+-- ARGV[15..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
---   new | resend | locked (attempts used up) | max_sends | cooldown | blocked | failures | slowed
---   (for the last three the record is just {'until', <ms>}) | retry (KEYS[1] changed since the
+--   new | resend | locked (attempts used up) | max_sends | cooldown | blocked (by this client's
+--   denial) | blocked_all (by denials through several clients) | failures | slowed
+--   (for the last four the record is just {'until', <ms>}) | retry (KEYS[1] changed since the
 --   caller read it: read again and call again)
+-- A start in the other mode than the open verification's ends that one (canceled) and opens a
+-- new one that keeps its send count and cooldown.
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[3])
 local cooldown = tonumber(ARGV[5])
@@ -32,6 +42,15 @@ end
 local blocked_for = redis.call('PTTL', KEYS[4])
 if blocked_for > 0 then
   return {'blocked', '', 'until', now + blocked_for}
+end
+
+-- One client's call denied blocks that client only: a hostile client's call must not lock the
+-- person out of every app. Denials through several clients block them all.
+local deny_ms, deny_clients = tonumber(ARGV[11]), tonumber(ARGV[12])
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - deny_ms)
+if redis.call('ZCARD', KEYS[8]) >= deny_clients then
+  local nth = redis.call('ZREVRANGE', KEYS[8], deny_clients - 1, deny_clients - 1, 'WITHSCORES')
+  return {'blocked_all', '', 'until', tonumber(nth[2]) + deny_ms}
 end
 
 local failures = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -63,9 +82,22 @@ end
 local sends_before = 0
 if open_id then
   local rec = KEYS[2]
-  local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra')
+  local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra', 'm')
   local live = f[2] and tonumber(f[2]) > now
-  if f[1] == 'pending' and live then
+  local same_mode = (f[7] or '') == ARGV[13]
+  if f[1] == 'pending' and live and not same_mode then
+    -- The other mode: a new verification, but not a way around the cooldown or the send cap.
+    if tonumber(f[4]) >= tonumber(ARGV[6]) then
+      return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
+    end
+    local refusal = send_refused(open_id, rec, f)
+    if refusal then
+      return refusal
+    end
+    redis.call('HDEL', rec, 'h')
+    redis.call('HSET', rec, 'st', 'canceled', 'fa', now)
+    sends_before = tonumber(f[3])
+  elseif f[1] == 'pending' and live then
     local sends, attempts, gen = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
     if attempts >= tonumber(ARGV[6]) then
       return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
@@ -80,15 +112,15 @@ if open_id then
     local resend_at = now + cooldown * 2 ^ (sends - 1)
     -- The old code dies here: until finalize stores the new hash, no code is valid.
     redis.call('HDEL', rec, 'h', 'mid')
-    redis.call('HSET', rec, 'g', gen, 's', sends, 'ea', expires, 'ra', resend_at, 'ds', 'sending')
+    redis.call('HSET', rec, 'g', gen, 's', sends, 'ea', expires, 'ra', resend_at, 'ds', 'sending',
+      'k', ARGV[14])
     redis.call('PEXPIRE', rec, ttl)
     redis.call('PEXPIRE', KEYS[1], ttl)
     if slow then
       redis.call('SET', KEYS[7], now + tonumber(ARGV[9]), 'PX', ARGV[9])
     end
     return {'resend', open_id, unpack(redis.call('HGETALL', rec))}
-  end
-  if f[1] == 'canceled' and live then
+  elseif f[1] == 'canceled' and live then
     -- A cancel kills the code, not the cooldown or the send cap of this client and number:
     -- start, cancel, start again must not ring the phone more often than resends would.
     local refusal = send_refused(open_id, rec, f)
@@ -102,7 +134,7 @@ end
 local expires = now + ttl
 local resend_at = now + cooldown * 2 ^ sends_before
 redis.call('HSET', KEYS[3], 'st', 'pending', 'a', 0, 's', sends_before + 1, 'g', 1, 'ca', now,
-  'ea', expires, 'ra', resend_at, 'ds', 'sending', unpack(ARGV, 11))
+  'ea', expires, 'ra', resend_at, 'ds', 'sending', 'k', ARGV[14], unpack(ARGV, 15))
 redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 if slow then

@@ -151,7 +151,13 @@ def create_app(
         service=service,
         dispatcher=dispatcher,
         request_limits=RequestLimits(client, settings, clock, keyring.subject_key),
-        idempotency=IdempotencyStore(client, settings.redis_prefix, settings.idempotency_ttl),
+        idempotency=IdempotencyStore(
+            client,
+            settings.redis_prefix,
+            settings.idempotency_ttl,
+            max_keys=settings.idempotency_max_keys,
+            clock=clock,
+        ),
         inbox=inbox,
         events=events,
     )

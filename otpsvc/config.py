@@ -148,6 +148,9 @@ class Settings:
     #: IPv6 addresses are limited per network of this many bits (one host holds a whole /64).
     ipv6_prefix: int = 64
     idempotency_ttl: int = 86400
+    #: Idempotency-Key records one client may hold at once (only answers that changed
+    #: something are kept: at most one a call, so twice the client's daily calls by default).
+    idempotency_max_keys: int = 20000
     test_numbers: tuple[TestNumber, ...] = field(default=(), repr=False)
     #: Calls placed (not requests) per number, client, end-user IP, end-user id, number prefix
     #: and country.
@@ -326,6 +329,11 @@ class _SettingsSchema(Schema):
     )
     idempotency_ttl = fields.Integer(
         data_key="OTPSVC_IDEMPOTENCY_TTL", load_default=86400, validate=validate.Range(60, 604800)
+    )
+    idempotency_max_keys = fields.Integer(
+        data_key="OTPSVC_IDEMPOTENCY_MAX_KEYS",
+        load_default=20000,
+        validate=validate.Range(10, 10_000_000),
     )
     velocity_phone = fields.String(
         data_key="OTPSVC_VELOCITY_PHONE",

@@ -106,19 +106,23 @@ def test_quoted_key_of_the_structured_field_form_is_the_same_key(api: Api, termi
 def test_the_first_answer_is_kept_24_hours_in_one_key(
     api: Api, termii: FakeTermii, redis_client: redis.Redis
 ):
-    """One hash per client and key, in one slot, with the retention TTL; the key not in clear."""
+    """One hash per client and key, in the slot of the client's index of its keys, with the
+    retention TTL; the key not in clear."""
     start(api, "retention-check")
-    keys = redis_client.keys("otpsvc:idem:*")
-    assert len(keys) == 1
+    keys = redis_client.keys("otpsvc:idem:*}:*")
+    index = redis_client.keys("otpsvc:idem:*}")
+    assert len(keys) == len(index) == 1
     assert "retention-check" not in keys[0]
     assert keys[0].count("{") == 1
+    assert keys[0].startswith(index[0])
     assert 86_000 < redis_client.ttl(keys[0]) <= 86_400
+    assert redis_client.zrange(index[0], 0, -1) == keys
 
 
 def test_retention_follows_the_setting(make_app, openapi, termii, redis_client: redis.Redis):
     api = Api(make_app(OTPSVC_IDEMPOTENCY_TTL="600"), KEY_A, openapi)
     start(api, "short")
-    (key,) = redis_client.keys("otpsvc:idem:*")
+    (key,) = redis_client.keys("otpsvc:idem:*}:*")
     assert 590 < redis_client.ttl(key) <= 600
 
 
@@ -146,14 +150,49 @@ def test_max_sends_and_lockout_refusals_name_the_verification(
     assert (locked["code"], locked["verification_id"]) == ("max_attempts_reached", vid)
 
 
-def test_kept_refusal_is_replayed_with_its_retry_after(api: Api, termii: FakeTermii):
-    """A refusal about the verification is the request's answer: replayed, Retry-After too."""
+def test_a_refusal_is_not_kept_and_a_retry_is_answered_afresh(
+    api: Api, termii: FakeTermii, redis_client: redis.Redis
+):
+    """A refusal (here the resend cooldown) changed nothing: no record is kept for it, and a
+    retry with the same key is answered afresh, with the same refusal while it holds."""
     start(api, "first")
     refused = start(api, "second")
-    replay = start(api, "second")
-    assert refused.status_code == replay.status_code == 429
-    assert replay.get_json() == refused.get_json()
-    assert replay.headers["Retry-After"] == refused.headers["Retry-After"]
+    retry = start(api, "second")
+    assert refused.status_code == retry.status_code == 429
+    assert retry.get_json()["code"] == refused.get_json()["code"] == "resend_too_soon"
+    assert "Idempotent-Replayed" not in retry.headers
+    assert len(redis_client.keys("otpsvc:idem:*}:*")) == 1
+
+
+def test_refused_starts_with_new_keys_keep_no_record(
+    api: Api, termii: FakeTermii, redis_client: redis.Redis
+):
+    """The review's memory attack: starts refused with 403, each with a new key, used to keep
+    ~888 bytes each for 24 hours; now they keep no record at all."""
+    for i in range(20):
+        assert start(api, f"refused-{i}", {"phone": "+819012345678"}).status_code == 403
+    assert redis_client.keys("otpsvc:idem:*}:*") == []
+    assert termii.calls == []
+
+
+def test_one_client_holds_at_most_its_cap_of_records(make_app, openapi, termii, clock: FakeClock):
+    """Past OTPSVC_IDEMPOTENCY_MAX_KEYS records a client's new keys are refused (429 naming the
+    limit, Retry-After until its oldest record ends); another client's keys still work."""
+    app = make_app(OTPSVC_IDEMPOTENCY_MAX_KEYS="10", OTPSVC_IDEMPOTENCY_TTL="600")
+    a, b = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    for i in range(10):
+        assert start(a, f"k{i}", {"phone": f"+23480312345{i:02d}"}).status_code == 201
+    full = start(a, "k10", {"phone": "+2348031234510"})
+    assert full.status_code == 429
+    assert (full.get_json()["limit"], full.get_json()["scope"]) == (
+        "idempotency_max_keys",
+        "client",
+    )
+    assert 590 <= int(full.headers["Retry-After"]) <= 600
+    assert start(a, "k0", {"phone": "+2348031234500"}).headers["Idempotent-Replayed"] == "true"
+    assert start(b, "k10", {"phone": "+2348031234510"}).status_code == 201
+    clock.advance(601)
+    assert start(a, "k11", {"phone": "+2348031234511"}).status_code == 201
 
 
 def test_answers_that_changed_nothing_are_not_kept(make_app, openapi, termii, clock: FakeClock):

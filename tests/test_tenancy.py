@@ -269,3 +269,22 @@ def test_refusals_name_the_limit_and_nothing_of_another_client(pair, termii: Fak
     assert "client-b" not in text
     assert PHONE not in text
     assert PUBLIC_URL not in text
+
+
+def test_readiness_reports_a_redis_that_refuses_writes(app, openapi, redis_client):
+    """A Redis at maxmemory under noeviction answers reads and refuses every write: /readyz
+    says so (503 in the server's words) instead of 'ready' while every start and check fails."""
+    probe = Api(app, None, openapi)
+    assert probe.request("GET", "/readyz").status_code == 200
+    before = redis_client.config_get("maxmemory")["maxmemory"]
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", 1)
+    try:
+        refused = probe.request("GET", "/readyz")
+    finally:
+        redis_client.config_set("maxmemory", before)
+        redis_client.config_set("maxmemory-policy", policy)
+    assert refused.status_code == 503
+    assert "refuses writes: command not allowed when used memory" in refused.get_json()["detail"]
+    assert probe.request("GET", "/readyz").status_code == 200

@@ -22,9 +22,10 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Redis answers. Warns when Redis may evict keys: eviction silently resets attempt counters."""
+    """Redis answers and takes writes. Warns when Redis may evict keys: eviction silently resets
+    attempt counters."""
     store = runtime().store
-    store.ping()
+    store.check_writable()
     warnings = []
     policy = store.eviction_policy()
     if policy != "noeviction":

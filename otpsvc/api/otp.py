@@ -49,8 +49,6 @@ bp.before_request(authenticate)
 #: structured-field form (a quoted string) is accepted too.
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}", re.ASCII)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-#: Answers that changed nothing and may well differ on a retry: the key is released for them.
-RELEASED_CODES = frozenset({"rate_limited", "calls_suspended", "store_unavailable"})
 #: Headers replayed with a kept answer.
 KEPT_HEADERS = frozenset({"Retry-After"})
 
@@ -139,10 +137,11 @@ def start() -> Response:
     except BaseException:
         rt.idempotency.release(claim_key, claim)
         raise
-    code = (
-        (response.get_json(silent=True) or {}).get("code") if response.status_code >= 400 else None
-    )
-    if code in RELEASED_CODES or (response.status_code >= 500 and response.status_code != 502):
+    # Only an answer that changed something is kept: a verification opened or resent (2xx), or
+    # one whose call no provider took (502, so a retry does not call again). A refusal changed
+    # nothing, and a retry may well be answered otherwise; keeping it would let one client fill
+    # Redis with a record per refused request.
+    if response.status_code >= 300 and response.status_code != 502:
         rt.idempotency.release(claim_key, claim)
     else:
         kept = {k: v for k, v in response.headers.items() if k in KEPT_HEADERS}

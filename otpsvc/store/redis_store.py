@@ -419,6 +419,21 @@ class VerificationStore:
         with store_guard():
             self.redis.ping()
 
+    def check_writable(self) -> None:
+        """A write Redis takes: a server at ``maxmemory`` under ``noeviction`` answers every read
+        and refuses every write (``OOM``), and a read-only replica refuses them too; either way
+        no start or check can work, so readiness must not say otherwise."""
+        try:
+            with store_guard():
+                self.redis.set(f"{self.prefix}:ready", 1, px=10_000)
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, redis.exceptions.ResponseError):
+                # The server's own words ("command not allowed when used memory >
+                # 'maxmemory'", "You can't write against a read only replica").
+                raise StoreUnavailable(f"redis refuses writes: {str(cause)[:120]}") from cause
+            raise
+
     def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy``, or None when the server does not say."""
         with store_guard():

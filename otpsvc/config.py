@@ -6,8 +6,11 @@ This is the only module that reads the environment. A bad or missing setting sto
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
+import itertools
 import math
 import os
 import re
@@ -42,25 +45,38 @@ PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "replace-me", "plac
 GENERATE_HINT = "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
+def _shannon_bits(symbols: list[int]) -> float:
+    if not symbols:
+        return 0.0
+    counts = Counter(symbols)
+    n = len(symbols)
+    return -sum(c / n * math.log2(c / n) for c in counts.values()) * n
+
+
 def estimated_bits(value: str) -> float:
     """A secret's entropy as its length times the Shannon entropy of its characters.
 
     A coarse guard, not a proof: it refuses repeated or tiny alphabets ("kkkk...", "aaaa1111")
     and short values; a random key from ``secrets.token_urlsafe(32)`` scores about 200 bits.
     """
-    if not value:
-        return 0.0
-    counts = Counter(value)
-    per_char = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
-    return per_char * len(value)
+    return _shannon_bits([ord(c) for c in value])
+
+
+def sequence_bits(value: str) -> float:
+    """The same measure over the steps from one character to the next: a run such as an
+    alphabet ("abcdef...", "0123456789") has many characters but one step, so it scores near 0,
+    while a random key scores about as high as on its characters."""
+    return _shannon_bits([ord(b) - ord(a) for a, b in itertools.pairwise(value)])
 
 
 def weakness(value: str, min_bits: float) -> str | None:
-    """Why a secret is not good enough, or None."""
+    """Why a secret is not good enough, or None. The one rule every secret setting is held to:
+    no placeholder, enough entropy in its characters, and at least half of that in its steps
+    (no alphabet or keyboard run)."""
     lowered = value.lower()
     if any(marker in lowered for marker in PLACEHOLDER_MARKERS):
         return f"is a placeholder from an example; {GENERATE_HINT}"
-    if estimated_bits(value) < min_bits:
+    if estimated_bits(value) < min_bits or sequence_bits(value) < min_bits / 2:
         return f"looks too easy to guess (under {min_bits} bits); {GENERATE_HINT}"
     return None
 
@@ -112,6 +128,14 @@ SECRET_SETTINGS = frozenset(
         "OTPSVC_CEQUENS_API_KEY",
         "OTPSVC_ALPHASMS_API_KEY",
     }
+)
+
+
+#: Secrets that someone else could use to act as otpsvc or as a provider if they guessed them (the
+#: others above are checked where they are parsed). Provider API keys are not judged: the
+#: provider issues them in its own format.
+GUESSABLE_SECRETS = frozenset(
+    {"OTPSVC_METRICS_TOKEN", "OTPSVC_TERMII_WEBHOOK_SECRET", "OTPSVC_SEVENIO_SIGNING_KEY"}
 )
 
 
@@ -726,7 +750,31 @@ def _event_problems(core: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: not a whsec_<base64> signing secret"
             )
+            continue
+        problem = _webhook_secret_weakness(secret)
+        if problem:
+            problems.append(f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: {problem}")
     return problems
+
+
+#: Standard Webhooks recommends signing secrets of 24 to 64 random bytes.
+MIN_WEBHOOK_SECRET_BYTES = 24
+
+
+def _webhook_secret_weakness(secret: str) -> str | None:
+    """A ``whsec_`` secret shorter than 24 bytes, or whose bytes are not random enough."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return "not a whsec_<base64> signing secret"
+    if len(raw) < MIN_WEBHOOK_SECRET_BYTES:
+        return (
+            f"{len(raw)} bytes; make one of at least {MIN_WEBHOOK_SECRET_BYTES} random bytes: "
+            'python3 -c \'import base64,secrets; print("whsec_" + '
+            "base64.b64encode(secrets.token_bytes(32)).decode())'"
+        )
+    return weakness(encoded, MIN_SECRET_BITS)
 
 
 def _parse_networks(
@@ -746,8 +794,9 @@ def _parse_fallbacks(value: str) -> tuple[bytes, ...]:
                 f"entry {i} is shorter than {MIN_SECRET_LENGTH} characters; "
                 "list earlier secret keys, comma separated"
             )
-        if any(marker in secret.lower() for marker in PLACEHOLDER_MARKERS):
-            raise ValidationError(f"entry {i} is a placeholder from an example")
+        problem = weakness(secret, MIN_SECRET_BITS)
+        if problem:
+            raise ValidationError(f"entry {i} {problem}")
     return tuple(secret.encode() for secret in secrets)
 
 
@@ -872,11 +921,17 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         )
     if core:
         problems += _event_problems(core)
+    for name in sorted(GUESSABLE_SECRETS):
+        value = relevant.get(name)
+        problem = weakness(value, MIN_API_KEY_BITS) if isinstance(value, str) and value else None
+        if problem:
+            problems.append(f"{name}: {problem}")
     checked_above = {
         "OTPSVC_SECRET_KEY",
         "OTPSVC_SECRET_KEY_FALLBACKS",
         "OTPSVC_API_KEYS",
         "OTPSVC_EVENT_WEBHOOK_SECRETS",
+        *GUESSABLE_SECRETS,
     }
     for name in sorted(SECRET_SETTINGS - checked_above):
         value = relevant.get(name)
@@ -895,6 +950,12 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         # A call budget below one client's share is legitimate on a small deployment, but then
         # one client can spend it for all: said, not refused.
         warnings += ceiling_problems(core, SHARED_LIMITS[-1:])
+        if not core.get("metrics_token") and not core.get("dev_mode"):
+            warnings.append(
+                "OTPSVC_METRICS_TOKEN is not set: /metrics is open on the port that also takes "
+                "provider webhooks from the internet; set a token, or keep /metrics off the "
+                "ingress"
+            )
     if problems:
         raise ConfigError(sorted(problems))
     known = {f.data_key for f in _SettingsSchema().fields.values()} | {

@@ -58,6 +58,12 @@ def test_empty_environment_lists_every_missing_setting():
         ("OTPSVC_API_KEYS", "web:aaaaaaaaaaaabbbbbbbbbbbbbb"),
         ("OTPSVC_SECRET_KEY_FALLBACKS", "change-me-to-at-least-32-random-characters"),
         ("OTPSVC_TERMII_API_KEY", "your-termii-api-key"),
+        # The adversarial review's weak secrets, each of which used to pass (issue 18).
+        ("OTPSVC_SECRET_KEY_FALLBACKS", "a" * 36),
+        ("OTPSVC_METRICS_TOKEN", "a" * 16),
+        ("OTPSVC_API_KEYS", "web:abcdefghijklmnopqrstuvwxyz0123456789"),
+        ("OTPSVC_TERMII_WEBHOOK_SECRET", "Xk3-pQ9z"),
+        ("OTPSVC_SEVENIO_SIGNING_KEY", "Xk3-pQ9z"),
     ],
 )
 def test_placeholder_and_weak_secrets_are_refused(name: str, value: str):
@@ -66,6 +72,35 @@ def test_placeholder_and_weak_secrets_are_refused(name: str, value: str):
     assert name in text
     if name != "OTPSVC_TERMII_API_KEY":
         assert "secrets.token_urlsafe" in text or "placeholder" in text
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("whsec_AAAA", "3 bytes"),
+        ("whsec_" + "A" * 44, "too easy to guess"),
+    ],
+)
+def test_weak_event_webhook_secrets_are_refused(secret: str, why: str):
+    """A Standard Webhooks secret of 3 bytes, or of 32 zero bytes, signs nothing anyone could
+    not forge: refused, naming the client."""
+    text = problems(
+        {
+            **VALID,
+            "OTPSVC_EVENT_WEBHOOKS": "web=https://hooks.example.test/otp",
+            "OTPSVC_EVENT_WEBHOOK_SECRETS": f"web={secret}",
+        }
+    )
+    assert "OTPSVC_EVENT_WEBHOOK_SECRETS: web:" in text
+    assert why in text
+
+
+def test_an_open_metrics_endpoint_is_warned_about():
+    """Without OTPSVC_METRICS_TOKEN /metrics is open on the port that takes provider webhooks:
+    start-up and check-config say so; with a token they do not."""
+    assert any("OTPSVC_METRICS_TOKEN" in w for w in load_settings(VALID).warnings)
+    token = "Zq8_kM3vR1xK7pW4nB9yH2cJ"
+    assert load_settings({**VALID, "OTPSVC_METRICS_TOKEN": token}).warnings == ()
 
 
 def test_generated_secrets_pass():

@@ -288,3 +288,14 @@ def test_readiness_reports_a_redis_that_refuses_writes(app, openapi, redis_clien
     assert refused.status_code == 503
     assert "refuses writes: command not allowed when used memory" in refused.get_json()["detail"]
     assert probe.request("GET", "/readyz").status_code == 200
+
+
+def test_wrong_metrics_tokens_are_limited_like_wrong_api_keys(make_app, openapi):
+    """Guessing the metrics token counts against the address's failed authentications, as
+    guessing an API key does: 429 past the limit; the right token is still served."""
+    token = "Zq8_kM3vR1xK7pW4nB9yH2cJ"
+    app = make_app(OTPSVC_METRICS_TOKEN=token, OTPSVC_RATE_LIMIT_AUTH_FAILURES="3 per minute")
+    guesser = Api(app, "Wrong_token_0123456789xyz", openapi)
+    statuses = [guesser.request("GET", "/metrics").status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    assert Api(app, token, openapi).request("GET", "/metrics").status_code == 200

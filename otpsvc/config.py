@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,14 @@ class TestNumber:
     code: str = field(repr=False)
     last_day: date
     region: str | None = None
+    #: The one API client that may use it (``client:+number=...``); None: every client.
+    client: str | None = None
 
     def active_on(self, day: date) -> bool:
         return day <= self.last_day
+
+    def serves(self, client: str) -> bool:
+        return self.client is None or self.client == client
 
 
 #: Settings that hold secrets: each may instead come from a file named by ``<name>_FILE``, and
@@ -175,6 +180,8 @@ class Settings:
     #: Idempotency-Key records one client may hold at once (only answers that changed
     #: something are kept: at most one a call, so twice the client's daily calls by default).
     idempotency_max_keys: int = 20000
+    #: How far ahead a test number's last day may be.
+    test_number_max_days: int = 90
     test_numbers: tuple[TestNumber, ...] = field(default=(), repr=False)
     #: Calls placed (not requests) per number, client, end-user IP, end-user id, number prefix
     #: and country.
@@ -353,6 +360,9 @@ class _SettingsSchema(Schema):
     )
     idempotency_ttl = fields.Integer(
         data_key="OTPSVC_IDEMPOTENCY_TTL", load_default=86400, validate=validate.Range(60, 604800)
+    )
+    test_number_max_days = fields.Integer(
+        data_key="OTPSVC_TEST_NUMBER_MAX_DAYS", load_default=90, validate=validate.Range(1, 366)
     )
     idempotency_max_keys = fields.Integer(
         data_key="OTPSVC_IDEMPOTENCY_MAX_KEYS",
@@ -804,10 +814,15 @@ TEST_NUMBER_CODE = re.compile(r"[0-9]{4,8}", re.ASCII)
 
 
 def _parse_test_numbers(value: str) -> tuple[TestNumber, ...]:
-    """``+2348000000001=482913@2027-06-30,...`` -> test numbers (number = code @ last day, UTC)."""
+    """``[client:]+2348000000001=482913@2027-06-30,...`` -> test numbers (number = code @ last
+    day, UTC; with ``client:`` only that API client may use it)."""
     numbers: list[TestNumber] = []
     for index, entry in enumerate(_split(value), start=1):
-        number, sep, rest = entry.partition("=")
+        scope, colon, unscoped = entry.partition(":")
+        client = scope.strip() if colon else None
+        if client is not None and not CLIENT_NAME.match(client):
+            raise ValidationError(f"entry {index}: {client!r} is not a client name")
+        number, sep, rest = (unscoped if colon else entry).partition("=")
         code, at, day = rest.partition("@")
         if not sep or not at:
             raise ValidationError(f"entry {index} must be +number=code@YYYY-MM-DD")
@@ -821,7 +836,7 @@ def _parse_test_numbers(value: str) -> tuple[TestNumber, ...]:
             phone = parse_phone(number.strip())
         except InvalidPhone as exc:
             raise ValidationError(f"entry {index}: the number {exc}") from exc
-        numbers.append(TestNumber(phone.e164, code, last_day, phone.region))
+        numbers.append(TestNumber(phone.e164, code, last_day, phone.region, client))
     if len({n.e164 for n in numbers}) != len(numbers):
         raise ValidationError("a number is listed twice")
     return tuple(numbers)
@@ -938,11 +953,23 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         if isinstance(value, str) and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
             problems.append(f"{name}: is a placeholder from an example")
     allowed = core.get("allowed_countries")
+    clients = {c.name for c in core.get("clients", ())}
+    latest = date.today() + timedelta(days=core.get("test_number_max_days", 90))
     for number in core.get("test_numbers", ()):
         if allowed is not None and number.region not in allowed:
             problems.append(
                 f"OTPSVC_TEST_NUMBERS: a test number in {number.region} is outside "
                 "OTPSVC_ALLOWED_COUNTRIES"
+            )
+        if number.last_day > latest:
+            # A test number is a standing way past verification: it must end, and soon.
+            problems.append(
+                f"OTPSVC_TEST_NUMBERS: a test number's last day {number.last_day} is more than "
+                f"OTPSVC_TEST_NUMBER_MAX_DAYS ({core.get('test_number_max_days')}) days ahead"
+            )
+        if number.client is not None and clients and number.client not in clients:
+            problems.append(
+                f"OTPSVC_TEST_NUMBERS: {number.client!r} is not a client of OTPSVC_API_KEYS"
             )
     warnings: list[str] = []
     if core:

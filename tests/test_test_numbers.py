@@ -9,7 +9,7 @@ import pytest
 
 from otpsvc.config import load_settings
 from otpsvc.errors import ConfigError
-from tests.conftest import KEY_A, Api, FakeClock, termii_env
+from tests.conftest import KEY_A, KEY_B, Api, FakeClock, termii_env
 from tests.fakes.termii import FakeTermii
 
 REVIEW = "+2348000000001"  # toll-free: never called, so its number type does not matter
@@ -130,3 +130,42 @@ def test_a_test_number_outside_the_allowlist_is_a_configuration_error(redis_url:
         load_settings(env)
     assert "OTPSVC_TEST_NUMBERS" in str(info.value)
     assert "+4915112345678" not in str(info.value)
+
+
+def test_a_last_day_far_ahead_is_refused(redis_url: str, today: datetime):
+    """A test number is a standing way past verification: a last day of 9999-12-31 (or any past
+    OTPSVC_TEST_NUMBER_MAX_DAYS, 90 by default) is a configuration error, not a silent forever."""
+    for day in ("9999-12-31", (today + timedelta(days=91)).date().isoformat()):
+        env = termii_env(redis_url, OTPSVC_TEST_NUMBERS=f"{REVIEW}=482913@{day}")
+        with pytest.raises(ConfigError) as info:
+            load_settings(env)
+        assert "OTPSVC_TEST_NUMBER_MAX_DAYS" in str(info.value)
+    ok = termii_env(redis_url, OTPSVC_TEST_NUMBERS=entry(REVIEW, "482913", today + timedelta(89)))
+    assert load_settings(ok).test_numbers[0].client is None
+
+
+def test_a_number_scoped_to_a_client_is_ordinary_for_the_others(
+    make_app, openapi, termii: FakeTermii, today: datetime
+):
+    """``client-b:+number=code@day``: the review number of one app is not every app's; for
+    another client it is an ordinary number (called, its fixed code useless)."""
+    app = make_app(OTPSVC_TEST_NUMBERS="client-b:" + entry(MOBILE, "482913", today))
+    other = Api(app, KEY_A, openapi).start(MOBILE).get_json()
+    assert other["provider"] == "termii"
+    assert len(termii.calls) == 1
+    own = Api(app, KEY_B, openapi).start(MOBILE).get_json()
+    assert own["provider"] == "test"
+    assert Api(app, KEY_B, openapi).check(own["id"], "482913").get_json()["valid"] is True
+    assert len(termii.calls) == 1
+
+
+def test_a_test_number_works_while_calls_are_suspended(
+    make_app, openapi, termii: FakeTermii, today: datetime
+):
+    """The kill switch stops calls; a test number places none, so it keeps working (app-store
+    review does not stop during an incident). Documented in the README's test numbers."""
+    app = make_app(OTPSVC_TEST_NUMBERS=entry(REVIEW, "482913", today), OTPSVC_CALLS_ENABLED="false")
+    api = Api(app, KEY_A, openapi)
+    assert api.start(MOBILE).status_code == 503
+    assert api.start(REVIEW).status_code == 201
+    assert termii.calls == []

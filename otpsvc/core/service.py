@@ -232,7 +232,7 @@ class VerificationService:
         reservation in the number's own slot; a reservation that refuses hands the count back.
         A test number (``OTPSVC_TEST_NUMBERS``) places no call and counts against no call limit.
         """
-        test = self._test_number(phone)
+        test = self._test_number(phone, client)
         try:
             if test is not None:
                 if mode != "code":
@@ -415,11 +415,14 @@ class VerificationService:
         )
         return metrics.country_label(region, self.allowed_countries)
 
-    def _test_number(self, phone: Phone) -> TestNumber | None:
-        """The number's test entry while it is active; after its last day it is ordinary."""
+    def _test_number(self, phone: Phone, client: str) -> TestNumber | None:
+        """The number's test entry while it is active and open to this client; after its last
+        day, or for another client than the one it is scoped to, it is an ordinary number."""
         test = self.test_numbers.get(phone.e164)
+        if test is None or not test.serves(client):
+            return None
         today = datetime.fromtimestamp(self.clock(), UTC).date()
-        return test if test is not None and test.active_on(today) else None
+        return test if test.active_on(today) else None
 
     def _start_test_number(
         self, client: str, phone: Phone, reservation: Reservation, test: TestNumber

@@ -79,6 +79,7 @@ def create_app(
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
+        tls=settings.redis_tls.options(),
     )
     if clock is None:
         clock = RedisClock(client)

@@ -97,6 +97,7 @@ def _store_parts(settings: Settings) -> tuple[Any, VerificationStore, VelocitySt
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout,
         connect_timeout=settings.redis_connect_timeout,
+        tls=settings.redis_tls.options(),
     )
     prefix = settings.redis_prefix
     return client, VerificationStore(client, prefix), VelocityStore(client, prefix)

@@ -91,6 +91,22 @@ class Argon2Params:
 
 
 @dataclass(frozen=True)
+class RedisTls:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def options(self) -> dict[str, str]:
+        """The redis-py connection options these files are."""
+        named = {
+            "ssl_ca_certs": self.ca_file,
+            "ssl_certfile": self.cert_file,
+            "ssl_keyfile": self.key_file,
+        }
+        return {option: path for option, path in named.items() if path}
+
+
+@dataclass(frozen=True)
 class ApiClient:
     """One API client; it may hold several keys at once, so a key can be rolled without downtime."""
 
@@ -120,6 +136,7 @@ class TestNumber:
 #: ``otpsvc check-config`` never prints them.
 SECRET_SETTINGS = frozenset(
     {
+        "OTPSVC_REDIS_URL",
         "OTPSVC_SECRET_KEY",
         "OTPSVC_SECRET_KEY_FALLBACKS",
         "OTPSVC_API_KEYS",
@@ -156,6 +173,9 @@ class Settings:
     #: Per country calling code, the ordered providers; others use ``providers``.
     routes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     dev_mode: bool = False
+    #: For a ``rediss://`` URL: the CA bundle that signed the server's certificate, and the
+    #: client certificate and key when the server asks for one.
+    redis_tls: RedisTls = RedisTls()
     redis_prefix: str = "otpsvc"
     redis_socket_timeout: float = 1.0
     redis_connect_timeout: float = 1.0
@@ -262,6 +282,9 @@ class _SettingsSchema(Schema):
 
     dev_mode = fields.Boolean(data_key="OTPSVC_DEV_MODE", load_default=False)
     redis_url = fields.String(data_key="OTPSVC_REDIS_URL", required=True)
+    redis_tls_ca_file = fields.String(data_key="OTPSVC_REDIS_TLS_CA_FILE", load_default=None)
+    redis_tls_cert_file = fields.String(data_key="OTPSVC_REDIS_TLS_CERT_FILE", load_default=None)
+    redis_tls_key_file = fields.String(data_key="OTPSVC_REDIS_TLS_KEY_FILE", load_default=None)
     redis_prefix = fields.String(
         data_key="OTPSVC_REDIS_PREFIX",
         load_default="otpsvc",
@@ -532,6 +555,11 @@ class _SettingsSchema(Schema):
         for share, ceiling in SHARED_LIMITS[:-1]:
             if data[ceiling] is None:
                 data[ceiling] = scaled_limit(data[share], CEILING_FACTOR)
+        data["redis_tls"] = RedisTls(
+            ca_file=data.pop("redis_tls_ca_file"),
+            cert_file=data.pop("redis_tls_cert_file"),
+            key_file=data.pop("redis_tls_key_file"),
+        )
         data["argon2"] = Argon2Params(
             memory_kib=data.pop("argon2_memory_kib"),
             time_cost=data.pop("argon2_time_cost"),
@@ -787,6 +815,31 @@ def _webhook_secret_weakness(secret: str) -> str | None:
     return weakness(encoded, MIN_SECRET_BITS)
 
 
+def _redis_tls_problems(core: Mapping[str, Any]) -> list[str]:
+    """TLS files only with a TLS URL, each readable, a key with its certificate."""
+    tls: RedisTls | None = core.get("redis_tls")
+    if tls is None:
+        return []
+    named = {
+        "OTPSVC_REDIS_TLS_CA_FILE": tls.ca_file,
+        "OTPSVC_REDIS_TLS_CERT_FILE": tls.cert_file,
+        "OTPSVC_REDIS_TLS_KEY_FILE": tls.key_file,
+    }
+    problems = [
+        f"{name}: cannot read {path}"
+        for name, path in named.items()
+        if path and not os.access(path, os.R_OK)
+    ]
+    if any(named.values()) and not str(core.get("redis_url", "")).startswith("rediss"):
+        problems.append(
+            "OTPSVC_REDIS_TLS_*: set only with a TLS URL (rediss://, rediss+sentinel://, "
+            "rediss+cluster://)"
+        )
+    if bool(tls.cert_file) != bool(tls.key_file):
+        problems.append("OTPSVC_REDIS_TLS_CERT_FILE and OTPSVC_REDIS_TLS_KEY_FILE go together")
+    return problems
+
+
 def _parse_networks(
     value: str,
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -929,6 +982,7 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "
             "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
         )
+    problems += _redis_tls_problems(core)
     if core.get("trusted_proxies") and not core.get("trusted_proxy_networks"):
         problems.append(
             "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "

@@ -14,7 +14,7 @@ deployment:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -125,13 +125,21 @@ def store_guard() -> Iterator[None]:
         raise StoreUnavailable("the verification store did not answer") from exc
 
 
-def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> RedisClient:
+def connect(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    tls: Mapping[str, str] | None = None,
+) -> RedisClient:
     """A client with bounded waits: no command waits longer than ``socket_timeout``.
 
     A connection error is retried once on a fresh connection (after a restart or a failover the
     pool holds dead sockets); a timeout is never retried, since the command may have run.
+    ``tls`` (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) applies to a TLS URL.
     """
     target = parse_redis_url(url)
+    ssl_options = dict(tls or {}) if url.startswith("rediss") else {}
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
@@ -140,17 +148,17 @@ def connect(url: str, *, socket_timeout: float, connect_timeout: float) -> Redis
         "client_name": "otpsvc",
     }
     if target.kind == "single":
-        return redis.Redis.from_url(url, health_check_interval=30, **common)
+        return redis.Redis.from_url(url, health_check_interval=30, **common, **ssl_options)
     auth: dict[str, Any] = {"username": target.username, "password": target.password}
     if target.tls:
-        auth["ssl"] = True
+        auth.update(ssl=True, **ssl_options)
     if target.kind == "sentinel":
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.hosts),
             sentinel_kwargs={
                 "socket_timeout": socket_timeout,
                 "socket_connect_timeout": connect_timeout,
-                **({"ssl": True} if target.tls else {}),
+                **({"ssl": True, **ssl_options} if target.tls else {}),
             },
         )
         assert target.service is not None

@@ -9,6 +9,8 @@ any one client's share (which says so when it refuses) is shared.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otpsvc.config import Argon2Params
 from otpsvc.core.keyring import Keyring
@@ -299,3 +301,84 @@ def test_wrong_metrics_tokens_are_limited_like_wrong_api_keys(make_app, openapi)
     statuses = [guesser.request("GET", "/metrics").status_code for _ in range(4)]
     assert statuses == [401, 401, 401, 429]
     assert Api(app, token, openapi).request("GET", "/metrics").status_code == 200
+
+
+PEOPLE = ["+2348031230001", "+2348031230002", "+2348031230003"]
+ADDRESSES = ["198.51.100.1", "198.51.100.2", "2001:db8:1::1"]
+ACTION = st.one_of(
+    st.tuples(st.just("start"), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.just("check_unknown"), st.integers(0, 2)),
+    st.tuples(st.just("check_wrong"), st.integers(0, 2)),
+    st.tuples(st.just("bad_key"), st.integers(0, 2)),
+)
+
+
+def test_no_counter_one_client_fills_refuses_another(make_app, openapi, termii, redis_client):
+    """Property over the limit table: for random traffic of one client (starts to a few numbers
+    from a few end-user addresses and accounts, checks of unknown ids, wrong codes, bad keys from
+    the victim's connecting address), the other client's start and check for any of those
+    numbers, addresses and accounts are served, unless a global ceiling refuses (and then the
+    refusal says so). Limits are small so the attacker fills them often."""
+    app = make_app(
+        OTPSVC_VELOCITY_PHONE="2 per hour",
+        OTPSVC_VELOCITY_PREFIX="3 per hour",
+        OTPSVC_VELOCITY_COUNTRY="4 per hour",
+        OTPSVC_VELOCITY_IP="2 per hour",
+        OTPSVC_VELOCITY_USER="2 per hour",
+        OTPSVC_VELOCITY_CLIENT="6 per hour",
+        OTPSVC_RATE_LIMIT_START_IP="3 per minute",
+        OTPSVC_RATE_LIMIT_CHECK_IP="3 per minute",
+        OTPSVC_RATE_LIMIT_AUTH_FAILURES="2 per minute",
+        OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER="2",
+        OTPSVC_RESEND_COOLDOWN="0",
+    )
+    attacker, victim = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    guesser = Api(app, "Wrong_key_0123456789abcdefXYZ", openapi)
+    seen = {"attacker_refusals": 0, "examples": 0}
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None)
+    @given(actions=st.lists(ACTION, min_size=8, max_size=16), target=st.integers(0, 2))
+    def run(actions: list[tuple[str, ...]], target: int) -> None:
+        redis_client.flushdb()
+        open_ids: dict[int, str] = {}
+        for action in actions:
+            kind, first = action[0], int(action[1])
+            if kind == "start":
+                body = {"ip": ADDRESSES[int(action[2])], "user_id": f"u{action[3]}"}
+                answer = attacker.start(PEOPLE[first], end_user=body)
+                if answer.status_code in (200, 201):
+                    open_ids[first] = answer.get_json()["id"]
+                else:
+                    seen["attacker_refusals"] += 1
+            elif kind == "check_unknown":
+                body = {"id": "e" * 36, "code": "123456", "end_user": {"ip": ADDRESSES[first]}}
+                attacker.request("POST", "/otp/check", json=body)
+            elif kind == "check_wrong" and first in open_ids:
+                attacker.check(open_ids[first], "000000")
+            elif kind == "bad_key":
+                guesser.request("GET", "/otp/" + "0" * 36, environ_base={"REMOTE_ADDR": "10.9.9.9"})
+        seen["examples"] += 1
+        person = {"ip": ADDRESSES[target], "user_id": f"u{target}"}
+        env = {"REMOTE_ADDR": "10.9.9.9"}
+        started = victim.request(
+            "POST",
+            "/otp/start",
+            json={"phone": PEOPLE[target], "end_user": person},
+            environ_base=env,
+        )
+        if started.status_code != 201:
+            assert started.get_json().get("scope") == "global", started.get_json()
+            return
+        code = termii.code_for(PEOPLE[target])
+        body = {"id": started.get_json()["id"], "code": code, "end_user": {"ip": person["ip"]}}
+        checked = victim.request("POST", "/otp/check", json=body, environ_base=env)
+        assert checked.status_code == 200, checked.get_json()
+        assert checked.get_json()["valid"] is True
+
+    run()
+    # The attacker's own limits did refuse it, often: the victim was served despite full counters.
+    assert seen["attacker_refusals"] > 20, seen
+    pytest.FIGURES["per-client limits, property"] = (  # type: ignore[attr-defined]
+        f"{seen['examples']} random attacker traffic runs ({seen['attacker_refusals']} of the "
+        "attacker's starts refused by its own limits): the victim was served every time"
+    )

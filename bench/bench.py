@@ -5,7 +5,9 @@ Measures, in one run on this machine:
 2. raw argon2 verifies/s of 2 processes, then ``/otp/check`` requests/s under gunicorn with 2 sync
    workers, and their ratio (target: the service keeps >= 85% of the raw rate);
 3. Redis round trips per start and per check (``INFO stats``) and the commands in them (MONITOR);
-4. bytes of Redis memory per pending verification (target: <= 512).
+4. bytes of Redis memory per pending verification (target: <= 512), and per refused start sent
+   with a new ``Idempotency-Key`` each time (target: <= 400; it was about 1.5 KB when a record
+   was kept for every answer).
 
 Everything runs on loopback: a bundled redis-server, a local stand-in for Termii's voice-call
 endpoint, and gunicorn. Request loops are bounded in count and time. Then ``bench/capacity.py``
@@ -259,6 +261,20 @@ def main() -> None:
                         timeout=10,
                     )
             per_verification = (client.info("memory")["used_memory"] - before) / extra
+            # A client refused over and over (a country not served), a new Idempotency-Key each
+            # time: what stays in Redis is the request-limit entries, not an answer per key.
+            before = client.info("memory")["used_memory"]
+            with requests.Session() as session:
+                for i in range(extra):
+                    refused = session.post(
+                        base + "/otp/start",
+                        json={"phone": f"+8190{12_340_000 + i}"},
+                        headers={**headers, "Idempotency-Key": f"refused-{i}"},
+                        timeout=10,
+                    )
+                    if refused.status_code != 403:
+                        raise RuntimeError(f"expected 403, got {refused.status_code}")
+            per_refusal = (client.info("memory")["used_memory"] - before) / extra
 
             # Termii codes never start with 0, so "000000" is always wrong: every check is a
             # full argon2 verify, and none ends its verification early (ids 0-5 were used above).
@@ -305,6 +321,10 @@ def main() -> None:
     )
     print(f"  used_memory growth over {extra} starts: {per_verification:.0f} bytes each")
     print("  (the growth also holds each call's rate-limiter and velocity-limit entries)")
+    print(
+        f"  used_memory growth over {extra} refused starts, a new Idempotency-Key each: "
+        f"{per_refusal:.0f} bytes each (target <= 400)"
+    )
     if not options.no_capacity:
         run = capacity.Run(
             env=capacity_env,

@@ -85,8 +85,8 @@ if open_id then
   local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra', 'm')
   local live = f[2] and tonumber(f[2]) > now
   local same_mode = (f[7] or '') == ARGV[13]
-  if f[1] == 'pending' and live and not same_mode then
-    -- The other mode: a new verification, but not a way around the cooldown or the send cap.
+  if f[1] == 'pending' and live then
+    -- Attempts used up, the send cap or the cooldown hold in either mode.
     if tonumber(f[4]) >= tonumber(ARGV[6]) then
       return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
     end
@@ -94,20 +94,14 @@ if open_id then
     if refusal then
       return refusal
     end
+  end
+  if f[1] == 'pending' and live and not same_mode then
+    -- The other mode: a new verification, which keeps the open one's send count.
     redis.call('HDEL', rec, 'h')
     redis.call('HSET', rec, 'st', 'canceled', 'fa', now)
     sends_before = tonumber(f[3])
   elseif f[1] == 'pending' and live then
-    local sends, attempts, gen = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
-    if attempts >= tonumber(ARGV[6]) then
-      return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
-    end
-    local refusal = send_refused(open_id, rec, f)
-    if refusal then
-      return refusal
-    end
-    gen = gen + 1
-    sends = sends + 1
+    local sends, gen = tonumber(f[3]) + 1, tonumber(f[5]) + 1
     local expires = now + ttl
     local resend_at = now + cooldown * 2 ^ (sends - 1)
     -- The old code dies here: until finalize stores the new hash, no code is valid.

@@ -29,7 +29,7 @@ from otpsvc.store.clock import RedisClock
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.base import Speech, Timeouts
-from otpsvc.voice.dispatch import Dispatcher
+from otpsvc.voice.dispatch import Bulkhead, Dispatcher
 from otpsvc.voice.registry import ProviderContext, build_providers
 
 MAX_BODY_BYTES = 16 * 1024
@@ -110,7 +110,14 @@ def create_app(
         window_ms=settings.breaker_window * 1000,
         cooloff_ms=settings.breaker_cooloff * 1000,
     )
-    dispatcher = Dispatcher(providers, settings.providers, settings.routes, breaker, clock)
+    dispatcher = Dispatcher(
+        providers,
+        settings.providers,
+        settings.routes,
+        breaker,
+        clock,
+        Bulkhead(settings.provider_concurrency),
+    )
     service = VerificationService(
         store=store,
         keyring=keyring,

@@ -247,6 +247,11 @@ class Settings:
     trusted_proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     provider_connect_timeout: float = 3.05
     provider_read_timeout: float = 10.0
+    #: Threads of each gunicorn worker (the gthread worker): requests one worker serves at once.
+    worker_threads: int = 8
+    #: Of those, how many may wait on a voice provider at once; a start past it is refused at
+    #: once (503 providers_busy) so that checks, webhooks and probes always find a thread.
+    provider_concurrency: int = 6
     brand: str = "otpsvc"
     default_locale: str = "en"
     call_repeats: int = 2
@@ -472,6 +477,12 @@ class _SettingsSchema(Schema):
     )
     provider_read_timeout = fields.Float(
         data_key="OTPSVC_PROVIDER_READ_TIMEOUT", load_default=10.0, validate=validate.Range(0.1, 60)
+    )
+    worker_threads = fields.Integer(
+        data_key="OTPSVC_WORKER_THREADS", load_default=8, validate=validate.Range(1, 256)
+    )
+    provider_concurrency = fields.Integer(
+        data_key="OTPSVC_PROVIDER_CONCURRENCY", load_default=6, validate=validate.Range(1, 255)
     )
     brand = fields.String(
         data_key="OTPSVC_BRAND",
@@ -983,6 +994,12 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
         )
     problems += _redis_tls_problems(core)
+    if core and core["provider_concurrency"] >= core["worker_threads"] > 1:
+        problems.append(
+            "OTPSVC_PROVIDER_CONCURRENCY: must be below OTPSVC_WORKER_THREADS "
+            f"({core['worker_threads']}): starts waiting on providers would leave no thread for "
+            "checks, webhooks and probes"
+        )
     if core.get("trusted_proxies") and not core.get("trusted_proxy_networks"):
         problems.append(
             "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "

@@ -211,6 +211,17 @@ class CallsSuspended(RetryLater):
     title = "Service Unavailable"
 
 
+class ProvidersBusy(RetryLater):
+    """This worker already has as many starts waiting on voice providers as it may
+    (``OTPSVC_PROVIDER_CONCURRENCY``): refused at once, not queued, so that checks and probes
+    keep their threads. Nothing was counted and no call was placed; another pod, or this one a
+    moment later, takes the retry."""
+
+    status = 503
+    code = "providers_busy"
+    title = "Service Unavailable"
+
+
 class StoreUnavailable(OtpError):
     """Redis did not answer in time; nothing was approved and no call was placed."""
 

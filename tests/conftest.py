@@ -149,6 +149,10 @@ def base_env(redis_url: str) -> dict[str, str]:
         "OTPSVC_VELOCITY_PREFIX": "1000 per hour",
         "OTPSVC_ALLOWED_COUNTRIES": "NG,DE,UA,EG,FR,GB,US,SA,AE",
         "OTPSVC_PROVIDER_READ_TIMEOUT": "2",
+        # The in-process app serves as many threads as a test races at it, not a gunicorn
+        # worker's: its bulkhead is sized for them (tests/test_serving.py runs the real one).
+        "OTPSVC_WORKER_THREADS": "64",
+        "OTPSVC_PROVIDER_CONCURRENCY": "48",
     }
 
 

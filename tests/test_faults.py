@@ -57,11 +57,16 @@ def test_redis_down_start_places_no_call(fault_api: Api, own_redis, termii: Fake
     assert termii.calls == []
 
 
-def test_redis_down_read_and_readiness_are_503(fault_api: Api, own_redis):
-    """Reading a verification and /readyz answer 503 while Redis is down; /healthz stays 200."""
+def test_redis_down_reads_are_503_and_readiness_reports_it(fault_api: Api, own_redis):
+    """While Redis is down a read answers 503; /readyz stays 200 and reports Redis unavailable
+    (every pod shares Redis: failing readiness would empty the Service, and callers would get
+    connection errors instead of fast 503s); /readyz?deep=1 is 503; /healthz stays 200."""
     own_redis.stop()
     assert fault_api.get("0" * 36).status_code == 503
-    assert fault_api.request("GET", "/readyz").status_code == 503
+    ready = fault_api.request("GET", "/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["redis"] == "unavailable"
+    assert fault_api.request("GET", "/readyz?deep=1").status_code == 503
     assert fault_api.request("GET", "/healthz").status_code == 200
 
 

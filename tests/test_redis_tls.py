@@ -75,15 +75,16 @@ def tls_redis(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def test_a_tls_redis_with_a_private_ca(make_app, openapi, tls_redis, termii):
     """rediss:// with OTPSVC_REDIS_TLS_CA_FILE: the server's certificate is verified against
-    that CA, and the service works; without the CA the handshake fails and /readyz says 503."""
+    that CA, and the service works; without the CA the handshake fails and /readyz?deep=1 says
+    503."""
     url, ca = tls_redis
     app = make_app(OTPSVC_REDIS_URL=url, OTPSVC_REDIS_TLS_CA_FILE=str(ca))
     api = Api(app, None, openapi)
-    assert api.request("GET", "/readyz").status_code == 200
+    assert api.request("GET", "/readyz?deep=1").status_code == 200
     assert Api(app, KEY_A, openapi).start().status_code == 201
 
     untrusted = make_app(OTPSVC_REDIS_URL=url)
-    assert Api(untrusted, None, openapi).request("GET", "/readyz").status_code == 503
+    assert Api(untrusted, None, openapi).request("GET", "/readyz?deep=1").status_code == 503
 
 
 def test_tls_files_need_a_tls_url(redis_url: str, tmp_path: Path):

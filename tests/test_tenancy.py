@@ -275,21 +275,25 @@ def test_refusals_name_the_limit_and_nothing_of_another_client(pair, termii: Fak
 
 def test_readiness_reports_a_redis_that_refuses_writes(app, openapi, redis_client):
     """A Redis at maxmemory under noeviction answers reads and refuses every write: /readyz
-    says so (503 in the server's words) instead of 'ready' while every start and check fails."""
+    reports it (and ?deep=1 is 503, in the server's words) instead of 'ok' while every start
+    and check fails."""
     probe = Api(app, None, openapi)
-    assert probe.request("GET", "/readyz").status_code == 200
+    assert probe.request("GET", "/readyz?deep=1").status_code == 200
     before = redis_client.config_get("maxmemory")["maxmemory"]
     policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
     redis_client.config_set("maxmemory-policy", "noeviction")
     redis_client.config_set("maxmemory", 1)
     try:
-        refused = probe.request("GET", "/readyz")
+        reported = probe.request("GET", "/readyz").get_json()
+        refused = probe.request("GET", "/readyz?deep=1")
     finally:
         redis_client.config_set("maxmemory", before)
         redis_client.config_set("maxmemory-policy", policy)
     assert refused.status_code == 503
     assert "refuses writes: command not allowed when used memory" in refused.get_json()["detail"]
-    assert probe.request("GET", "/readyz").status_code == 200
+    assert reported["redis"] == "unavailable"
+    assert "refuses writes" in reported["warnings"][0]
+    assert probe.request("GET", "/readyz?deep=1").get_json()["redis"] == "ok"
 
 
 def test_wrong_metrics_tokens_are_limited_like_wrong_api_keys(make_app, openapi):

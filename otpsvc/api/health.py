@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from otpsvc import metrics
 from otpsvc.api.context import count_failed_authentication, runtime
-from otpsvc.errors import Unauthorized
+from otpsvc.errors import StoreUnavailable, Unauthorized
 
 bp = Blueprint("health", __name__)
 
@@ -22,11 +22,24 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Redis answers and takes writes. Warns when Redis may evict keys: eviction silently resets
-    attempt counters."""
+    """Readiness: this process can take requests. Redis's state is reported, not judged.
+
+    Every pod shares one Redis, so a readiness that failed with Redis would take every pod out
+    of the Service at once, and callers would get connection errors instead of fast, clear
+    ``503 store_unavailable`` answers (Kubernetes' guidance: readiness should not fail on a
+    dependency all pods share). ``?deep=1`` judges it: 503 while Redis does not answer or
+    refuses writes, for an operator or a load balancer in front of one instance. Warns when
+    Redis may evict keys: eviction silently resets attempt counters.
+    """
     store = runtime().store
-    store.check_writable()
+    deep = request.args.get("deep") in ("1", "true")
     warnings = []
+    try:
+        store.check_writable()
+    except StoreUnavailable as exc:
+        if deep:
+            raise
+        return jsonify({"status": "ready", "redis": "unavailable", "warnings": [exc.detail]})
     policy = store.eviction_policy()
     if policy != "noeviction":
         warnings.append(

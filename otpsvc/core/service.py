@@ -31,6 +31,7 @@ from otpsvc.errors import (
     NotFound,
     NumberBlocked,
     OtpError,
+    ProvidersBusy,
     RateLimited,
     ResendTooSoon,
     RetryLater,
@@ -179,26 +180,37 @@ class VerificationService:
         end_user_id: str | None = None,
         gate: Gate | None = None,
     ) -> StartOutcome:
-        """:meth:`_start`, counted in ``otpsvc_verifications_started_total``."""
+        """:meth:`_start` in a slot of the worker's bulkhead, counted in
+        ``otpsvc_verifications_started_total``. Without a free slot the start is refused at once
+        (``providers_busy``), counting only its request limits."""
         country = metrics.country_label(phone.region, self.allowed_countries)
-        try:
-            outcome = self._start(
-                client=client,
-                phone=phone,
-                code_length=code_length,
-                locale=locale,
-                client_ref=client_ref,
-                mode=mode,
-                end_user_ip=end_user_ip,
-                end_user_id=end_user_id,
-                gate=gate,
-            )
-        except DeliveryFailed:
-            metrics.STARTS.labels("none", country, mode, "failed").inc()
-            raise
-        except OtpError:
-            self.count_refused(phone, mode)
-            raise
+        with self.dispatcher.bulkhead.slot() as held:
+            if not held:
+                self.count_refused(phone, mode)
+                metrics.REFUSALS.labels("providers_busy").inc()
+                if gate is not None:
+                    gate.run()
+                raise ProvidersBusy(
+                    1, "this server has as many calls waiting on providers as it may; retry"
+                )
+            try:
+                outcome = self._start(
+                    client=client,
+                    phone=phone,
+                    code_length=code_length,
+                    locale=locale,
+                    client_ref=client_ref,
+                    mode=mode,
+                    end_user_ip=end_user_ip,
+                    end_user_id=end_user_id,
+                    gate=gate,
+                )
+            except DeliveryFailed:
+                metrics.STARTS.labels("none", country, mode, "failed").inc()
+                raise
+            except OtpError:
+                self.count_refused(phone, mode)
+                raise
         verification = outcome.verification
         result = "created" if outcome.created else "resent"
         metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()

@@ -12,7 +12,9 @@ resend cooldown has passed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 from otpsvc import metrics
@@ -35,6 +37,26 @@ class NoRoute(Exception):
     """No configured provider can serve this call (keypress mode needs key-press reports)."""
 
 
+class Bulkhead:
+    """At most ``size`` calls of one worker waiting on providers at once; past it, a start is
+    refused at once instead of queueing behind the others (the worker's remaining threads stay
+    free for checks, webhooks and probes)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def slot(self) -> Iterator[bool]:
+        """Yields True holding a slot, False when none is free (nothing is held then)."""
+        held = self._slots.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                self._slots.release()
+
+
 class Breaker(Protocol):
     def open_until(self, names: Sequence[str]) -> dict[str, int]: ...
 
@@ -49,7 +71,9 @@ class Dispatcher:
         routes: Mapping[int, Sequence[str]],
         breaker: Breaker,
         clock: Callable[[], float],
+        bulkhead: Bulkhead | None = None,
     ) -> None:
+        self.bulkhead = bulkhead or Bulkhead(64)
         self.providers = dict(providers)
         self.default_route = tuple(default_route)
         self.routes = {code: tuple(names) for code, names in routes.items()}

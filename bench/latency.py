@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from argon2.low_level import Type, hash_secret
 from capacity import wait_until_serving
 
 from bench import API_KEY, cpu_seconds, phone, service_env  # bench/bench.py, beside this file
+from otpsvc.config import Argon2Params
 from otpsvc.dev.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +116,7 @@ class Result:
 class Server:
     """``otpsvc serve`` on a free port; ``worker`` 'gthread' (shipped) or 'sync'."""
 
-    def __init__(self, redis_url: str, termii_port: int, worker: str) -> None:
+    def __init__(self, redis_url: str, termii_port: int, worker: str, profile: str) -> None:
         self.port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")},
@@ -125,7 +127,12 @@ class Server:
             "HOST": "127.0.0.1",
         }
         if worker == "sync":
-            env["GUNICORN_CMD_ARGS"] = "--worker-class sync"
+            # gunicorn turns sync into gthread when threads > 1: both are set.
+            env["GUNICORN_CMD_ARGS"] = "--worker-class sync --threads 1"
+        if profile == "hang":
+            # Timeouts would open the provider's circuit, and then no start would wait on it at
+            # all: kept closed, so that 8 starts do wait while checks and probes are measured.
+            env["OTPSVC_BREAKER_THRESHOLD"] = "100"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "otpsvc", "serve"],
             cwd=ROOT,
@@ -163,7 +170,7 @@ def next_phone() -> str:
 def run_profile(
     redis_url: str, termii_port: int, profile: str, worker: str, callers: int, seconds: float
 ) -> Result:
-    server = Server(redis_url, termii_port, worker)
+    server = Server(redis_url, termii_port, worker, profile)
     result = Result(profile, worker, seconds)
     try:
         SlowTermii.latency = PROFILES["instant"]
@@ -264,6 +271,33 @@ def report(r: Result) -> str:
     )
 
 
+def argon2_threads(seconds: float = 3.0) -> str:
+    """argon2 hashes a second at otpsvc's parameters from 1 and from 2 threads of one process:
+    argon2-cffi releases the GIL around the C call, so 2 threads should use both cores."""
+    params = Argon2Params()
+
+    def rate(threads: int) -> float:
+        done = [0] * threads
+        stop = time.monotonic() + seconds
+
+        def loop(i: int) -> None:
+            while time.monotonic() < stop:
+                hash_secret(
+                    b"x" * 32, b"s" * 16, params.time_cost, params.memory_kib, 1, 16, Type.ID
+                )
+                done[i] += 1
+
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(done) / seconds
+
+    one, two = rate(1), rate(2)
+    return f"argon2 in one process: 1 thread {one:.0f}/s, 2 threads {two:.0f}/s ({two / one:.2f}x)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=12.0)
@@ -271,6 +305,7 @@ def main() -> None:
     parser.add_argument("--profiles", default="instant,0.4s,spread,hang")
     parser.add_argument("--workers", default="gthread,sync")
     options = parser.parse_args()
+    print(argon2_threads(), flush=True)
     termii = ThreadingHTTPServer(("127.0.0.1", 0), SlowTermii)
     termii.daemon_threads = True
     threading.Thread(target=termii.serve_forever, daemon=True).start()

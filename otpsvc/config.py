@@ -248,10 +248,10 @@ class Settings:
     provider_connect_timeout: float = 3.05
     provider_read_timeout: float = 10.0
     #: Threads of each gunicorn worker (the gthread worker): requests one worker serves at once.
-    worker_threads: int = 8
+    worker_threads: int = 12
     #: Of those, how many may wait on a voice provider at once; a start past it is refused at
     #: once (503 providers_busy) so that checks, webhooks and probes always find a thread.
-    provider_concurrency: int = 6
+    provider_concurrency: int = 8
     brand: str = "otpsvc"
     default_locale: str = "en"
     call_repeats: int = 2
@@ -479,10 +479,10 @@ class _SettingsSchema(Schema):
         data_key="OTPSVC_PROVIDER_READ_TIMEOUT", load_default=10.0, validate=validate.Range(0.1, 60)
     )
     worker_threads = fields.Integer(
-        data_key="OTPSVC_WORKER_THREADS", load_default=8, validate=validate.Range(1, 256)
+        data_key="OTPSVC_WORKER_THREADS", load_default=12, validate=validate.Range(1, 256)
     )
     provider_concurrency = fields.Integer(
-        data_key="OTPSVC_PROVIDER_CONCURRENCY", load_default=6, validate=validate.Range(1, 255)
+        data_key="OTPSVC_PROVIDER_CONCURRENCY", load_default=8, validate=validate.Range(1, 255)
     )
     brand = fields.String(
         data_key="OTPSVC_BRAND",

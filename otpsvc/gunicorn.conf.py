@@ -1,7 +1,7 @@
 """gunicorn settings for ``otpsvc serve`` (and the container image), from the environment.
 
 PORT (default 8080) and WEB_CONCURRENCY (default 2 workers) follow the usual platform
-conventions; OTPSVC_WORKER_THREADS (default 8) is the threads of each worker; GUNICORN_CMD_ARGS
+conventions; OTPSVC_WORKER_THREADS (default 12) is the threads of each worker; GUNICORN_CMD_ARGS
 overrides any setting here, as gunicorn itself defines.
 
 The worker is gthread: a start spends most of its time waiting for a voice provider (0.2-2 s,
@@ -21,7 +21,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"]  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("OTPSVC_WORKER_THREADS", "8"))
+threads = int(os.environ.get("OTPSVC_WORKER_THREADS", "12"))
 # A start may wait on every provider of a route in turn (connect + read timeouts each).
 timeout = 75
 # On SIGTERM a worker stops accepting and finishes what it holds, a start waiting on a provider

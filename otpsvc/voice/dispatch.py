@@ -71,9 +71,9 @@ class Dispatcher:
         routes: Mapping[int, Sequence[str]],
         breaker: Breaker,
         clock: Callable[[], float],
-        bulkhead: Bulkhead | None = None,
+        bulkhead: Bulkhead,
     ) -> None:
-        self.bulkhead = bulkhead or Bulkhead(64)
+        self.bulkhead = bulkhead
         self.providers = dict(providers)
         self.default_route = tuple(default_route)
         self.routes = {code: tuple(names) for code, names in routes.items()}

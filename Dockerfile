@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # Build wheels for otpsvc and its dependencies, then install them into a slim image that runs
-# `otpsvc serve` (gunicorn with the packaged gunicorn.conf.py) as an unprivileged user. Settings
-# come from OTPSVC_* variables (see .env.example); PORT, WEB_CONCURRENCY and GUNICORN_CMD_ARGS
-# tune the server. Secrets may be mounted as files: OTPSVC_SECRET_KEY_FILE=/run/secrets/...
+# `otpsvc serve` (gunicorn with the packaged gunicorn.conf.py: gthread workers, a bulkhead for
+# provider waits) as an unprivileged user. Settings come from OTPSVC_* variables (see
+# .env.example); PORT, WEB_CONCURRENCY, OTPSVC_WORKER_THREADS and GUNICORN_CMD_ARGS tune the
+# server. Secrets may be mounted as files: OTPSVC_SECRET_KEY_FILE=/run/secrets/...
 
 FROM python:3.11-slim AS build
 WORKDIR /src

@@ -10,24 +10,31 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import limits
 from werkzeug.serving import run_simple
 
 from otpsvc.app import create_app
-from otpsvc.config import NUMBER_TYPES, Settings, environment, load_settings, setting_variables
+from otpsvc.config import (
+    NUMBER_TYPES,
+    SECRET_SETTINGS,
+    Settings,
+    environment,
+    load_settings,
+    setting_variables,
+)
 from otpsvc.core.audit import audit
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
@@ -243,13 +250,27 @@ def check_config() -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
-def _masked_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+#: A URL's password (``scheme://user:password@host...``, one host or several) and credentials in
+#: its query (``?password=``, ``?token=``...).
+URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^@/]*@")
+QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pass|token|secret|key|api_key)=)[^&#]*", re.I)
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password and any credential in its query as ``***``: works on URLs
+    ``urlsplit`` cannot read (a Sentinel or Cluster URL with several hosts)."""
+    return QUERY_SECRET.sub(r"\1***", URL_PASSWORD.sub(r"\1***@", url))
+
+
+def _secret_summary(value: Any) -> str:
+    """How a secret setting is shown: whether it is set, never what it is."""
+    if not value:
+        return "none"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{name}: ***" for name in value)
+    if isinstance(value, tuple):
+        return f"*** ({len(value)} set)"
+    return "*** (set)"
 
 
 def describe(settings: Settings) -> list[tuple[str, str]]:
@@ -261,12 +282,13 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         if item.name in ("unknown", "warnings"):
             continue
         value = getattr(settings, item.name)
+        variable = variables.get(item.name, "")
         if item.name == "redis_url":
-            text = _masked_url(value)
-        elif item.name == "secret_key":
-            text = "*** (set)"
-        elif item.name == "secret_key_fallbacks":
-            text = f"*** ({len(value)} earlier secret(s))"
+            text = masked_url(value)
+        elif item.name == "event_webhooks":
+            text = ", ".join(f"{name}: {masked_url(url)}" for name, url in value.items()) or "none"
+        elif variable in SECRET_SETTINGS and item.name not in ("clients", "test_numbers"):
+            text = _secret_summary(value)
         elif item.name == "clients":
             text = ", ".join(f"{c.name} ({len(c.key_digests)} key(s))" for c in value)
         elif item.name == "test_numbers":

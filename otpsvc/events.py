@@ -188,6 +188,13 @@ class EventWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _ensure_group_when_up(self) -> None:
+        try:
+            self.ensure_group()
+        except STORE_ERRORS as exc:
+            log.warning("event worker: redis unavailable: %s", type(exc).__name__)
+            self._stop.wait(1.0)
+
     def backoff(self, entry_id: str, tries: int) -> float:
         """Seconds an event waits after its ``tries``-th try: exponential, capped, with a
         jitter of -50 %..0 fixed per event and try (workers agree on it without talking)."""
@@ -202,6 +209,18 @@ class EventWorker:
         while not self._stop.is_set():
             try:
                 self.step(block_ms)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back empty (a restart without persistence) or a replica without
+                # the group took over: make the stream and the group again and go on.
+                log.warning(
+                    "event worker: the consumer group %s is gone (Redis restarted empty or "
+                    "failed over); created it again",
+                    GROUP,
+                )
+                self._ensure_group_when_up()
+                continue
             except STORE_ERRORS as exc:
                 log.warning("event worker: redis unavailable: %s", type(exc).__name__)
                 self._stop.wait(1.0)

@@ -257,3 +257,39 @@ def test_the_worker_heartbeat_is_fresh_while_it_runs(
         process.terminate()
         process.wait(10)
     assert process.returncode == 0
+
+
+def test_the_worker_heals_after_redis_restarts_empty(
+    termii: FakeTermii, receiver: Receiver, openapi, clock, caplog
+):
+    """Redis restarts without its data (no persistence): the stream and the consumer group are
+    gone. The running worker says so in one log line, makes them again, and delivers the next
+    event, instead of logging 'redis unavailable' every second forever."""
+    from otpsvc import create_app
+    from otpsvc.dev.redis_server import RedisServer
+
+    server = RedisServer().start()
+    worker = None
+    try:
+        env = {
+            **fake_termii_env(server.url, termii, OTPSVC_REDIS_TIMEOUT="0.5"),
+            **event_env(a=receiver),
+        }
+        app = create_app(env, clock=clock)
+        api = Api(app, KEY_A, openapi)
+        worker = EventWorker(app.extensions["otpsvc"].events)
+        thread = threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True)
+        thread.start()
+        api.cancel(api.start().get_json()["id"])
+        wait_for(lambda: len(receiver.events()) == 1)
+        server.stop()
+        server.start()
+        second = api.start("+2348031234999").get_json()["id"]
+        api.cancel(second)
+        wait_for(lambda: len(receiver.events()) == 2, timeout=20)
+        assert receiver.events()[1]["data"]["id"] == second
+        assert "the consumer group senders is gone" in caplog.text
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.close()

@@ -7,6 +7,7 @@ exactly as the service sees it.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -336,27 +337,44 @@ def _kill_switch(action: Callable[[Any, VelocityStore], None]) -> None:
         action(client, velocity)
 
 
+def _operator() -> str:
+    """Who runs the command, as the OS knows them (the audit line's ``by``)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+REASON = click.option(
+    "--reason", default="", help="Why, for the audit log and `otpsvc calls status`."
+)
+
+
 @calls.command()
-def suspend() -> None:
+@REASON
+def suspend(reason: str) -> None:
     """Refuse every start with 503 calls_suspended until `otpsvc calls resume`."""
     _audit_to_stderr()
+    by = _operator()
 
     def run(client: Any, velocity: VelocityStore) -> None:
-        client.set(velocity.kill_key, str(int(time.time())))
-        audit("kill_switch", action="suspend", by="cli")
+        velocity.suspend(since=time.time(), by=by, reason=reason)
+        audit("kill_switch", action="suspend", by=by, reason=reason, via="cli")
 
     _kill_switch(run)
     click.echo("calls suspended")
 
 
 @calls.command()
-def resume() -> None:
+@REASON
+def resume(reason: str) -> None:
     """Lift the kill switch (OTPSVC_CALLS_ENABLED=false still applies where it is set)."""
     _audit_to_stderr()
+    by = _operator()
 
     def run(client: Any, velocity: VelocityStore) -> None:
-        client.delete(velocity.kill_key)
-        audit("kill_switch", action="resume", by="cli")
+        was_on = velocity.resume()
+        audit("kill_switch", action="resume", by=by, reason=reason, via="cli", was_on=was_on)
 
     _kill_switch(run)
     click.echo("calls resumed")
@@ -368,11 +386,15 @@ def status() -> None:
     settings = _settings()
 
     def run(client: Any, velocity: VelocityStore) -> None:
-        since = client.get(velocity.kill_key)
+        state = velocity.kill_state()
         if not settings.calls_enabled:
             click.echo("calls: suspended by OTPSVC_CALLS_ENABLED=false")
-        elif since is not None:
-            click.echo(f"calls: suspended by the kill switch since {_utc(int(since))}")
+        elif state is not None:
+            who = f" by {state['by']}" if state.get("by") else ""
+            why = f": {state['reason']}" if state.get("reason") else ""
+            click.echo(
+                f"calls: suspended by the kill switch since {_utc(int(state['since']))}{who}{why}"
+            )
         else:
             click.echo("calls: enabled")
         now_ms = int(time.time() * 1000)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -55,12 +55,6 @@ PROVIDER_SECONDS = Histogram(
     "Time of each provider request.",
     ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 30),
-)
-BREAKER_OPEN = Gauge(
-    "otpsvc_provider_breaker_open",
-    "1 while a provider's circuit breaker is open (as this worker last saw it).",
-    ["provider"],
-    multiprocess_mode="max",
 )
 REFUSALS = Counter(
     "otpsvc_refusals_total",
@@ -120,24 +114,58 @@ def timed(histogram: Histogram, **labels: str) -> Iterator[None]:
         histogram.labels(**labels).observe(time.perf_counter() - began)
 
 
-class BudgetCollector(Collector):
-    """The share of the call budget used in each window, read from Redis at scrape time."""
+@dataclass(frozen=True)
+class SharedState:
+    """What every worker shares through Redis, read at scrape time (not as one worker last
+    saw it): the call budget used per window, the kill switch, each provider's breaker."""
 
-    def __init__(self, used: Callable[[], Iterable[tuple[int, int, int]]]) -> None:
-        self.used = used
+    #: (window seconds, calls in it, limit) for each window of the call budget.
+    budget: list[tuple[int, int, int]]
+    #: Since when calls are suspended (epoch seconds; 0 for OTPSVC_CALLS_ENABLED=false), or None.
+    suspended_since: float | None
+    #: Provider name -> whether its circuit breaker is open now.
+    breakers: dict[str, bool]
+
+
+class SharedStateCollector(Collector):
+    """The :class:`SharedState` as gauges. When Redis does not answer nothing is reported for
+    them (a scrape must not fail, and a stale value would lie)."""
+
+    def __init__(self, read: Callable[[], SharedState]) -> None:
+        self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        try:
+            state = self.read()
+        except Exception:
+            return
+        budget = GaugeMetricFamily(
             "otpsvc_call_budget_used_ratio",
             "Calls placed in the window over the call budget of that window.",
             labels=["window"],
         )
-        try:
-            for window, used, limit in self.used():
-                family.add_metric([str(window)], used / limit if limit else 0.0)
-        except Exception:
-            return
-        yield family
+        for window, used, limit in state.budget:
+            budget.add_metric([str(window)], used / limit if limit else 0.0)
+        yield budget
+        yield GaugeMetricFamily(
+            "otpsvc_calls_suspended",
+            "1 while every call is suspended (the kill switch, or OTPSVC_CALLS_ENABLED=false).",
+            value=0 if state.suspended_since is None else 1,
+        )
+        if state.suspended_since:
+            yield GaugeMetricFamily(
+                "otpsvc_calls_suspended_since_seconds",
+                "When the kill switch was turned on (Unix time).",
+                value=state.suspended_since,
+            )
+        breakers = GaugeMetricFamily(
+            "otpsvc_provider_breaker_open",
+            "1 while a provider's circuit breaker is open, as every worker sees it in Redis.",
+            labels=["provider"],
+        )
+        for name, is_open in sorted(state.breakers.items()):
+            breakers.add_metric([name], 1 if is_open else 0)
+        yield breakers
 
 
 def exposition(extra: Collector | None = None) -> tuple[bytes, str]:

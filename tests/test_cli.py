@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,16 +59,33 @@ def test_check_config_lists_every_problem_and_exits_2(env):
 
 
 def test_calls_suspend_resume_and_status(env, make_app, openapi, termii: FakeTermii):
-    """The kill switch from the command line stops and restarts calls in a running service."""
-    api = Api(make_app(), KEY_A, openapi)
-    assert run(env, "calls", "suspend")[0] == 0
+    """The kill switch from the command line stops and restarts calls in a running service.
+    The refusal says it is the kill switch (not the budget); who suspended, when and why show
+    in `calls status`, the audit line, /readyz and the otpsvc_calls_suspended gauge."""
+    app = make_app()
+    api, probe = Api(app, KEY_A, openapi), Api(app, None, openapi)
+    code, out = run(env, "calls", "suspend", "--reason", "toll fraud wave to +881")
+    assert code == 0
+    audit_line = json.loads(next(line for line in out.splitlines() if "kill_switch" in line))
+    assert audit_line["action"] == "suspend"
+    assert audit_line["reason"] == "toll fraud wave to +881"
+    assert audit_line["by"]
     code, out = run(env, "calls", "status")
     assert code == 0
     assert "suspended by the kill switch" in out
+    assert f"by {audit_line['by']}: toll fraud wave to +881" in out
     refused = api.start()
     assert refused.status_code == 503
-    assert refused.get_json()["code"] == "calls_suspended"
+    body = refused.get_json()
+    assert body["code"] == "calls_suspended"
+    assert "by an operator" in body["detail"]
+    assert "budget" not in body["detail"]
+    assert (body["limit"], body["scope"]) == ("kill_switch", "global")
+    assert probe.request("GET", "/readyz").get_json()["calls"] == "suspended"
+    assert "otpsvc_calls_suspended 1.0" in probe.request("GET", "/metrics").get_data(as_text=True)
     assert run(env, "calls", "resume")[0] == 0
+    assert probe.request("GET", "/readyz").get_json()["calls"] == "enabled"
+    assert "otpsvc_calls_suspended 0.0" in probe.request("GET", "/metrics").get_data(as_text=True)
     assert api.start().status_code == 201
     code, out = run(env, "calls", "status")
     assert "calls: enabled" in out

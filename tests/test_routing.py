@@ -146,3 +146,33 @@ def test_routed_provider_needs_its_settings():
         load_settings({**CONFIG, "OTPSVC_ROUTES": "20=cequens"})
     assert "OTPSVC_CEQUENS_USERNAME" in str(info.value)
     assert "OTPSVC_PUBLIC_URL" in str(info.value)
+
+
+def test_the_breaker_metric_is_the_shared_state_at_scrape_time(
+    make_app, openapi, termii: FakeTermii, sevenio: FakeSevenio, clock: FakeClock
+):
+    """otpsvc_provider_breaker_open is read from Redis when scraped: a worker that placed no
+    call reports the circuit another opened, and every worker reports it closed once the
+    cool-off ended (a per-worker gauge stayed 1 for minutes and fired its alert on a closed
+    breaker)."""
+    env = {"OTPSVC_BREAKER_THRESHOLD": "2", "OTPSVC_BREAKER_COOLOFF": "30"}
+    first, second = routed(make_app, openapi, **env), routed(make_app, openapi, **env)
+    for api in (first, second):
+        api.app.extensions["otpsvc"].dispatcher.breaker.cache_seconds = 0.0
+
+    def scraped(api: Api) -> str:
+        text = Api(api.app, None, openapi).request("GET", "/metrics").get_data(as_text=True)
+        return next(
+            line for line in text.splitlines()
+            if line.startswith('otpsvc_provider_breaker_open{provider="termii"}')
+        )  # fmt: skip
+
+    assert scraped(second).endswith(" 0.0")
+    termii.mode = "server_error"
+    first.start("+2348031234501")
+    first.start("+2348031234502")
+    assert scraped(second).endswith(" 1.0")
+    assert scraped(first).endswith(" 1.0")
+    clock.advance(31)
+    assert scraped(first).endswith(" 0.0")
+    assert scraped(second).endswith(" 0.0")

@@ -40,13 +40,23 @@ def readyz() -> Response:
         if deep:
             raise
         return jsonify({"status": "ready", "redis": "unavailable", "warnings": [exc.detail]})
+    suspended = _suspended_since() is not None
+    if suspended:
+        warnings.append("calls are suspended (otpsvc calls status says by whom and why)")
     policy = store.eviction_policy()
     if policy != "noeviction":
         warnings.append(
             f"redis maxmemory-policy is {policy or 'unknown'}; set noeviction so that attempt "
             "counters and limits are never evicted"
         )
-    return jsonify({"status": "ready", "redis": "ok", "warnings": warnings})
+    return jsonify(
+        {
+            "status": "ready",
+            "redis": "ok",
+            "calls": "suspended" if suspended else "enabled",
+            "warnings": warnings,
+        }
+    )
 
 
 @bp.get("/metrics")
@@ -63,12 +73,30 @@ def metrics_view() -> Response:
             # Guessed like an API key, so limited like one.
             count_failed_authentication()
             raise Unauthorized("send the metrics token as 'Authorization: Bearer <token>'")
-    velocity = rt.service.velocity
-    budget = metrics.BudgetCollector(
-        lambda: velocity.budget_used(rt.settings.call_budget, int(rt.service.clock() * 1000))
-    )
-    text, content_type = metrics.exposition(budget)
+    text, content_type = metrics.exposition(metrics.SharedStateCollector(_shared_state))
     return Response(text, content_type=content_type)
+
+
+def _suspended_since() -> float | None:
+    """Since when every call is suspended: the kill switch's time, 0 for the setting."""
+    rt = runtime()
+    if not rt.settings.calls_enabled:
+        return 0.0
+    state = rt.service.velocity.kill_state()
+    return None if state is None else float(state.get("since") or 0)
+
+
+def _shared_state() -> metrics.SharedState:
+    """The state every worker shares, read from Redis now (the breakers through their
+    once-a-second cache)."""
+    rt = runtime()
+    now_ms = int(rt.service.clock() * 1000)
+    open_until = rt.dispatcher.breaker.open_until(list(rt.settings.all_providers))
+    return metrics.SharedState(
+        budget=rt.service.velocity.budget_used(rt.settings.call_budget, now_ms),
+        suspended_since=_suspended_since(),
+        breakers={name: until > now_ms for name, until in open_until.items()},
+    )
 
 
 @bp.get("/openapi.yaml")

@@ -146,7 +146,12 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
         "kill_switch" if reason == "kill_switch" else f"velocity_{reason}"
     ).inc()
     if refusal.kind == "kill":
-        return CallsSuspended(refusal.retry_after, "calls are suspended: the call budget is spent")
+        return CallsSuspended(
+            refusal.retry_after,
+            "calls are suspended by an operator (otpsvc calls suspend)",
+            limit="kill_switch",
+            scope="global",
+        )
     if refusal.kind == "budget":
         return CallsSuspended(
             refusal.retry_after,

@@ -11,6 +11,7 @@ is then refused for another reason (cooldown, attempts) is handed back with :met
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -65,6 +66,32 @@ class VelocityStore:
     @property
     def kill_key(self) -> str:
         return f"{self.tag}:kill"
+
+    def suspend(self, *, since: float, by: str, reason: str) -> None:
+        """Turn the kill switch on: who did it, when and why are kept with it."""
+        state = {"since": int(since), "by": by, "reason": reason}
+        with store_guard():
+            self.redis.set(self.kill_key, json.dumps(state))
+
+    def resume(self) -> bool:
+        """Turn the kill switch off; False when it was not on."""
+        with store_guard():
+            return bool(self.redis.delete(self.kill_key))
+
+    def kill_state(self) -> dict[str, Any] | None:
+        """The kill switch's ``since``, ``by`` and ``reason`` while it is on, else None."""
+        with store_guard():
+            raw = self.redis.get(self.kill_key)
+        if raw is None:
+            return None
+        try:
+            state = json.loads(str(raw))
+        except ValueError:
+            state = None
+        if not isinstance(state, dict):
+            # Written by an earlier version: the time alone.
+            state = {"since": int(raw) if str(raw).isdigit() else 0, "by": "", "reason": ""}
+        return state
 
     def _key(self, counter: Counter) -> str:
         return f"{self.tag}:{counter.kind}:{counter.who}:{counter.window}"

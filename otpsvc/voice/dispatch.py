@@ -109,8 +109,6 @@ class Dispatcher:
         """
         now_ms = int(self.clock() * 1000)
         open_until = self.breaker.open_until([p.name for p in route])
-        for name, until in open_until.items():
-            metrics.BREAKER_OPEN.labels(name).set(1 if until > now_ms else 0)
         errors: list[ProviderError] = []
         attempts = 0
         for provider in route:

@@ -263,7 +263,9 @@ class Settings:
     log_level: str = "INFO"
     #: Per API client, the URL its events go to, and the secret they are signed with.
     event_webhooks: Mapping[str, str] = field(default_factory=dict)
-    event_webhook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Per API client, its signing secrets: every delivery is signed with each (several while a
+    #: secret is rotated; list a client once per secret).
+    event_webhook_secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     event_retry_base: float = 5.0
     event_retry_window: int = 86400
     #: When set, GET /metrics needs "Authorization: Bearer <token>".
@@ -581,7 +583,7 @@ class _SettingsSchema(Schema):
         data["test_numbers"] = _parse_test_numbers(data["test_numbers"])
         data["trusted_proxy_networks"] = _parse_networks(data["trusted_proxy_networks"])
         data["event_webhooks"] = _parse_pairs(data["event_webhooks"], "OTPSVC_EVENT_WEBHOOKS")
-        data["event_webhook_secrets"] = _parse_pairs(
+        data["event_webhook_secrets"] = _parse_multi_pairs(
             data["event_webhook_secrets"], "OTPSVC_EVENT_WEBHOOK_SECRETS"
         )
         data["providers"] = tuple(_split(data["providers"]))
@@ -746,6 +748,18 @@ def _parse_pairs(value: str, variable: str) -> dict[str, str]:
     return pairs
 
 
+def _parse_multi_pairs(value: str, variable: str) -> dict[str, tuple[str, ...]]:
+    """``client=a;client=b;other=c`` -> {client: (a, b), other: (c,)}: a client named again
+    holds several values at once (a secret being rotated)."""
+    values: dict[str, list[str]] = {}
+    for entry in (part.strip() for part in value.split(";") if part.strip()):
+        name, sep, item = entry.partition("=")
+        if not sep or not CLIENT_NAME.match(name.strip()) or not item.strip():
+            raise ValidationError(f"{variable}: each entry must be client=value")
+        values.setdefault(name.strip(), []).append(item.strip())
+    return {name: tuple(items) for name, items in values.items()}
+
+
 def _route_languages(provider: str, core: Mapping[str, Any]) -> dict[str, list[str]]:
     """Script locale -> the countries (ISO 3166) whose calls the routes send to ``provider`` in
     that language when a start names no locale."""
@@ -792,17 +806,18 @@ def _event_problems(core: Mapping[str, Any]) -> list[str]:
         problem = https_problem(url, allow_http=bool(core.get("dev_mode")))
         if problem:
             problems.append(f"OTPSVC_EVENT_WEBHOOKS: {client}: {problem}")
-    for client, secret in secrets.items():
-        try:
-            Webhook(secret)
-        except Exception:
-            problems.append(
-                f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: not a whsec_<base64> signing secret"
-            )
-            continue
-        problem = _webhook_secret_weakness(secret)
-        if problem:
-            problems.append(f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: {problem}")
+    for client, each in secrets.items():
+        for secret in each:
+            try:
+                Webhook(secret)
+            except Exception:
+                problems.append(
+                    f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: not a whsec_<base64> signing secret"
+                )
+                continue
+            problem = _webhook_secret_weakness(secret)
+            if problem:
+                problems.append(f"OTPSVC_EVENT_WEBHOOK_SECRETS: {client}: {problem}")
     return problems
 
 

@@ -49,7 +49,7 @@ MAX_BACKOFF_SECONDS = 3600.0
 @dataclass(frozen=True)
 class EventSettings:
     webhooks: Mapping[str, str]
-    secrets: Mapping[str, str]
+    secrets: Mapping[str, tuple[str, ...]]
     retry_base: float = 5.0
     retry_window: float = 86400.0
     connect_timeout: float = 3.05
@@ -260,10 +260,10 @@ class EventWorker:
         client, body, message_id = fields["client"], fields["body"], fields["id"]
         event_type = json.loads(body).get("type", "unknown")
         url = settings.webhooks.get(client)
-        secret = settings.secrets.get(client)
+        secrets = settings.secrets.get(client)
         if (
             url is None
-            or secret is None
+            or not secrets
             or time.time() - float(fields["queued"]) > (settings.retry_window)
         ):
             self._give_up(entry_id, message_id, client, body, event_type)
@@ -273,7 +273,11 @@ class EventWorker:
             "content-type": "application/json",
             "webhook-id": message_id,
             "webhook-timestamp": str(int(sent_at.timestamp())),
-            "webhook-signature": Webhook(secret).sign(message_id, sent_at, body),
+            # Signed with every secret of the client: Standard Webhooks lists several "v1,"
+            # signatures in one header, so a receiver holding either secret verifies it.
+            "webhook-signature": " ".join(
+                Webhook(secret).sign(message_id, sent_at, body) for secret in secrets
+            ),
             "user-agent": "otpsvc",
         }
         try:

@@ -293,3 +293,24 @@ def test_the_worker_heals_after_redis_restarts_empty(
         if worker is not None:
             worker.stop()
         server.close()
+
+
+def test_a_webhook_secret_is_rotated_by_signing_with_both(
+    make_app, openapi, termii: FakeTermii, receiver: Receiver, worker_for
+):
+    """While a client's secret is rotated (listed twice in OTPSVC_EVENT_WEBHOOK_SECRETS) every
+    delivery carries a signature of each: a receiver still on the old secret and one already on
+    the new one both verify it."""
+    new = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    env = event_env(a=receiver)
+    env["OTPSVC_EVENT_WEBHOOK_SECRETS"] = f"client-a={new};client-a={SECRET_A}"
+    app = make_app(**env)
+    api = Api(app, KEY_A, openapi)
+    worker_for(app)
+    api.cancel(api.start().get_json()["id"])
+    wait_for(lambda: len(receiver.requests) >= 1)
+    request = receiver.requests[0]
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(SECRET_A).verify(request.body, headers)["type"] == "verification.canceled"
+    assert Webhook(new).verify(request.body, headers)["type"] == "verification.canceled"

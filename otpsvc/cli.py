@@ -27,6 +27,7 @@ import click
 import limits
 from werkzeug.serving import run_simple
 
+from otpsvc.api.health import NO_PERSISTENCE
 from otpsvc.app import create_app
 from otpsvc.config import (
     NUMBER_TYPES,
@@ -237,10 +238,13 @@ def events_replay(message_id: str) -> None:
 
 
 @main.command("check-config")
-def check_config() -> None:
-    """Validate the settings and print the effective ones, every secret masked.
+@click.option("--no-redis", is_flag=True, help="Check the settings only; do not reach Redis.")
+def check_config(no_redis: bool) -> None:
+    """Validate the settings and print the effective ones, every secret masked; then reach
+    Redis and say how it keeps its data.
 
-    Exit status 0, or 2 with one message per problem (the same list as at start-up).
+    Exit status 0; 2 with one message per problem (the same list as at start-up); 1 when Redis
+    cannot be reached (``--no-redis`` skips that, and says so).
     """
     settings = _settings()
     for name, value in describe(settings):
@@ -249,6 +253,16 @@ def check_config() -> None:
         click.echo(f"warning: unknown setting {name} is ignored", err=True)
     for warning in settings.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if no_redis:
+        click.echo("redis: not reached (--no-redis)")
+        return
+    _, store, _ = _store_parts(settings)
+    with _redis_errors():
+        store.ping()
+        persistence = store.persistence()
+    click.echo(f"redis: reachable, persistence {persistence or 'unknown'}")
+    if persistence == "none":
+        click.echo(f"warning: {NO_PERSISTENCE}", err=True)
 
 
 #: A URL's password (``scheme://user:password@host...``, one host or several) and credentials in

@@ -43,12 +43,30 @@ def test_version():
 
 def test_check_config_prints_the_effective_settings_with_every_secret_masked(env):
     env = {**env, "OTPSVC_REDIS_URL": env["OTPSVC_REDIS_URL"].replace("//", "//:hunter22@")}
-    code, out = run(env, "check-config")
+    code, out = run(env, "check-config", "--no-redis")
     assert code == 0, out
+    assert "redis: not reached (--no-redis)" in out
     assert "OTPSVC_CODE_TTL = 300" in out
     assert "OTPSVC_API_KEYS = client-a (1 key(s)), client-b (1 key(s))" in out
     for secret in (SECRET, KEY_A, TERMII_KEY, "hunter22"):
         assert secret not in out
+
+
+def test_check_config_reaches_redis_and_warns_without_persistence(env):
+    """check-config reaches Redis and says how it keeps its data: the test server keeps none,
+    which is warned about (the kill switch and the limits would not survive a restart)."""
+    code, out = run(env, "check-config")
+    assert code == 0, out
+    assert "redis: reachable, persistence none" in out
+    assert "warning: redis has no persistence" in out
+
+
+def test_check_config_exits_1_when_redis_cannot_be_reached(env):
+    """A Redis that does not answer is an error of check-config, not a silent pass."""
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    code, out = run({**env, "OTPSVC_REDIS_URL": closed}, "check-config")
+    assert code == 1
+    assert "OTPSVC_REDIS_URL" in out
 
 
 def test_check_config_lists_every_problem_and_exits_2(env):

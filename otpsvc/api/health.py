@@ -13,6 +13,13 @@ from otpsvc.errors import StoreUnavailable, Unauthorized
 
 bp = Blueprint("health", __name__)
 
+#: Said by /readyz and check-config when Redis keeps nothing across a restart.
+NO_PERSISTENCE = (
+    "redis has no persistence (no AOF, no RDB snapshots): a restart forgets the kill switch, "
+    "the call budget, the velocity windows, blocks, failure caps, pending verifications and "
+    "failed events; enable AOF (appendonly yes, appendfsync everysec)"
+)
+
 
 @bp.get("/healthz")
 def healthz() -> Response:
@@ -43,6 +50,8 @@ def readyz() -> Response:
     suspended = _suspended_since() is not None
     if suspended:
         warnings.append("calls are suspended (otpsvc calls status says by whom and why)")
+    if store.persistence() == "none":
+        warnings.append(NO_PERSISTENCE)
     policy = store.eviction_policy()
     if policy != "noeviction":
         warnings.append(

@@ -434,6 +434,19 @@ class VerificationStore:
                 raise StoreUnavailable(f"redis refuses writes: {str(cause)[:120]}") from cause
             raise
 
+    def persistence(self) -> str | None:
+        """How Redis keeps its data across a restart: ``aof``, ``rdb``, ``none``; None when it
+        does not say (a managed Redis that refuses CONFIG, say)."""
+        with store_guard():
+            info: dict[str, Any] = self.redis.info("persistence")
+            if int(info.get("aof_enabled", 0)):
+                return "aof"
+            try:
+                save = self.redis.config_get("save").get("save")
+            except redis.exceptions.ResponseError:
+                return None
+        return "rdb" if save else "none"
+
     def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy``, or None when the server does not say."""
         with store_guard():

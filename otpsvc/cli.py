@@ -42,7 +42,13 @@ from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
 from otpsvc.dev.redis_server import RedisServer
 from otpsvc.errors import ConfigError, StoreUnavailable
-from otpsvc.events import EventQueue, EventSettings, EventWorker, block_ms_for
+from otpsvc.events import (
+    EventQueue,
+    EventSettings,
+    EventWorker,
+    block_ms_for,
+    serve_worker_metrics,
+)
 from otpsvc.logs import JsonFormatter
 from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
@@ -196,11 +202,20 @@ def _event_queue(settings: Settings) -> EventQueue:
     default=None,
     help="A file touched every second while Redis answers (for a liveness probe).",
 )
-def worker(heartbeat: Path | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the worker's Prometheus metrics on this port (GET /metrics).",
+)
+def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
     """Deliver events to the apps' webhooks; several workers may run. Stops on SIGTERM/SIGINT."""
     _audit_to_stderr()
     settings = _settings()
-    consumer = EventWorker(_event_queue(settings))
+    queue = _event_queue(settings)
+    consumer = EventWorker(queue)
+    if metrics_port is not None:
+        serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     click.echo(f"event worker {consumer.name} started", err=True)
     try:

@@ -25,9 +25,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class EventSettings:
     secrets: Mapping[str, tuple[str, ...]]
     retry_base: float = 5.0
     retry_window: float = 86400.0
+    #: Events older than this are dropped from the stream (they are past every retry).
+    max_age: float = 172800.0
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
 
@@ -62,6 +65,7 @@ class EventSettings:
             secrets=settings.event_webhook_secrets,
             retry_base=settings.event_retry_base,
             retry_window=settings.event_retry_window,
+            max_age=2.0 * settings.event_retry_window,
         )
 
 
@@ -138,9 +142,38 @@ class EventQueue:
     def add(self, message_id: str, client: str, body: str, queued: float | None = None) -> None:
         """Queue an event; ``queued`` (epoch seconds) starts its retry window (default: now)."""
         at = time.time() if queued is None else queued
+        # The stream's age bound holds even while no worker runs: approximately (Redis drops
+        # whole nodes of about 100 entries, which is cheap), silently; the worker's exact trim
+        # counts what it drops.
+        oldest = f"{int((time.time() - self.settings.max_age) * 1000)}-0"
         self.redis.xadd(
-            self.stream, {"id": message_id, "client": client, "body": body, "queued": f"{at:.3f}"}
+            self.stream,
+            {"id": message_id, "client": client, "body": body, "queued": f"{at:.3f}"},
+            minid=oldest,
+            approximate=True,
         )
+
+    def backlog(self, now: float) -> tuple[int, float]:
+        """(events not yet delivered, age in seconds of the oldest one): delivered events are
+        deleted from the stream, so what is left is waiting, new or pending."""
+        r: Any = self.redis
+        waiting = int(r.xlen(self.stream))
+        first = r.xrange(self.stream, "-", "+", count=1)
+        if not first:
+            return waiting, 0.0
+        queued_ms = int(str(first[0][0]).split("-", 1)[0])
+        return waiting, max(0.0, now - queued_ms / 1000)
+
+    def trim(self, now: float, max_age: float) -> int:
+        """Drop events older than ``max_age`` from the stream (no worker ran for that long, or
+        their receiver never answered): a bound on what a missing worker leaves in Redis."""
+        r: Any = self.redis
+        oldest = f"{int((now - max_age) * 1000)}-0"
+        trimmed = int(r.xtrim(self.stream, minid=oldest, approximate=False))
+        if trimmed:
+            metrics.EVENTS_TRIMMED.inc(trimmed)
+            log.warning("dropped %d events older than %.0f s from the stream", trimmed, max_age)
+        return trimmed
 
     def failed(self) -> dict[str, dict[str, Any]]:
         r: Any = self.redis
@@ -204,10 +237,15 @@ class EventWorker:
 
     def run(self, block_ms: int = 1000, heartbeat: Path | None = None) -> None:
         """Deliver until stopped. ``heartbeat`` is touched after every step that reached Redis
-        (at least once per ``block_ms``): a liveness probe can tell a stuck worker by its age."""
+        (at least once per ``block_ms``): a liveness probe can tell a stuck worker by its age.
+        Once a minute, events older than the stream's age bound are trimmed."""
         self.ensure_group()
+        next_trim = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_trim:
+                    self.queue.trim(time.time(), self.queue.settings.max_age)
+                    next_trim = time.monotonic() + 60
                 self.step(block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -245,8 +283,11 @@ class EventWorker:
             claimed = r.xclaim(stream, GROUP, self.name, min_idle, [entry["message_id"]])
             for entry_id, fields in claimed:
                 if fields:
-                    self.deliver(entry_id, fields)
+                    self.deliver(entry_id, fields, tries=entry["times_delivered"] + 1)
                     tried += 1
+                else:
+                    # Trimmed from the stream while pending: nothing is left to deliver.
+                    r.xack(stream, GROUP, entry_id)
         for _, entries in (
             r.xreadgroup(GROUP, self.name, {stream: ">"}, count=10, block=block_ms) or []
         ):
@@ -255,7 +296,9 @@ class EventWorker:
                 tried += 1
         return tried
 
-    def deliver(self, entry_id: str, fields: Mapping[str, str]) -> None:
+    def deliver(self, entry_id: str, fields: Mapping[str, str], tries: int = 1) -> None:
+        """One try (the ``tries``-th) of one event; a failed one is logged with what the
+        receiver answered and when the next try comes, never with the payload."""
         queue, settings = self.queue, self.queue.settings
         client, body, message_id = fields["client"], fields["body"], fields["id"]
         event_type = json.loads(body).get("type", "unknown")
@@ -280,6 +323,7 @@ class EventWorker:
             ),
             "user-agent": "otpsvc",
         }
+        began = time.perf_counter()
         try:
             response = self.session.post(
                 url,
@@ -289,14 +333,28 @@ class EventWorker:
                 allow_redirects=False,
             )
             accepted = 200 <= response.status_code < 300
-        except requests.RequestException:
+            answer = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
             accepted = False
+            answer = type(exc).__name__
+        metrics.EVENT_DELIVERY_SECONDS.labels(client).observe(time.perf_counter() - began)
         if accepted:
             queue.redis.xack(queue.stream, GROUP, entry_id)
             queue.redis.xdel(queue.stream, entry_id)
             metrics.EVENTS.labels(event_type, "delivered").inc()
+            metrics.EVENT_DELIVERIES.labels(client, event_type, "delivered").inc()
         else:
             metrics.EVENTS.labels(event_type, "retry").inc()
+            metrics.EVENT_DELIVERIES.labels(client, event_type, "retry").inc()
+            log.warning(
+                "event %s (%s) for %s: try %d failed (%s); next try in about %.0f s",
+                message_id,
+                event_type,
+                client,
+                tries,
+                answer,
+                self.backoff(entry_id, tries),
+            )
 
     def _give_up(
         self, entry_id: str, message_id: str, client: str, body: str, event_type: str
@@ -307,4 +365,30 @@ class EventWorker:
         queue.redis.xack(queue.stream, GROUP, entry_id)
         queue.redis.xdel(queue.stream, entry_id)
         metrics.EVENTS.labels(event_type, "failed").inc()
-        log.warning("event %s for %s kept as failed", message_id, client)
+        metrics.EVENT_DELIVERIES.labels(client, event_type, "failed").inc()
+        log.warning("event %s (%s) for %s kept as failed", message_id, event_type, client)
+
+
+def serve_worker_metrics(port: int, backlog: Callable[[], tuple[int, float]]) -> None:
+    """The worker's ``GET /metrics`` on ``port`` (all addresses), in a thread of its own: its
+    delivery counters and latency, and the stream's backlog read at scrape time."""
+    collector = metrics.BacklogCollector(backlog)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/metrics":
+                self.send_error(404)
+                return
+            text, content_type = metrics.exposition(collector)
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - a scrape target
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    log.info("worker metrics on port %d", port)

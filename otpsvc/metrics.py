@@ -72,6 +72,22 @@ EVENTS = Counter(
     "Events to the apps by type and outcome (queued, delivered, retry, failed, lost).",
     ["type", "outcome"],
 )
+EVENT_DELIVERIES = Counter(
+    "otpsvc_event_deliveries_total",
+    "Delivery attempts of the event worker by client, event type and outcome (delivered, "
+    "retry, failed).",
+    ["client", "type", "outcome"],
+)
+EVENT_DELIVERY_SECONDS = Histogram(
+    "otpsvc_event_delivery_seconds",
+    "Time of each webhook request of the event worker.",
+    ["client"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15),
+)
+EVENTS_TRIMMED = Counter(
+    "otpsvc_events_trimmed_total",
+    "Events dropped from the stream for their age (OTPSVC_EVENT_MAX_AGE) by the worker.",
+)
 STORE_ERRORS = Counter(
     "otpsvc_store_errors_total", "Redis did not answer (each is a 503 store_unavailable)."
 )
@@ -166,6 +182,28 @@ class SharedStateCollector(Collector):
         for name, is_open in sorted(state.breakers.items()):
             breakers.add_metric([name], 1 if is_open else 0)
         yield breakers
+
+
+class BacklogCollector(Collector):
+    """The event stream's backlog at scrape time: events waiting (new and pending) and the age
+    of the oldest one; nothing when Redis does not answer."""
+
+    def __init__(self, read: Callable[[], tuple[int, float]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            waiting, oldest_age = self.read()
+        except Exception:
+            return
+        yield GaugeMetricFamily(
+            "otpsvc_events_backlog", "Events in the stream not yet delivered.", value=waiting
+        )
+        yield GaugeMetricFamily(
+            "otpsvc_events_oldest_age_seconds",
+            "Age of the oldest event not yet delivered (0 when none waits).",
+            value=oldest_age,
+        )
 
 
 def exposition(extra: Collector | None = None) -> tuple[bytes, str]:

@@ -314,3 +314,76 @@ def test_a_webhook_secret_is_rotated_by_signing_with_both(
     assert len(headers["webhook-signature"].split(" ")) == 2
     assert Webhook(SECRET_A).verify(request.body, headers)["type"] == "verification.canceled"
     assert Webhook(new).verify(request.body, headers)["type"] == "verification.canceled"
+
+
+def test_the_worker_serves_its_metrics_and_logs_each_failed_try(
+    make_app, openapi, termii: FakeTermii, redis_url, tmp_path
+):
+    """``otpsvc worker --metrics-port P``: GET /metrics has the deliveries by client, type and
+    outcome, their latency, and the backlog (events waiting, the oldest one's age); each failed
+    try is one log line with the event id, the client, the receiver's answer and the next try,
+    never the payload."""
+    import requests
+
+    from otpsvc.dev.redis_server import free_port
+
+    failing = Receiver([503] * 50)
+    log_path = tmp_path / "worker.log"
+    try:
+        app = make_app(**event_env(a=failing))
+        api = Api(app, KEY_A, openapi)
+        port = free_port()
+        env = {**os.environ, **fake_termii_env(redis_url, termii), **event_env(a=failing)}
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "otpsvc", "worker", "--metrics-port", str(port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+            try:
+                vid = api.start().get_json()["id"]
+                api.cancel(vid)
+                wait_for(lambda: len(failing.requests) >= 1, timeout=20)
+
+                def scraped() -> str:
+                    return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+                wait_for(lambda: "otpsvc_events_backlog" in scraped(), timeout=10)
+                text = scraped()
+            finally:
+                process.terminate()
+                process.wait(10)
+        retried = (
+            'otpsvc_event_deliveries_total{client="client-a",outcome="retry",'
+            'type="verification.canceled"}'
+        )
+        assert retried in text
+        assert 'otpsvc_event_delivery_seconds_count{client="client-a"}' in text
+        assert "otpsvc_events_backlog 1.0" in text
+        assert "otpsvc_events_oldest_age_seconds" in text
+        logged = log_path.read_text()
+        assert "for client-a: try 1 failed (HTTP 503); next try in about" in logged
+        assert "msg_" in logged
+        assert vid not in logged
+        assert "+234" not in logged
+    finally:
+        failing.close()
+
+
+def test_old_events_are_trimmed_and_counted(make_app, openapi, termii, receiver: Receiver):
+    """Events older than the stream's age bound (twice the retry window) are dropped by the
+    worker and counted in otpsvc_events_trimmed_total: a missing worker cannot fill Redis."""
+    from otpsvc import metrics
+
+    app = make_app(**event_env(a=receiver), OTPSVC_EVENT_RETRY_WINDOW="60")
+    events = app.extensions["otpsvc"].events
+    now = time.time()
+    ancient = f"{int((now - 500) * 1000)}-0"
+    events.redis.xadd(events.stream, {"id": "msg_ancient"}, id=ancient)
+    before = metrics.EVENTS_TRIMMED._value.get()
+    assert events.trim(now, events.settings.max_age) == 1
+    assert metrics.EVENTS_TRIMMED._value.get() == before + 1
+    events.add("msg_fresh", "client-a", json.dumps({"type": "verification.canceled"}))
+    assert events.trim(time.time(), events.settings.max_age) == 0
+    assert [f["id"] for _, f in events.redis.xrange(events.stream)] == ["msg_fresh"]

@@ -8,12 +8,15 @@ one atomic step, and a process that dies between them loses that event (it is lo
 when Redis refuses it).
 
 Workers (``otpsvc worker``; several may run, each a consumer of the ``senders`` group) deliver
-them: a 2xx answer acknowledges an event; any other answer, a timeout or a refused connection
-leaves it pending, and it is claimed again once it has been idle for its back-off (exponential
-from ``OTPSVC_EVENT_RETRY_BASE`` seconds, capped at an hour, with jitter), by whichever worker
-is alive. Past ``OTPSVC_EVENT_RETRY_WINDOW`` (24 hours) an event is kept as failed: ``otpsvc
-events failed`` lists those, ``otpsvc events replay ID`` queues one again. A worker killed in
-the middle of a delivery loses nothing: its pending event is claimed by the next worker.
+them, in a pool of threads per API client so that one client's slow receiver never delays
+another's events: a 2xx answer acknowledges an event; any other answer, a timeout or a refused
+connection leaves it pending with its next try's due time in a sorted set (back-off exponential
+from ``OTPSVC_EVENT_RETRY_BASE`` seconds, capped at an hour, with jitter), from which whichever
+worker is alive takes it when it is due. An event left pending by a worker that died is taken
+over once it has sat longer than any delivery can take. Past ``OTPSVC_EVENT_RETRY_WINDOW``
+(24 hours) an event is kept as failed: ``otpsvc events failed`` lists those, ``otpsvc events
+replay ID`` queues one again. A worker killed in the middle of a delivery loses nothing: its
+pending event is claimed by the next worker.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +47,10 @@ from otpsvc.store.connection import STORE_ERRORS, RedisClient
 log = logging.getLogger("otpsvc.events")
 
 GROUP = "senders"
+#: Deliveries in flight at once per API client, per worker.
+PER_CLIENT = 4
+#: How often a worker looks for events a dead worker left pending.
+ORPHAN_SCAN_SECONDS = 5.0
 #: The longest wait between two tries of one event.
 MAX_BACKOFF_SECONDS = 3600.0
 
@@ -75,6 +83,9 @@ class EventQueue:
         self.settings = settings
         self.stream = f"{prefix}:{{{prefix}:events}}:stream"
         self.failed_key = f"{prefix}:{{{prefix}:events}}:failed"
+        #: Events whose last try failed, by the time their next try is due (ms): retries are
+        #: found by due time, whatever else is pending.
+        self.due_key = f"{prefix}:{{{prefix}:events}}:due"
         #: Pending verifications of clients with a webhook, by expiry time, for
         #: ``verification.expired``; their last view in ``pending_key``.
         self.expiring_key = f"{prefix}:{{{prefix}:events}}:expiring"
@@ -204,15 +215,59 @@ def block_ms_for(socket_timeout: float) -> int:
 class EventWorker:
     """One consumer of the ``senders`` group; :meth:`run` until :meth:`stop`."""
 
-    def __init__(self, queue: EventQueue, name: str | None = None) -> None:
+    def __init__(
+        self, queue: EventQueue, name: str | None = None, per_client: int = PER_CLIENT
+    ) -> None:
         self.queue = queue
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.session = requests.Session()
         self.session.trust_env = False
         self._stop = threading.Event()
+        #: Deliveries run in a pool of ``per_client`` threads per API client: one client's
+        #: hanging or failing receiver holds its own threads, never another client's events.
+        self.per_client = per_client
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._heartbeat: Path | None = None
+        self._next_orphan_scan = 0.0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until the deliveries in flight are done (tests; a stopping worker)."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _submit(self, entry_id: str, fields: Mapping[str, str], tries: int) -> bool:
+        """Hand one delivery to its client's pool; False when it is already in flight here."""
+        client = fields.get("client", "")
+        with self._lock:
+            if entry_id in self._in_flight:
+                return False
+            self._in_flight.add(entry_id)
+            pool = self._pools.get(client)
+            if pool is None:
+                pool = ThreadPoolExecutor(self.per_client, thread_name_prefix="deliver")
+                self._pools[client] = pool
+        pool.submit(self._deliver_and_beat, entry_id, dict(fields), tries)
+        return True
+
+    def _deliver_and_beat(self, entry_id: str, fields: Mapping[str, str], tries: int) -> None:
+        try:
+            self.deliver(entry_id, fields, tries)
+        except STORE_ERRORS as exc:
+            # The event stays pending: the orphan scan (or another worker) tries it again.
+            log.warning("event worker: redis unavailable: %s", type(exc).__name__)
+        except Exception:
+            log.exception("event worker: delivery of %s failed", fields.get("id", "?"))
+        finally:
+            with self._lock:
+                self._in_flight.discard(entry_id)
+            if self._heartbeat is not None:
+                self._heartbeat.touch()
 
     def ensure_group(self) -> None:
         try:
@@ -239,6 +294,7 @@ class EventWorker:
         """Deliver until stopped. ``heartbeat`` is touched after every step that reached Redis
         (at least once per ``block_ms``): a liveness probe can tell a stuck worker by its age.
         Once a minute, events older than the stream's age bound are trimmed."""
+        self._heartbeat = heartbeat
         self.ensure_group()
         next_trim = 0.0
         while not self._stop.is_set():
@@ -265,36 +321,64 @@ class EventWorker:
                 continue
             if heartbeat is not None:
                 heartbeat.touch()
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def step(self, block_ms: int = 1000) -> int:
-        """Retry what is due, then take new events; how many deliveries were tried."""
+        """Hand what is due to the delivery pools: retries whose time has come (by due time),
+        now and then events left pending by a worker that died, then new events; how many
+        deliveries were handed over."""
         self.queue.expire_due(time.time())
-        tried = 0
+        handed = 0
         # redis-py's reply types are unions of every encoding; these replies are decoded text.
         r: Any = self.queue.redis
-        stream = self.queue.stream
-        min_idle = int(self.queue.settings.retry_base * 500)
-        for entry in r.xpending_range(stream, GROUP, "-", "+", 50, idle=min_idle):
-            if (
-                entry["time_since_delivered"]
-                < self.backoff(entry["message_id"], entry["times_delivered"]) * 1000
-            ):
-                continue
-            claimed = r.xclaim(stream, GROUP, self.name, min_idle, [entry["message_id"]])
-            for entry_id, fields in claimed:
-                if fields:
-                    self.deliver(entry_id, fields, tries=entry["times_delivered"] + 1)
-                    tried += 1
-                else:
-                    # Trimmed from the stream while pending: nothing is left to deliver.
-                    r.xack(stream, GROUP, entry_id)
+        stream, due = self.queue.stream, self.queue.due_key
+        for entry_id in r.zrangebyscore(due, "-inf", int(time.time() * 1000), 0, 100):
+            if entry_id in self._in_flight or not r.zrem(due, entry_id):
+                continue  # here already, or another worker took it
+            handed += self._claim_and_submit(entry_id)
+        if time.monotonic() >= self._next_orphan_scan:
+            handed += self._claim_orphans()
+            self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
         for _, entries in (
             r.xreadgroup(GROUP, self.name, {stream: ">"}, count=10, block=block_ms) or []
         ):
             for entry_id, fields in entries:
-                self.deliver(entry_id, fields)
-                tried += 1
-        return tried
+                handed += self._submit(entry_id, fields, 1)
+        return handed
+
+    def _claim_and_submit(self, entry_id: str, tries: int | None = None) -> int:
+        r: Any = self.queue.redis
+        stream = self.queue.stream
+        if tries is None:
+            pending = r.xpending_range(stream, GROUP, entry_id, entry_id, 1)
+            if not pending:
+                return 0
+            tries = int(pending[0]["times_delivered"]) + 1
+        for claimed_id, fields in r.xclaim(stream, GROUP, self.name, 0, [entry_id]):
+            if fields:
+                return int(self._submit(claimed_id, fields, tries))
+            # Trimmed from the stream while pending: nothing is left to deliver.
+            r.xack(stream, GROUP, claimed_id)
+        return 0
+
+    def _claim_orphans(self) -> int:
+        """Events pending with no due time for longer than their back-off and a grace: the
+        worker that held them died between reading and scheduling them."""
+        r: Any = self.queue.redis
+        settings = self.queue.settings
+        # Longer than any delivery can take, so a live worker's delivery is never taken over.
+        grace = settings.connect_timeout + settings.read_timeout + 1
+        handed = 0
+        for entry in r.xpending_range(self.queue.stream, GROUP, "-", "+", 100):
+            entry_id, tries = entry["message_id"], int(entry["times_delivered"])
+            wait_ms = (self.backoff(entry_id, tries) + grace) * 1000
+            if entry_id in self._in_flight or entry["time_since_delivered"] < wait_ms:
+                continue
+            if r.zscore(self.queue.due_key, entry_id) is not None:
+                continue
+            handed += self._claim_and_submit(entry_id, tries + 1)
+        return handed
 
     def deliver(self, entry_id: str, fields: Mapping[str, str], tries: int = 1) -> None:
         """One try (the ``tries``-th) of one event; a failed one is logged with what the
@@ -341,11 +425,14 @@ class EventWorker:
         if accepted:
             queue.redis.xack(queue.stream, GROUP, entry_id)
             queue.redis.xdel(queue.stream, entry_id)
+            queue.redis.zrem(queue.due_key, entry_id)
             metrics.EVENTS.labels(event_type, "delivered").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "delivered").inc()
         else:
             metrics.EVENTS.labels(event_type, "retry").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "retry").inc()
+            next_try = self.backoff(entry_id, tries)
+            queue.redis.zadd(queue.due_key, {entry_id: int((time.time() + next_try) * 1000)})
             log.warning(
                 "event %s (%s) for %s: try %d failed (%s); next try in about %.0f s",
                 message_id,
@@ -353,7 +440,7 @@ class EventWorker:
                 client,
                 tries,
                 answer,
-                self.backoff(entry_id, tries),
+                next_try,
             )
 
     def _give_up(
@@ -364,6 +451,7 @@ class EventWorker:
         queue.redis.hset(queue.failed_key, message_id, json.dumps(record))
         queue.redis.xack(queue.stream, GROUP, entry_id)
         queue.redis.xdel(queue.stream, entry_id)
+        queue.redis.zrem(queue.due_key, entry_id)
         metrics.EVENTS.labels(event_type, "failed").inc()
         metrics.EVENT_DELIVERIES.labels(client, event_type, "failed").inc()
         log.warning("event %s (%s) for %s kept as failed", message_id, event_type, client)

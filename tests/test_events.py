@@ -187,6 +187,7 @@ def test_an_event_past_its_window_is_kept_failed_and_can_be_replayed(
     worker = EventWorker(events)
     worker.ensure_group()
     worker.step(block_ms=100)
+    worker.drain()
     assert not receiver.requests
     env = {**fake_termii_env(redis_url, termii), **event_env(a=receiver)}
     listed = CliRunner().invoke(main, ["events", "failed"], env=env)
@@ -195,6 +196,7 @@ def test_an_event_past_its_window_is_kept_failed_and_can_be_replayed(
     replayed = CliRunner().invoke(main, ["events", "replay", "msg_old"], env=env)
     assert replayed.exit_code == 0, replayed.output
     worker.step(block_ms=100)
+    worker.drain()
     assert [r.headers["Webhook-Id"] for r in receiver.requests] == ["msg_old"]
     assert "no failed events" in CliRunner().invoke(main, ["events", "failed"], env=env).output
 
@@ -387,3 +389,52 @@ def test_old_events_are_trimmed_and_counted(make_app, openapi, termii, receiver:
     events.add("msg_fresh", "client-a", json.dumps({"type": "verification.canceled"}))
     assert events.trim(time.time(), events.settings.max_age) == 0
     assert [f["id"] for _, f in events.redis.xrange(events.stream)] == ["msg_fresh"]
+
+
+def test_a_hanging_receiver_does_not_delay_another_clients_events(
+    make_app, openapi, termii: FakeTermii, worker_for
+):
+    """client-a's receiver hangs (until its 10 s read timeout); client-b's event, queued after
+    a's, is delivered within a couple of seconds: each client's deliveries run in threads of
+    their own."""
+    hanging, healthy = Receiver(), Receiver()
+    hanging.hang = True
+    try:
+        app = make_app(**event_env(a=hanging, b=healthy))
+        worker_for(app)
+        a, b = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+        for i in range(6):
+            a.cancel(a.start(f"+23480312345{i:02d}").get_json()["id"])
+        wait_for(lambda: len(hanging.requests) >= 1)
+        began = time.monotonic()
+        b.cancel(b.start("+2348031239999").get_json()["id"])
+        wait_for(lambda: len(healthy.requests) >= 1, timeout=5)
+        served_after = time.monotonic() - began
+        assert healthy.events()[0]["type"] == "verification.canceled"
+        pytest.FIGURES["events, one receiver hanging"] = (  # type: ignore[attr-defined]
+            f"the other client's event delivered {served_after:.2f} s after it was queued"
+        )
+    finally:
+        hanging.close()
+        healthy.close()
+
+
+def test_retries_are_found_by_due_time_not_among_the_oldest(
+    make_app, openapi, termii: FakeTermii, worker_for
+):
+    """60 failing events of client-a sit pending before client-b's one failed event: b's retry
+    still comes when it is due (within seconds), not after a's 60."""
+    failing, flaky = Receiver([503] * 1000), Receiver([503])
+    try:
+        app = make_app(**event_env(a=failing, b=flaky))
+        events = app.extensions["otpsvc"].events
+        body = json.dumps({"type": "verification.canceled", "timestamp": "x", "data": {}})
+        for i in range(60):
+            events.add(f"msg_a{i}", "client-a", body)
+        events.add("msg_b", "client-b", body)
+        worker_for(app)
+        wait_for(lambda: len(flaky.requests) >= 2, timeout=10)
+        assert [r.headers["Webhook-Id"] for r in flaky.requests] == ["msg_b", "msg_b"]
+    finally:
+        failing.close()
+        flaky.close()

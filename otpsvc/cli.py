@@ -231,12 +231,16 @@ def events() -> None:
 
 @events.command("failed")
 def events_failed() -> None:
-    """List the events kept as failed: id, client, type, when."""
+    """List the events kept as failed: id, client, type, verification, when, last answer."""
     with _redis_errors(), store_guard():
         failed = _event_queue(_settings()).failed()
     for message_id, record in sorted(failed.items(), key=lambda item: item[1]["failed_at"]):
-        event_type = json.loads(record["body"]).get("type")
-        click.echo(f"{message_id}  {record['client']}  {event_type}  {record['failed_at']}")
+        body = json.loads(record["body"])
+        verification = (body.get("data") or {}).get("id") or "-"
+        click.echo(
+            f"{message_id}  {record['client']}  {body.get('type')}  {verification}  "
+            f"{record['failed_at']}  last: {record.get('last_answer', 'unknown')}"
+        )
     if not failed:
         click.echo("no failed events")
 

@@ -86,6 +86,8 @@ class EventQueue:
         #: Events whose last try failed, by the time their next try is due (ms): retries are
         #: found by due time, whatever else is pending.
         self.due_key = f"{prefix}:{{{prefix}:events}}:due"
+        #: What the receiver answered to each event's last failed try (HTTP status or error).
+        self.last_key = f"{prefix}:{{{prefix}:events}}:last"
         #: Pending verifications of clients with a webhook, by expiry time, for
         #: ``verification.expired``; their last view in ``pending_key``.
         self.expiring_key = f"{prefix}:{{{prefix}:events}}:expiring"
@@ -426,6 +428,7 @@ class EventWorker:
             queue.redis.xack(queue.stream, GROUP, entry_id)
             queue.redis.xdel(queue.stream, entry_id)
             queue.redis.zrem(queue.due_key, entry_id)
+            queue.redis.hdel(queue.last_key, entry_id)
             metrics.EVENTS.labels(event_type, "delivered").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "delivered").inc()
         else:
@@ -433,6 +436,7 @@ class EventWorker:
             metrics.EVENT_DELIVERIES.labels(client, event_type, "retry").inc()
             next_try = self.backoff(entry_id, tries)
             queue.redis.zadd(queue.due_key, {entry_id: int((time.time() + next_try) * 1000)})
+            queue.redis.hset(queue.last_key, entry_id, answer)
             log.warning(
                 "event %s (%s) for %s: try %d failed (%s); next try in about %.0f s",
                 message_id,
@@ -446,12 +450,19 @@ class EventWorker:
     def _give_up(
         self, entry_id: str, message_id: str, client: str, body: str, event_type: str
     ) -> None:
-        record = {"client": client, "body": body, "failed_at": _now_rfc3339()}
         queue = self.queue
+        last = queue.redis.hget(queue.last_key, entry_id)
+        record = {
+            "client": client,
+            "body": body,
+            "failed_at": _now_rfc3339(),
+            "last_answer": str(last) if last else "never tried",
+        }
         queue.redis.hset(queue.failed_key, message_id, json.dumps(record))
         queue.redis.xack(queue.stream, GROUP, entry_id)
         queue.redis.xdel(queue.stream, entry_id)
         queue.redis.zrem(queue.due_key, entry_id)
+        queue.redis.hdel(queue.last_key, entry_id)
         metrics.EVENTS.labels(event_type, "failed").inc()
         metrics.EVENT_DELIVERIES.labels(client, event_type, "failed").inc()
         log.warning("event %s (%s) for %s kept as failed", message_id, event_type, client)

@@ -193,6 +193,7 @@ def test_an_event_past_its_window_is_kept_failed_and_can_be_replayed(
     listed = CliRunner().invoke(main, ["events", "failed"], env=env)
     assert "msg_old" in listed.output
     assert "verification.canceled" in listed.output
+    assert "last: never tried" in listed.output
     replayed = CliRunner().invoke(main, ["events", "replay", "msg_old"], env=env)
     assert replayed.exit_code == 0, replayed.output
     worker.step(block_ms=100)
@@ -435,6 +436,9 @@ def test_retries_are_found_by_due_time_not_among_the_oldest(
         worker_for(app)
         wait_for(lambda: len(flaky.requests) >= 2, timeout=10)
         assert [r.headers["Webhook-Id"] for r in flaky.requests] == ["msg_b", "msg_b"]
+        assert events.redis.hget(events.last_key, "x") is None
+        answers = set(events.redis.hvals(events.last_key))
+        assert answers == {"HTTP 503"}
     finally:
         failing.close()
         flaky.close()

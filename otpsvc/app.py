@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 from flask import Flask, redirect
 from flask.json.provider import DefaultJSONProvider
 
+from otpsvc import metrics
 from otpsvc.api import dev, docs, health, otp, problems, tracing, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
@@ -62,6 +65,7 @@ def create_app(
     """
     settings = load_settings(config)
     _configure_logging(settings)
+    metrics.BUILD_INFO.labels(metadata.version("otpsvc"), platform.python_version()).set(1)
     log = logging.getLogger("otpsvc")
     for name in settings.unknown:
         log.warning("unknown setting %s is ignored", name)

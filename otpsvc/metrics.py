@@ -22,6 +22,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -44,7 +45,7 @@ CHECKS = Counter(
     "Checks by result: approved, wrong_code, locked, not_found, invalid.",
     ["result"],
 )
-CALLS = Counter("otpsvc_calls_placed_total", "Calls a provider accepted.", ["provider"])
+CALLS = Counter("otpsvc_calls_placed_total", "Calls a provider accepted.", ["provider", "country"])
 PROVIDER_ERRORS = Counter(
     "otpsvc_provider_errors_total",
     "Provider requests that failed, by provider and reason.",
@@ -88,13 +89,19 @@ EVENTS_TRIMMED = Counter(
     "otpsvc_events_trimmed_total",
     "Events dropped from the stream for their age (OTPSVC_EVENT_MAX_AGE) by the worker.",
 )
+BUILD_INFO = Gauge(
+    "otpsvc_build_info",
+    "Always 1; the labels say which otpsvc and Python this process runs.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
 STORE_ERRORS = Counter(
     "otpsvc_store_errors_total", "Redis did not answer (each is a 503 store_unavailable)."
 )
 HTTP_SECONDS = Histogram(
     "otpsvc_http_request_duration_seconds",
     "HTTP requests by endpoint and status.",
-    ["endpoint", "status"],
+    ["endpoint", "code"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ARGON2_SECONDS = Histogram(

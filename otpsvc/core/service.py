@@ -205,8 +205,11 @@ class VerificationService:
                     end_user_id=end_user_id,
                     gate=gate,
                 )
-            except DeliveryFailed:
-                metrics.STARTS.labels("none", country, mode, "failed").inc()
+            except DeliveryFailed as exc:
+                # Labelled with the provider that failed last, so a dashboard shows whose.
+                cause = exc.__cause__
+                failed = cause.last_provider if isinstance(cause, DeliveryError) else ""
+                metrics.STARTS.labels(failed or "none", country, mode, "failed").inc()
                 raise
             except OtpError:
                 self.count_refused(phone, mode)
@@ -351,6 +354,7 @@ class VerificationService:
             status_token=self.keyring.callback_token(reservation.id, gen, "status"),
             dtmf_token=self.keyring.callback_token(reservation.id, gen, "dtmf"),
             client=client,
+            country=metrics.country_label(phone.region, self.allowed_countries),
         )
         budget = self.abuse.budget_counters()
 

@@ -52,6 +52,8 @@ class CallRequest:
     dtmf_token: str = ""
     #: The API client the call is for (the dev inbox shows each client only its own calls).
     client: str = ""
+    #: The number's country as a metrics label (an allowed ISO code, or ``other``).
+    country: str = "other"
 
     def __repr__(self) -> str:
         # The code and the number must never reach a log line through a stray repr().

@@ -126,7 +126,7 @@ class Dispatcher:
                     metrics.timed(metrics.PROVIDER_SECONDS, provider=provider.name),
                 ):
                     placed = provider.place_call(call)
-                metrics.CALLS.labels(provider.name).inc()
+                metrics.CALLS.labels(provider.name, call.country).inc()
                 return placed
             except ProviderError as exc:
                 metrics.PROVIDER_ERRORS.labels(provider.name, _reason(exc)).inc()

@@ -103,7 +103,8 @@ def test_refusals_and_provider_errors_are_counted(api: Api, termii: FakeTermii):
     assert delta("otpsvc_provider_errors_total", provider="termii", reason="http_5xx") == 1
     refused = {"provider": "none", "country": "other", "mode": "code", "outcome": "refused"}
     assert delta("otpsvc_verifications_started_total", **refused) == 1
-    failed = {"provider": "none", "country": "NG", "mode": "code", "outcome": "failed"}
+    # Labelled with the provider that failed.
+    failed = {"provider": "termii", "country": "NG", "mode": "code", "outcome": "failed"}
     assert delta("otpsvc_verifications_started_total", **failed) == 1
 
 

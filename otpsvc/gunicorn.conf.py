@@ -28,10 +28,11 @@ timeout = 75
 # included; the pod's terminationGracePeriodSeconds covers the preStop pause plus this.
 graceful_timeout = 30
 keepalive = 5
-# No access log by default: callback URLs carry tokens. Set --access-logfile to turn it on.
-accesslog = None
+# Every line on one stream, as JSON (otpsvc.serving.RedactingLogger): gunicorn's own, the access
+# log (callback tokens and numbers redacted) and the service's. --access-logfile /dev/null
+# turns the access log off.
+accesslog = "/dev/stderr"
 errorlog = "-"
-# When an access log is turned on, callback tokens are redacted from it.
 logger_class = "otpsvc.serving.RedactingLogger"
 
 

@@ -1,12 +1,18 @@
-"""Log lines as JSON objects, one per line, with the audit fields of an event merged in."""
+"""Log lines as JSON objects, one per line, with the audit fields of an event merged in.
+
+The service's own lines, gunicorn's and the access log all come out in this shape on one stream
+(stderr), with ``trace_id``/``span_id`` when a trace is current.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from datetime import UTC, datetime
 
-from otpsvc.requestcontext import current_request_id
+from otpsvc.requestcontext import current_request_id, trace_var
 
 
 class RequestIdFilter(logging.Filter):
@@ -30,9 +36,38 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             line["request_id"] = request_id
-        fields = getattr(record, "audit", None)
-        if isinstance(fields, dict):
-            line.update(fields)
+        trace = trace_var.get()
+        if trace is not None:
+            line["trace_id"] = trace.trace_id
+            line["span_id"] = trace.parent_id
+        for attribute in ("audit", "fields"):
+            fields = getattr(record, attribute, None)
+            if isinstance(fields, dict):
+                line.update(fields)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
+
+
+class Sampler:
+    """At most ``per_second`` lines of one kind a second in this process: lines a stranger can
+    cause (a check of an unknown id, a wrong key) must not let them fill the log."""
+
+    def __init__(self, per_second: float = 5.0) -> None:
+        self.per_second = per_second
+        self._allowance: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, kind: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, since = self._allowance.get(kind, (self.per_second, now))
+            tokens = min(self.per_second, tokens + (now - since) * self.per_second)
+            if tokens < 1:
+                self._allowance[kind] = (tokens, now)
+                return False
+            self._allowance[kind] = (tokens - 1, now)
+            return True
+
+
+SAMPLER = Sampler()

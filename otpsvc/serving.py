@@ -13,6 +13,8 @@ from typing import Any
 from gunicorn.glogging import Logger
 from werkzeug.serving import WSGIRequestHandler
 
+from otpsvc.logs import JsonFormatter
+
 #: A token in a callback path: ``/webhooks/cequens/<token>/...``, ``/webhooks/console/<token>``.
 CALLBACK_TOKEN = re.compile(r"(/webhooks/(?:cequens|console)/)[^/?\s]+")
 #: A number in a query string: ``?phone=%2B2348031234567``.
@@ -24,11 +26,35 @@ def redact(text: str) -> str:
 
 
 class RedactingLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger, with callback tokens replaced by ``[token]`` in every access atom."""
+    """gunicorn's logger, its lines as JSON like the service's own, and an access log of JSON
+    lines (request id, method, path and query with tokens and numbers redacted, status,
+    duration) when an access log is turned on."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
+            handler.setFormatter(JsonFormatter())
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
         return {k: redact(v) if isinstance(v, str) else v for k, v in atoms.items()}
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
+            return
+        query = environ.get("QUERY_STRING", "")
+        path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+        fields = {
+            "event": "access",
+            "method": environ.get("REQUEST_METHOD", ""),
+            "path": redact(path),
+            "status": int(str(resp.status).split(None, 1)[0]),
+            "duration_ms": round(request_time.seconds * 1000 + request_time.microseconds / 1000, 1),
+        }
+        request_id = dict(resp.headers).get("X-Request-Id")
+        if request_id:
+            fields["request_id"] = request_id
+        self.access_log.info("access", extra={"fields": fields})
 
 
 class RedactingRequestHandler(WSGIRequestHandler):

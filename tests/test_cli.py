@@ -203,9 +203,16 @@ def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTer
         output = process.communicate(timeout=30)[0].decode()
     assert SECRET not in output
     assert process.returncode == 0, output
+    # gunicorn's own lines are JSON like the service's: one stream an operator can parse.
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert any("Booting worker" in line["message"] for line in lines)
     logged = access_log.read_text()
-    assert "POST /otp/start" in logged
-    assert "/webhooks/cequens/[token]/status" in logged
+    entries = [json.loads(line) for line in logged.splitlines()]
+    started = next(e for e in entries if e["path"] == "/otp/start")
+    assert (started["method"], started["status"]) == ("POST", 201)
+    assert started["request_id"]
+    assert started["duration_ms"] > 0
+    assert any(e["path"] == "/webhooks/cequens/[token]/status" for e in entries)
     assert "tok3n-SEEN-1n-a-log" not in logged
 
 

@@ -12,10 +12,13 @@ from flask import current_app, g, request
 from otpsvc.api.limits import Meet, RequestLimits
 from otpsvc.config import Settings
 from otpsvc.core.addresses import address_bucket
+from otpsvc.core.audit import audit
 from otpsvc.core.service import VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.errors import Unauthorized
 from otpsvc.events import EventQueue
+from otpsvc.logs import SAMPLER
+from otpsvc.serving import redact
 from otpsvc.store import VerificationStore
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.gate import Gate
@@ -75,6 +78,9 @@ def count_failed_authentication() -> None:
     """A wrong key or token, counted against the connecting address: 429 once it is over
     ``OTPSVC_RATE_LIMIT_AUTH_FAILURES``."""
     address = client_ip()
+    if SAMPLER.allow("auth_failed"):
+        # No key material: the address and the path only.
+        audit("auth_failed", ip=address, path=redact(request.path))
     runtime().request_limits.meet(Meet("auth_failures", address), audit_fields={"ip": address})
 
 

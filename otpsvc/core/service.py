@@ -37,6 +37,7 @@ from otpsvc.errors import (
     RetryLater,
     TooManyFailedChecks,
 )
+from otpsvc.logs import SAMPLER
 from otpsvc.store import Reservation, VerificationStore
 from otpsvc.store.gate import Gate
 from otpsvc.store.velocity import VelocityStore
@@ -383,6 +384,7 @@ class VerificationService:
                 client=client,
                 phone=phone.masked,
                 providers=[e.provider for e in exc.errors],
+                reasons={e.provider: e.reason for e in exc.errors},
             )
             self.on_event(client, "verification.delivery_failed", reservation.id)
             raise DeliveryFailed(
@@ -416,6 +418,8 @@ class VerificationService:
             send=int(record["s"]),
             provider=result.provider,
             delivery=result.status,
+            # What a provider's support asks for when a call did not arrive.
+            provider_message_id=result.message_id,
         )
         self.on_event(client, "verification.started", reservation.id)
         record.update(p=result.provider, ds=result.status)
@@ -516,6 +520,9 @@ class VerificationService:
                 {"bad_length": "invalid"}.get(ticket.outcome, ticket.outcome)
             ).inc()
         if ticket.outcome == "not_found":
+            if SAMPLER.allow("check_not_found"):
+                # An unknown, expired or finished id: a retry, a bug, or someone guessing.
+                audit("check", id=verification_id, client=client, result="not_found")
             raise NotFound("no pending verification with this id")
         if ticket.outcome == "locked":
             audit("check_locked", id=verification_id, client=client)

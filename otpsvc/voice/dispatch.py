@@ -130,10 +130,16 @@ class Dispatcher:
                 return placed
             except ProviderError as exc:
                 metrics.PROVIDER_ERRORS.labels(provider.name, _reason(exc)).inc()
-                log.warning("provider failed for verification %s: %s", call.verification_id, exc)
                 # Only the provider's own health opens its circuit: one tenant's bad numbers
                 # must not cut a single-provider country off for every tenant.
-                if exc.health and self.breaker.record_failure(provider.name, now_ms):
+                opened = bool(exc.health and self.breaker.record_failure(provider.name, now_ms))
+                log.warning(
+                    "provider failed for verification %s: %s",
+                    call.verification_id,
+                    exc,
+                    extra={"fields": failure_fields(call.verification_id, exc, opened)},
+                )
+                if opened:
                     log.warning("circuit of provider %s is open", provider.name)
                 if exc.ambiguous:
                     return CallResult(provider=provider.name, message_id=None, status="unknown")
@@ -143,6 +149,21 @@ class Dispatcher:
     def close(self) -> None:
         for provider in self.providers.values():
             provider.close()
+
+
+def failure_fields(verification_id: str, error: ProviderError, opened: bool) -> dict[str, object]:
+    """A provider failure as log fields, for an operator (and a provider's support) to act on:
+    never the number or the code (the provider's text has its digit runs masked)."""
+    return {
+        "event": "provider_failed",
+        "id": verification_id,
+        "provider": error.provider,
+        "reason": _reason(error),
+        "http_status": error.http_status,
+        "provider_code": error.provider_code,
+        "provider_text": error.provider_text,
+        "breaker": "opened" if opened else "unchanged",
+    }
 
 
 def _reason(error: ProviderError) -> str:

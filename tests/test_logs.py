@@ -1,0 +1,59 @@
+"""Log lines an operator can work with: failures as fields, and lines a stranger can cause
+sampled, never with key material, a number or a code."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from otpsvc.logs import JsonFormatter
+from tests.conftest import KEY_A, PHONE, Api
+from tests.fakes.termii import FakeTermii
+
+
+def lines(caplog) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+
+
+def test_a_failed_call_says_why_in_fields(api: Api, termii: FakeTermii, caplog):
+    """Each provider failure is a line with the verification, the provider, its HTTP status,
+    the reason and what it did to the breaker; delivery_failed lists each provider's reason."""
+    caplog.set_level(logging.INFO)
+    termii.mode = "server_error"
+    vid = api.start().get_json()["verification_id"]
+    logged = lines(caplog)
+    failure = next(line for line in logged if line.get("event") == "provider_failed")
+    assert failure["id"] == vid
+    assert (failure["provider"], failure["http_status"]) == ("termii", 500)
+    assert failure["reason"] == "http_5xx"
+    assert failure["breaker"] == "unchanged"
+    summary = next(line for line in logged if line.get("event") == "delivery_failed")
+    assert summary["reasons"]["termii"]
+    assert PHONE not in json.dumps(logged)
+
+
+def test_an_accepted_call_logs_the_providers_message_id(api: Api, termii: FakeTermii, caplog):
+    """The provider's message id, which its support asks for, is on the start's audit line."""
+    caplog.set_level(logging.INFO)
+    data = api.start().get_json()
+    start = next(line for line in lines(caplog) if line.get("event") == "start")
+    assert start["provider_message_id"] == data["delivery"]["provider_message_id"]
+
+
+def test_unknown_ids_and_bad_keys_leave_sampled_lines(app, openapi, caplog):
+    """A check of an unknown id and a wrong key each leave an audit line (no key material),
+    sampled: 50 of each leave a handful, not 50."""
+    caplog.set_level(logging.INFO)
+    api = Api(app, KEY_A, openapi)
+    for _ in range(50):
+        api.check("a" * 36, "123456")
+    wrong = "Wrong-key-0123456789abcdefXYZ"
+    for _ in range(8):
+        Api(app, wrong, openapi).request("GET", "/otp/" + "0" * 36)
+    logged = lines(caplog)
+    unknown = [line for line in logged if line.get("result") == "not_found"]
+    failed_auth = [line for line in logged if line.get("event") == "auth_failed"]
+    assert 1 <= len(unknown) <= 10
+    assert 1 <= len(failed_auth) <= 8
+    assert failed_auth[0]["path"] == "/otp/" + "0" * 36
+    assert wrong not in json.dumps(logged)

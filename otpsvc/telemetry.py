@@ -37,13 +37,17 @@ def recording() -> bool:
 
 
 @contextmanager
-def span(name: str, **attributes: str | int) -> Iterator[Any]:
-    """A span named ``name`` under the current one (a no-op without a tracer provider)."""
+def span(name: str, *, client: bool = False, **attributes: str | int) -> Iterator[Any]:
+    """A span named ``name`` under the current one (a no-op without a tracer provider).
+    ``client``: a call to another service (Redis, a provider), of kind CLIENT, so that tracing
+    back ends draw it as a dependency."""
     if not recording():
         yield None
         return
     assert trace is not None
-    with trace.get_tracer("otpsvc").start_as_current_span(name, attributes=attributes) as current:
+    kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
+    tracer = trace.get_tracer("otpsvc")
+    with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as current:
         yield current
 
 
@@ -107,7 +111,9 @@ class TracedScript:
     def __call__(self, *, keys: list[str], args: list[Any]) -> Any:
         if not recording():
             return self._script(keys=keys, args=args)
-        with span(f"redis {self.name}", **{"db.system": "redis", "db.operation": "EVALSHA"}):
+        with span(
+            f"redis {self.name}", client=True, **{"db.system": "redis", "db.operation": "EVALSHA"}
+        ):
             return self._script(keys=keys, args=args)
 
 

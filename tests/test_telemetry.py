@@ -9,6 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from otpsvc.requestcontext import parse_traceparent
 from otpsvc.telemetry import setup_from_environment
@@ -53,6 +54,10 @@ def test_a_start_is_one_trace_under_the_callers(api: Api, termii: FakeTermii, sp
                  "argon2 hash"):  # fmt: skip
         (child,) = named[name]
         assert child.context.trace_id == http.context.trace_id
+    # Calls to other services are CLIENT spans (a dependency in a trace view); argon2 is not.
+    for name in ("redis velocity", "redis reserve", "redis finalize", "provider termii"):
+        assert named[name][0].kind is SpanKind.CLIENT, name
+    assert named["argon2 hash"][0].kind is SpanKind.INTERNAL
     (provider,) = named["provider termii"]
     assert provider.parent is not None
     assert provider.parent.span_id == http.context.span_id

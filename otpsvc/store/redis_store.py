@@ -276,7 +276,7 @@ class VerificationStore:
                     self.message_key(provider, message_id), verification_id, px=index_message_ms
                 )
                 return str(outcome)
-            with span("redis finalize", **{"db.system": "redis"}):
+            with span("redis finalize", client=True, **{"db.system": "redis"}):
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.evalsha(self._finalize.sha, len(keys), *keys, *args)
                 pipe.set(
@@ -465,7 +465,11 @@ class VerificationStore:
         if is_cluster(self.redis):
             node = self.redis.get_node_from_key(keys[0]).redis_connection  # type: ignore[union-attr]
         try:
-            with span(f"redis {script.name}", **{"db.system": "redis", "db.operation": "WAIT"}):
+            with span(
+                f"redis {script.name}",
+                client=True,
+                **{"db.system": "redis", "db.operation": "WAIT"},
+            ):
                 return self._wait_on(node, script, keys, args)
         except STORE_ERRORS:
             if is_cluster(self.redis):

@@ -146,7 +146,7 @@ class VelocityStore:
             return result
 
         keys, args = self._call(items, call_id, now_ms)
-        with store_guard(), span("redis velocity", **{"db.system": "redis"}):
+        with store_guard(), span("redis velocity", client=True, **{"db.system": "redis"}):
             result = self._chains.run(gate, self._count, keys, args, count_and_get)
         value = read[0]
         return self._refusal(items, result), (str(value) if value else None)

@@ -122,7 +122,11 @@ class Dispatcher:
                 break
             try:
                 with (
-                    span(f"provider {provider.name}", **{"otpsvc.provider": provider.name}),
+                    span(
+                        f"provider {provider.name}",
+                        client=True,
+                        **{"otpsvc.provider": provider.name},
+                    ),
                     metrics.timed(metrics.PROVIDER_SECONDS, provider=provider.name),
                 ):
                     placed = provider.place_call(call)

@@ -53,7 +53,7 @@ from otpsvc.logs import JsonFormatter
 from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.connection import store_guard
-from otpsvc.store.velocity import VelocityStore
+from otpsvc.store.velocity import KillSwitchMemory, VelocityStore
 from otpsvc.telemetry import setup_from_environment
 
 BANNER = """
@@ -186,6 +186,13 @@ def serve() -> None:
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so signals reach gunicorn
 
 
+def kill_switch_guard(settings: Settings) -> Callable[[], None]:
+    """What a worker runs on every loop: a suspension outlives a Redis that lost its data."""
+    _, _, velocity = _store_parts(settings)
+    memory = KillSwitchMemory()
+    return lambda: velocity.guard_kill_switch(memory)
+
+
 def _event_queue(settings: Settings) -> EventQueue:
     client, _, _ = _store_parts(settings)
     return EventQueue(
@@ -213,7 +220,7 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
     _audit_to_stderr()
     settings = _settings()
     queue = _event_queue(settings)
-    consumer = EventWorker(queue)
+    consumer = EventWorker(queue, guard=kill_switch_guard(settings))
     if metrics_port is not None:
         serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

@@ -218,9 +218,16 @@ class EventWorker:
     """One consumer of the ``senders`` group; :meth:`run` until :meth:`stop`."""
 
     def __init__(
-        self, queue: EventQueue, name: str | None = None, per_client: int = PER_CLIENT
+        self,
+        queue: EventQueue,
+        name: str | None = None,
+        per_client: int = PER_CLIENT,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
+        #: Run on every loop while Redis answers (the kill switch's guard against a Redis that
+        #: lost its data).
+        self.guard = guard
         self.name = name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.session = requests.Session()
         self.session.trust_env = False
@@ -304,6 +311,8 @@ class EventWorker:
                 if time.monotonic() >= next_trim:
                     self.queue.trim(time.time(), self.queue.settings.max_age)
                     next_trim = time.monotonic() + 60
+                if self.guard is not None:
+                    self.guard()
                 self.step(block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):

@@ -442,3 +442,46 @@ def test_retries_are_found_by_due_time_not_among_the_oldest(
     finally:
         failing.close()
         flaky.close()
+
+
+def test_a_suspension_outlives_a_redis_that_lost_its_data(
+    termii: FakeTermii, receiver: Receiver, openapi, clock, caplog
+):
+    """Calls suspended, then Redis restarts without persistence (the kill switch key is gone):
+    the running worker sees the data's epoch marker gone, sets the switch again and says so, and
+    starts stay refused instead of the suspension being silently lifted."""
+    from otpsvc import create_app
+    from otpsvc.cli import kill_switch_guard
+    from otpsvc.config import load_settings
+    from otpsvc.dev.redis_server import RedisServer
+
+    server = RedisServer().start()
+    worker = None
+    try:
+        env = {
+            **fake_termii_env(server.url, termii, OTPSVC_REDIS_TIMEOUT="0.5"),
+            **event_env(a=receiver),
+        }
+        app = create_app(env, clock=clock)
+        api = Api(app, KEY_A, openapi)
+        worker = EventWorker(
+            app.extensions["otpsvc"].events, guard=kill_switch_guard(load_settings(env))
+        )
+        threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True).start()
+        suspended = CliRunner().invoke(main, ["calls", "suspend", "--reason", "fraud"], env=env)
+        assert suspended.exit_code == 0, suspended.output
+        velocity = app.extensions["otpsvc"].service.velocity
+        time.sleep(0.5)  # the worker sees the suspension
+        server.stop()
+        server.start()
+        wait_for(lambda: velocity.kill_state() is not None, timeout=20)
+        assert velocity.kill_state()["reason"] == "fraud"
+        refused = api.start()
+        assert refused.status_code == 503
+        assert refused.get_json()["code"] == "calls_suspended"
+        assert "the kill switch is set again" in caplog.text
+        assert termii.calls == []
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.close()

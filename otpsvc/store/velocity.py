@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -23,6 +25,16 @@ import redis
 from otpsvc.store.connection import RedisClient, is_cluster, store_guard
 from otpsvc.store.gate import Chains, Gate
 from otpsvc.telemetry import TracedScript, span
+
+log = logging.getLogger("otpsvc.store")
+
+
+@dataclass
+class KillSwitchMemory:
+    """What one process last saw of the kill switch and of the data's epoch."""
+
+    epoch: str | None = None
+    state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,34 @@ class VelocityStore:
         """Turn the kill switch off; False when it was not on."""
         with store_guard():
             return bool(self.redis.delete(self.kill_key))
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.tag}:epoch"
+
+    def guard_kill_switch(self, remembered: KillSwitchMemory) -> None:
+        """Keep a suspension across a Redis that lost its data. ``remembered`` is what this
+        process last saw: the data's epoch (a marker written once, gone only with the data) and
+        the kill switch. When the marker is gone while the switch was on, the switch is set
+        again, with a log line: a restart must not silently lift a suspension."""
+        with store_guard():
+            epoch = self.redis.get(self.epoch_key)
+            if epoch is None:
+                epoch = secrets.token_hex(8)
+                if not self.redis.set(self.epoch_key, epoch, nx=True):
+                    epoch = self.redis.get(self.epoch_key)
+                lost = remembered.epoch is not None
+                if lost and remembered.state is not None and self.kill_state() is None:
+                    state = {**remembered.state, "restored": True}
+                    self.redis.set(self.kill_key, json.dumps(state), nx=True)
+                    log.warning(
+                        "Redis came back without its data while calls were suspended (since "
+                        "%s, by %s): the kill switch is set again",
+                        state.get("since"),
+                        state.get("by") or "unknown",
+                    )
+        remembered.epoch = str(epoch) if epoch is not None else None
+        remembered.state = self.kill_state()
 
     def kill_state(self) -> dict[str, Any] | None:
         """The kill switch's ``since``, ``by`` and ``reason`` while it is on, else None."""

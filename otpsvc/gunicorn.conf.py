@@ -34,6 +34,9 @@ keepalive = 5
 accesslog = "/dev/stderr"
 errorlog = "-"
 logger_class = "otpsvc.serving.RedactingLogger"
+# No control socket (gunicorn 25.1+): nothing manages the server through it here, and under a
+# read-only root it fails at every start with an ERROR line. Older gunicorn ignores the setting.
+control_socket_disable = True
 
 
 def post_fork(server: object, worker: object) -> None:

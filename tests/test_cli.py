@@ -170,6 +170,9 @@ def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTer
             "WEB_CONCURRENCY": "2",
             "HOST": "127.0.0.1",
             "GUNICORN_CMD_ARGS": f"--access-logfile {access_log}",
+            # A home nothing can be written to, as under the image's read-only root.
+            "HOME": "/proc",
+            "XDG_RUNTIME_DIR": "",
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -206,6 +209,7 @@ def test_serve_runs_gunicorn_on_port_with_the_given_workers(env, termii: FakeTer
     # gunicorn's own lines are JSON like the service's: one stream an operator can parse.
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
     assert any("Booting worker" in line["message"] for line in lines)
+    assert [line for line in lines if line["level"] == "ERROR"] == []
     logged = access_log.read_text()
     entries = [json.loads(line) for line in logged.splitlines()]
     started = next(e for e in entries if e["path"] == "/otp/start")

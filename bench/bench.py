@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -54,17 +55,25 @@ class TermiiStandIn(BaseHTTPRequestHandler):
 
     codes: dict[str, str] = {}  # noqa: RUF012 - shared by the handler threads on purpose
     lock = threading.Lock()
+    #: Seconds each answer waits (bench/latency.py sets provider latency profiles).
+    latency: Callable[[], float] = staticmethod(lambda: 0.0)
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.lock:
             self.codes[body["phone_number"]] = str(body["code"])
+        delay = type(self).latency()
+        if delay:
+            time.sleep(delay)
         payload = json.dumps({"code": "ok", "message_id": "1", "message": "Successfully Sent"})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload.encode())
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload.encode())
+        except OSError:
+            pass  # the caller gave up (its read timeout)
 
     def log_message(self, *args: Any) -> None:
         return None

@@ -23,7 +23,6 @@ Everything runs on loopback; loops are bounded in time.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -34,15 +33,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import requests
 from argon2.low_level import Type, hash_secret
 from capacity import wait_until_serving
 
-from bench import API_KEY, cpu_seconds, phone, service_env  # bench/bench.py, beside this file
+from bench import (  # bench/bench.py, beside this file
+    API_KEY,
+    TermiiStandIn,
+    cpu_seconds,
+    phone,
+    service_env,
+)
 from otpsvc.config import Argon2Params
 from otpsvc.dev.redis_server import RedisServer, free_port
 
@@ -62,34 +66,6 @@ PROFILES: dict[str, Callable[[], float]] = {
     "spread": spread,
     "hang": lambda: READ_TIMEOUT + 2,
 }
-
-
-class SlowTermii(BaseHTTPRequestHandler):
-    """Termii's voice-call endpoint, answering after ``latency()`` seconds."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    latency: Callable[[], float] = PROFILES["instant"]
-    codes: dict[str, str] = {}  # noqa: RUF012 - shared by the handler threads on purpose
-    lock = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            self.codes[body["phone_number"]] = str(body["code"])
-        time.sleep(type(self).latency())
-        payload = json.dumps({"code": "ok", "message_id": "1", "message": "Successfully Sent"})
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload.encode())
-        except OSError:
-            pass  # the caller gave up (read timeout)
-
-    def log_message(self, *args: Any) -> None:
-        return None
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -173,7 +149,7 @@ def run_profile(
     server = Server(redis_url, termii_port, worker, profile)
     result = Result(profile, worker, seconds)
     try:
-        SlowTermii.latency = PROFILES["instant"]
+        TermiiStandIn.latency = staticmethod(PROFILES["instant"])
         with requests.Session() as session:
             checked = []
             for _ in range(40):
@@ -181,7 +157,7 @@ def run_profile(
                     server.base + "/otp/start", json={"phone": next_phone()}, headers=HEADERS
                 )
                 checked.append(response.json()["id"])
-        SlowTermii.latency = PROFILES[profile]
+        TermiiStandIn.latency = staticmethod(PROFILES[profile])
         pairs = profile == "instant"
         stop = threading.Event()
         lock = threading.Lock()
@@ -209,7 +185,7 @@ def run_profile(
                     if r.status_code == 503:
                         time.sleep(0.05)
                     if pairs and r.status_code == 201:
-                        code = SlowTermii.codes[number.lstrip("+")]
+                        code = TermiiStandIn.codes[number.lstrip("+")]
                         body = {"id": r.json()["id"], "code": code}
                         s.post(server.base + "/otp/check", json=body, headers=HEADERS)
                         with lock:
@@ -244,7 +220,7 @@ def run_profile(
         time.sleep(seconds)
         stop.set()
         result.cpu = cpu_seconds(pids) - cpu_before
-        SlowTermii.latency = PROFILES["instant"]
+        TermiiStandIn.latency = staticmethod(PROFILES["instant"])
         for t in threads:
             t.join(READ_TIMEOUT + 30)
     finally:
@@ -306,7 +282,7 @@ def main() -> None:
     parser.add_argument("--workers", default="gthread,sync")
     options = parser.parse_args()
     print(argon2_threads(), flush=True)
-    termii = ThreadingHTTPServer(("127.0.0.1", 0), SlowTermii)
+    termii = ThreadingHTTPServer(("127.0.0.1", 0), TermiiStandIn)
     termii.daemon_threads = True
     threading.Thread(target=termii.serve_forever, daemon=True).start()
     rows = []

@@ -262,40 +262,48 @@ def test_the_worker_heartbeat_is_fresh_while_it_runs(
     assert process.returncode == 0
 
 
-def test_the_worker_heals_after_redis_restarts_empty(
-    termii: FakeTermii, receiver: Receiver, openapi, clock, caplog
-):
-    """Redis restarts without its data (no persistence): the stream and the consumer group are
-    gone. The running worker says so in one log line, makes them again, and delivers the next
-    event, instead of logging 'redis unavailable' every second forever."""
+@pytest.fixture
+def own_stack(termii: FakeTermii, receiver: Receiver, openapi, clock):  # type: ignore[no-untyped-def]
+    """An app on a redis-server of this test's own (which the test may restart empty), and a
+    way to run an event worker on it: ``(server, api, env, run_worker(**options))``."""
     from otpsvc import create_app
     from otpsvc.dev.redis_server import RedisServer
 
     server = RedisServer().start()
-    worker = None
-    try:
-        env = {
-            **fake_termii_env(server.url, termii, OTPSVC_REDIS_TIMEOUT="0.5"),
-            **event_env(a=receiver),
-        }
-        app = create_app(env, clock=clock)
-        api = Api(app, KEY_A, openapi)
-        worker = EventWorker(app.extensions["otpsvc"].events)
-        thread = threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True)
-        thread.start()
-        api.cancel(api.start().get_json()["id"])
-        wait_for(lambda: len(receiver.events()) == 1)
-        server.stop()
-        server.start()
-        second = api.start("+2348031234999").get_json()["id"]
-        api.cancel(second)
-        wait_for(lambda: len(receiver.events()) == 2, timeout=20)
-        assert receiver.events()[1]["data"]["id"] == second
-        assert "the consumer group senders is gone" in caplog.text
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.close()
+    workers: list[EventWorker] = []
+    env = {
+        **fake_termii_env(server.url, termii, OTPSVC_REDIS_TIMEOUT="0.5"),
+        **event_env(a=receiver),
+    }
+    app = create_app(env, clock=clock)
+
+    def run_worker(**options) -> EventWorker:  # type: ignore[no-untyped-def]
+        worker = EventWorker(app.extensions["otpsvc"].events, **options)
+        threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True).start()
+        workers.append(worker)
+        return worker
+
+    yield server, Api(app, KEY_A, openapi), env, run_worker
+    for worker in workers:
+        worker.stop()
+    server.close()
+
+
+def test_the_worker_heals_after_redis_restarts_empty(own_stack, receiver: Receiver, caplog):
+    """Redis restarts without its data (no persistence): the stream and the consumer group are
+    gone. The running worker says so in one log line, makes them again, and delivers the next
+    event, instead of logging 'redis unavailable' every second forever."""
+    server, api, _, run_worker = own_stack
+    run_worker()
+    api.cancel(api.start().get_json()["id"])
+    wait_for(lambda: len(receiver.events()) == 1)
+    server.stop()
+    server.start()
+    second = api.start("+2348031234999").get_json()["id"]
+    api.cancel(second)
+    wait_for(lambda: len(receiver.events()) == 2, timeout=20)
+    assert receiver.events()[1]["data"]["id"] == second
+    assert "the consumer group senders is gone" in caplog.text
 
 
 def test_a_webhook_secret_is_rotated_by_signing_with_both(
@@ -444,44 +452,25 @@ def test_retries_are_found_by_due_time_not_among_the_oldest(
         flaky.close()
 
 
-def test_a_suspension_outlives_a_redis_that_lost_its_data(
-    termii: FakeTermii, receiver: Receiver, openapi, clock, caplog
-):
+def test_a_suspension_outlives_a_redis_that_lost_its_data(own_stack, termii: FakeTermii, caplog):
     """Calls suspended, then Redis restarts without persistence (the kill switch key is gone):
     the running worker sees the data's epoch marker gone, sets the switch again and says so, and
     starts stay refused instead of the suspension being silently lifted."""
-    from otpsvc import create_app
     from otpsvc.cli import kill_switch_guard
     from otpsvc.config import load_settings
-    from otpsvc.dev.redis_server import RedisServer
 
-    server = RedisServer().start()
-    worker = None
-    try:
-        env = {
-            **fake_termii_env(server.url, termii, OTPSVC_REDIS_TIMEOUT="0.5"),
-            **event_env(a=receiver),
-        }
-        app = create_app(env, clock=clock)
-        api = Api(app, KEY_A, openapi)
-        worker = EventWorker(
-            app.extensions["otpsvc"].events, guard=kill_switch_guard(load_settings(env))
-        )
-        threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True).start()
-        suspended = CliRunner().invoke(main, ["calls", "suspend", "--reason", "fraud"], env=env)
-        assert suspended.exit_code == 0, suspended.output
-        velocity = app.extensions["otpsvc"].service.velocity
-        time.sleep(0.5)  # the worker sees the suspension
-        server.stop()
-        server.start()
-        wait_for(lambda: velocity.kill_state() is not None, timeout=20)
-        assert velocity.kill_state()["reason"] == "fraud"
-        refused = api.start()
-        assert refused.status_code == 503
-        assert refused.get_json()["code"] == "calls_suspended"
-        assert "the kill switch is set again" in caplog.text
-        assert termii.calls == []
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.close()
+    server, api, env, run_worker = own_stack
+    run_worker(guard=kill_switch_guard(load_settings(env)))
+    suspended = CliRunner().invoke(main, ["calls", "suspend", "--reason", "fraud"], env=env)
+    assert suspended.exit_code == 0, suspended.output
+    velocity = api.app.extensions["otpsvc"].service.velocity
+    time.sleep(0.5)  # the worker sees the suspension
+    server.stop()
+    server.start()
+    wait_for(lambda: velocity.kill_state() is not None, timeout=20)
+    assert velocity.kill_state()["reason"] == "fraud"
+    refused = api.start()
+    assert refused.status_code == 503
+    assert refused.get_json()["code"] == "calls_suspended"
+    assert "the kill switch is set again" in caplog.text
+    assert termii.calls == []

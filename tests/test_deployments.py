@@ -21,6 +21,7 @@ import requests
 from flask import Flask
 
 from otpsvc import create_app
+from otpsvc.dev.deployments import free_cluster_port
 from otpsvc.dev.redis_server import RedisServer, free_port
 from tests.conftest import (
     KEY_A,
@@ -175,8 +176,10 @@ def test_readiness(deployed, openapi):
 def slot_checking_url() -> Iterator[str]:
     """A plain ``redis://`` URL to a server that refuses a command whose keys span slots, as a
     cluster-aware proxy in front of a cluster does: a one-node Redis Cluster owning every slot."""
+    # A cluster node also listens on its port + 10000: free_port() may hand out a port above
+    # 55535, whose bus port does not exist, and the node would not start.
     with RedisServer(
-        free_port(),
+        free_cluster_port(),
         extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes-one.conf"),
     ) as server:
         client = redis.Redis.from_url(server.url, decode_responses=True)

@@ -49,7 +49,7 @@ from otpsvc.events import (
     block_ms_for,
     serve_worker_metrics,
 )
-from otpsvc.logs import JsonFormatter
+from otpsvc.logs import JsonFormatter, ReadableFormatter
 from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.connection import store_guard
@@ -126,7 +126,9 @@ def dev(host: str, port: int) -> None:
 
     Any OTPSVC_* variable already set is kept, so dev mode can also point at a real Redis.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(ReadableFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     # SIGTERM (a process manager, `kill`) unwinds like Ctrl-C, so the bundled Redis stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     env = environment()

@@ -49,6 +49,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+class ReadableFormatter(logging.Formatter):
+    """``otpsvc dev``'s lines: time, logger and message for a person at a terminal, then the
+    audit fields as ``key=value`` (the same fields the JSON lines carry)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields: dict[str, object] = {}
+        for attribute in ("audit", "fields"):
+            found = getattr(record, attribute, None)
+            if isinstance(found, dict):
+                fields.update(found)
+        fields.pop("event", None)
+        extra = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+        return f"{text} {extra}" if extra else text
+
+
 class Sampler:
     """At most ``per_second`` lines of one kind a second in this process: lines a stranger can
     cause (a check of an unknown id, a wrong key) must not let them fill the log."""

@@ -57,3 +57,13 @@ def test_unknown_ids_and_bad_keys_leave_sampled_lines(app, openapi, caplog):
     assert 1 <= len(failed_auth) <= 8
     assert failed_auth[0]["path"] == "/otp/" + "0" * 36
     assert wrong not in json.dumps(logged)
+
+
+def test_dev_mode_lines_keep_the_audit_fields():
+    """``otpsvc dev`` prints readable lines, with the audit fields the JSON lines carry."""
+    from otpsvc.logs import ReadableFormatter
+
+    record = logging.LogRecord("otpsvc.audit", logging.INFO, "x", 1, "check", None, None)
+    record.audit = {"event": "check", "id": "abc", "client": "web", "result": "approved"}
+    line = ReadableFormatter().format(record)
+    assert line.endswith("otpsvc.audit check id=abc client=web result=approved")

@@ -50,7 +50,8 @@ def readyz() -> Response:
     suspended = _suspended_since() is not None
     if suspended:
         warnings.append("calls are suspended (otpsvc calls status says by whom and why)")
-    if store.persistence() == "none":
+    # Dev mode's bundled Redis keeps nothing on purpose: no warning there.
+    if not runtime().settings.dev_mode and store.persistence() == "none":
         warnings.append(NO_PERSISTENCE)
     policy = store.eviction_policy()
     if policy != "noeviction":

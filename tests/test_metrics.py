@@ -141,11 +141,14 @@ def test_the_alert_rules_pass_promtool():
 
 def test_a_real_prometheus_scrapes_a_real_otpsvc(redis_url, redis_client, termii, tmp_path):
     """otpsvc serve (2 workers, multiprocess metrics) and Prometheus scraping it every second;
-    starts made through either worker are summed and read back through Prometheus's API."""
+    starts made through either worker are summed and read back through Prometheus's API; the
+    provider's breaker is seen open, then closed once its cool-off ended (it is read from Redis
+    at scrape time, not as one worker last saw it)."""
     prometheus = _tool("prometheus")
     port, prom_port = free_port(), free_port()
     env = {**os.environ, **fake_termii_env(redis_url, termii), "PORT": str(port),
-           "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2"}  # fmt: skip
+           "HOST": "127.0.0.1", "WEB_CONCURRENCY": "2",
+           "OTPSVC_BREAKER_THRESHOLD": "2", "OTPSVC_BREAKER_COOLOFF": "3"}  # fmt: skip
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     service = subprocess.Popen([sys.executable, "-m", "otpsvc", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -168,22 +171,36 @@ def test_a_real_prometheus_scrapes_a_real_otpsvc(redis_url, redis_client, termii
             phone = f"+23480312345{i:02d}"
             assert requests.post(f"{base}/otp/start", json={"phone": phone}, headers=auth,
                                  timeout=10).status_code == 201  # fmt: skip
-        query = urllib.parse.quote('sum(otpsvc_verifications_started_total{outcome="created"})')
-        deadline = time.monotonic() + 60
-        seen = None
-        while time.monotonic() < deadline:
-            try:
-                answer = requests.get(
-                    f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}", timeout=2
-                ).json()
-                result = answer["data"]["result"]
-                seen = float(result[0]["value"][1]) if result else None
-            except (requests.ConnectionError, ValueError, KeyError):
-                seen = None
-            if seen == 6:
-                break
-            time.sleep(0.5)
-        assert seen == 6
+
+        def seen(promql: str, wanted: float) -> float | None:
+            """The query's value once it is ``wanted`` (or the last value after 60 s)."""
+            query = urllib.parse.quote(promql)
+            deadline = time.monotonic() + 60
+            value = None
+            while time.monotonic() < deadline:
+                try:
+                    answer = requests.get(
+                        f"http://127.0.0.1:{prom_port}/api/v1/query?query={query}", timeout=2
+                    ).json()
+                    result = answer["data"]["result"]
+                    value = float(result[0]["value"][1]) if result else None
+                except (requests.ConnectionError, ValueError, KeyError):
+                    value = None
+                if value == wanted:
+                    break
+                time.sleep(0.5)
+            return value
+
+        assert seen('sum(otpsvc_verifications_started_total{outcome="created"})', 6) == 6
+        breaker = 'max(otpsvc_provider_breaker_open{provider="termii"})'
+        assert seen(breaker, 0) == 0
+        termii.mode = "server_error"
+        for i in range(2):
+            assert requests.post(f"{base}/otp/start", json={"phone": f"+23480312346{i:02d}"},
+                                 headers=auth, timeout=10).status_code == 502  # fmt: skip
+        termii.mode = "ok"
+        assert seen(breaker, 1) == 1
+        assert seen(breaker, 0) == 0
     finally:
         for process in (server, service):
             process.send_signal(signal.SIGTERM)

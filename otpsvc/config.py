@@ -578,7 +578,8 @@ class _SettingsSchema(Schema):
             time_cost=data.pop("argon2_time_cost"),
             parallelism=data.pop("argon2_parallelism"),
         )
-        data["clients"] = _parse_api_keys(data.pop("api_keys"))
+        if "api_keys" in data:  # absent only from a partial load (see _load_the_rest)
+            data["clients"] = _parse_api_keys(data.pop("api_keys"))
         data["secret_key_fallbacks"] = _parse_fallbacks(data["secret_key_fallbacks"])
         data["test_numbers"] = _parse_test_numbers(data["test_numbers"])
         data["trusted_proxy_networks"] = _parse_networks(data["trusted_proxy_networks"])
@@ -586,13 +587,15 @@ class _SettingsSchema(Schema):
         data["event_webhook_secrets"] = _parse_multi_pairs(
             data["event_webhook_secrets"], "OTPSVC_EVENT_WEBHOOK_SECRETS"
         )
-        data["providers"] = tuple(_split(data["providers"]))
+        if "providers" in data:
+            data["providers"] = tuple(_split(data["providers"]))
         data["routes"] = _parse_routes(data["routes"])
         data["allowed_countries"] = _parse_countries(data["allowed_countries"])
         data["allowed_number_types"] = _parse_number_types(data["allowed_number_types"])
         if data["public_url"]:
             data["public_url"] = data["public_url"].rstrip("/")
-        data["secret_key"] = data["secret_key"].encode()
+        if "secret_key" in data:
+            data["secret_key"] = data["secret_key"].encode()
         return data
 
 
@@ -953,6 +956,21 @@ def _problems(messages: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}{messages}"]
 
 
+def _load_the_rest(relevant: Mapping[str, Any], failed: set[str]) -> dict[str, Any]:
+    """The settings that did load, with every failing variable left out (its default stands in,
+    and a missing required one stays missing), so that the checks across settings can still run
+    on the rest: every problem is reported at once, not one round of fixes at a time."""
+    rest = {name: value for name, value in relevant.items() if name not in failed}
+    try:
+        schema = _SettingsSchema()
+        required = tuple(name for name, item in schema.fields.items() if item.required)
+        # Only the required settings may be missing; the others take their defaults.
+        loaded: dict[str, Any] = schema.load(rest, unknown=EXCLUDE, partial=required)
+    except (ValidationError, KeyError, ValueError):
+        return {}
+    return loaded
+
+
 def setting_variables() -> dict[str, str]:
     """Each setting's variable name, by the setting's attribute name."""
     return {name: str(f.data_key) for name, f in _SettingsSchema().fields.items()}
@@ -970,11 +988,18 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
     relevant = _read_secret_files(
         {k: v for k, v in env.items() if k.startswith("OTPSVC_")}, problems
     )
+    failed: set[str] = set()
     try:
         core: dict[str, Any] = _SettingsSchema().load(relevant, unknown=EXCLUDE)
     except ValidationError as exc:
         problems += _problems(exc.messages)
-        core = {}
+        failed = set(exc.messages)
+        core = _load_the_rest(relevant, failed)
+
+    def trusted(*variables: str) -> bool:
+        """A check across settings runs only on settings that loaded: one that failed would
+        stand in with its default and report a problem that is not there."""
+        return bool(core) and not failed.intersection(variables)
 
     provider_settings: dict[str, Any] = {}
     named = _named_providers(core.get("providers", ()), core.get("routes", {}))
@@ -1001,26 +1026,44 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             problems += _problems(exc.messages)
 
     cequens = provider_settings.get("cequens")
-    if cequens is not None and core:
+    geography = ("OTPSVC_PROVIDERS", "OTPSVC_ROUTES", "OTPSVC_ALLOWED_COUNTRIES")
+    if cequens is not None and trusted(*geography, "OTPSVC_DEFAULT_LOCALE"):
         problems += _voice_problems("cequens", cequens.voices, core, "OTPSVC_CEQUENS_VOICES")
-    if core and core.get("allowed_countries") is None and not core.get("dev_mode"):
+    if (
+        trusted("OTPSVC_ALLOWED_COUNTRIES", "OTPSVC_DEV_MODE")
+        and core.get("allowed_countries") is None
+        and not core.get("dev_mode")
+    ):
         problems.append(
             "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "
             "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
         )
-    problems += _redis_tls_problems(core)
-    if core and core["provider_concurrency"] >= core["worker_threads"] > 1:
+    if trusted("OTPSVC_REDIS_URL"):
+        problems += _redis_tls_problems(core)
+    if (
+        trusted("OTPSVC_PROVIDER_CONCURRENCY", "OTPSVC_WORKER_THREADS")
+        and core["provider_concurrency"] >= core["worker_threads"] > 1
+    ):
         problems.append(
             "OTPSVC_PROVIDER_CONCURRENCY: must be below OTPSVC_WORKER_THREADS "
             f"({core['worker_threads']}): starts waiting on providers would leave no thread for "
             "checks, webhooks and probes"
         )
-    if core.get("trusted_proxies") and not core.get("trusted_proxy_networks"):
+    if (
+        trusted("OTPSVC_TRUSTED_PROXIES", "OTPSVC_TRUSTED_PROXY_NETWORKS")
+        and core.get("trusted_proxies")
+        and not core.get("trusted_proxy_networks")
+    ):
         problems.append(
             "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "
             "networks your proxies connect from, or anyone reaching the port picks their own IP"
         )
-    if core:
+    if trusted(
+        "OTPSVC_API_KEYS",
+        "OTPSVC_EVENT_WEBHOOKS",
+        "OTPSVC_EVENT_WEBHOOK_SECRETS",
+        "OTPSVC_DEV_MODE",
+    ):
         problems += _event_problems(core)
     for name in sorted(GUESSABLE_SECRETS):
         value = relevant.get(name)
@@ -1041,7 +1084,10 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
     allowed = core.get("allowed_countries")
     clients = {c.name for c in core.get("clients", ())}
     latest = date.today() + timedelta(days=core.get("test_number_max_days", 90))
-    for number in core.get("test_numbers", ()):
+    numbers_checked = trusted(
+        "OTPSVC_ALLOWED_COUNTRIES", "OTPSVC_API_KEYS", "OTPSVC_TEST_NUMBER_MAX_DAYS"
+    )
+    for number in core.get("test_numbers", ()) if numbers_checked else ():
         if allowed is not None and number.region not in allowed:
             problems.append(
                 f"OTPSVC_TEST_NUMBERS: a test number in {number.region} is outside "
@@ -1059,10 +1105,14 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             )
     warnings: list[str] = []
     if core:
-        problems += ceiling_problems(core, SHARED_LIMITS[:-1])
+        variables = setting_variables()
+        pairs = tuple(
+            pair for pair in SHARED_LIMITS if trusted(*(variables[name] for name in pair))
+        )
+        problems += ceiling_problems(core, tuple(p for p in pairs if p != SHARED_LIMITS[-1]))
         # A call budget below one client's share is legitimate on a small deployment, but then
         # one client can spend it for all: said, not refused.
-        warnings += ceiling_problems(core, SHARED_LIMITS[-1:])
+        warnings += ceiling_problems(core, tuple(p for p in pairs if p == SHARED_LIMITS[-1]))
         if not core.get("metrics_token") and not core.get("dev_mode"):
             warnings.append(
                 "OTPSVC_METRICS_TOKEN is not set: /metrics is open on the port that also takes "

@@ -40,11 +40,13 @@ def test_defaults_are_the_documented_ones():
 
 
 def test_empty_environment_lists_every_missing_setting():
-    """All required variables are named in one error, one per line."""
+    """All required variables are named in one error, one per line: the country allowlist,
+    required outside dev mode, too."""
     text = problems({})
     for name in ("OTPSVC_REDIS_URL", "OTPSVC_SECRET_KEY", "OTPSVC_API_KEYS", "OTPSVC_PROVIDERS"):
         assert name in text
-    assert len(text.splitlines()) == 5
+    assert "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode" in text
+    assert len(text.splitlines()) == 6
 
 
 @pytest.mark.parametrize(
@@ -261,3 +263,30 @@ def test_bad_voice_and_field_settings_are_named(name: str, value: str):
         name: value,
     }
     assert name in problems(env)
+
+
+def test_every_problem_is_reported_at_once():
+    """A bad value no longer hides the problems found across settings: a code TTL out of range,
+    a missing country allowlist, an event webhook for an unknown client and a bulkhead as large
+    as the threads, all in one error (they used to come one round of fixes at a time)."""
+    env = {k: v for k, v in VALID.items() if k != "OTPSVC_ALLOWED_COUNTRIES"}
+    text = problems(
+        {
+            **env,
+            "OTPSVC_CODE_TTL": "5",
+            "OTPSVC_EVENT_WEBHOOKS": "nobody=https://hooks.example.test/otp",
+            "OTPSVC_WORKER_THREADS": "4",
+            "OTPSVC_PROVIDER_CONCURRENCY": "4",
+        }
+    )
+    assert "OTPSVC_CODE_TTL" in text
+    assert "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode" in text
+    assert "'nobody' is not a client of OTPSVC_API_KEYS" in text
+    assert "OTPSVC_PROVIDER_CONCURRENCY: must be below OTPSVC_WORKER_THREADS" in text
+
+
+def test_a_failed_setting_does_not_cause_a_second_made_up_problem():
+    """An allowlist with an unknown code is reported as that, not also as missing."""
+    text = problems({**VALID, "OTPSVC_ALLOWED_COUNTRIES": "NG,XX"})
+    assert "unknown: XX" in text
+    assert "required outside dev mode" not in text

@@ -188,9 +188,8 @@ def serve() -> None:
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so signals reach gunicorn
 
 
-def kill_switch_guard(settings: Settings) -> Callable[[], None]:
+def kill_switch_guard(velocity: VelocityStore) -> Callable[[], None]:
     """What a worker runs on every loop: a suspension outlives a Redis that lost its data."""
-    _, _, velocity = _store_parts(settings)
     memory = KillSwitchMemory()
     return lambda: velocity.guard_kill_switch(memory)
 
@@ -222,7 +221,9 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
     _audit_to_stderr()
     settings = _settings()
     queue = _event_queue(settings)
-    consumer = EventWorker(queue, guard=kill_switch_guard(settings))
+    # The guard shares the queue's Redis client: one connection pool per worker process.
+    velocity = VelocityStore(queue.redis, settings.redis_prefix)
+    consumer = EventWorker(queue, guard=kill_switch_guard(velocity))
     if metrics_port is not None:
         serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())

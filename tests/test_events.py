@@ -457,13 +457,12 @@ def test_a_suspension_outlives_a_redis_that_lost_its_data(own_stack, termii: Fak
     the running worker sees the data's epoch marker gone, sets the switch again and says so, and
     starts stay refused instead of the suspension being silently lifted."""
     from otpsvc.cli import kill_switch_guard
-    from otpsvc.config import load_settings
 
     server, api, env, run_worker = own_stack
-    run_worker(guard=kill_switch_guard(load_settings(env)))
+    velocity = api.app.extensions["otpsvc"].service.velocity
+    run_worker(guard=kill_switch_guard(velocity))
     suspended = CliRunner().invoke(main, ["calls", "suspend", "--reason", "fraud"], env=env)
     assert suspended.exit_code == 0, suspended.output
-    velocity = api.app.extensions["otpsvc"].service.velocity
     time.sleep(0.5)  # the worker sees the suspension
     server.stop()
     server.start()

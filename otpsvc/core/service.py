@@ -205,6 +205,7 @@ class VerificationService:
                     end_user_ip=end_user_ip,
                     end_user_id=end_user_id,
                     gate=gate,
+                    country=country,
                 )
             except DeliveryFailed as exc:
                 # Labelled with the provider that failed last, so a dashboard shows whose.
@@ -238,6 +239,7 @@ class VerificationService:
         end_user_ip: str = "unknown",
         end_user_id: str | None = None,
         gate: Gate | None = None,
+        country: str = "other",
     ) -> StartOutcome:
         """Open a verification and call the phone, or resend the client's open one for it.
 
@@ -355,7 +357,7 @@ class VerificationService:
             status_token=self.keyring.callback_token(reservation.id, gen, "status"),
             dtmf_token=self.keyring.callback_token(reservation.id, gen, "dtmf"),
             client=client,
-            country=metrics.country_label(phone.region, self.allowed_countries),
+            country=country,
         )
         budget = self.abuse.budget_counters()
 

@@ -89,10 +89,23 @@ def _settings() -> Settings:
         sys.exit(CONFIG_ERROR)
 
 
+class _CurrentStderr(logging.StreamHandler[Any]):
+    """Writes to whatever ``sys.stderr`` is when a line is written, not the one of the first
+    command: one process may run several commands (a test runner swaps the stream for each)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _audit_to_stderr() -> None:
     logger = logging.getLogger("otpsvc")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -17,7 +17,6 @@ from otpsvc.api import dev, docs, health, otp, problems, tracing, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
-from otpsvc.api.schemas import verification_view
 from otpsvc.config import Settings, load_settings
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
@@ -90,8 +89,13 @@ def create_app(
     _warn_expired_test_numbers(settings, clock, log)
     # Sentinel and Cluster deployments have replicas: a check's attempt must reach one.
     replicated = parse_redis_url(settings.redis_url).kind != "single"
+    event_settings = EventSettings.from_settings(settings)
     store = VerificationStore(
-        client, settings.redis_prefix, wait_ms=settings.redis_wait_ms if replicated else 0
+        client,
+        settings.redis_prefix,
+        wait_ms=settings.redis_wait_ms if replicated else 0,
+        # The scripts that change a verification write its client's events in the same step.
+        events=event_settings.options(),
     )
     keyring = Keyring(settings.secret_key, settings.argon2, settings.secret_key_fallbacks)
     inbox = (
@@ -133,29 +137,7 @@ def create_app(
         test_numbers={number.e164: number for number in settings.test_numbers},
         allowed_countries=settings.allowed_countries,
     )
-    events = EventQueue(
-        client,
-        settings.redis_prefix,
-        EventSettings.from_settings(settings),
-    )
-
-    def on_event(owner: str, event_type: str, verification_id: str) -> None:
-        """The verification as GET /otp/{id} shows it, queued for the client's webhook.
-
-        ``verification.started`` is not sent: it only starts watching the verification's
-        expiry, for ``verification.expired``; every other event ends that watch."""
-        if not events.wanted(owner):
-            return
-        verification = service.get(client=owner, verification_id=verification_id)
-        view = verification_view(verification)
-        if event_type == "verification.started":
-            events.track(owner, view, verification.expires_at)
-            return
-        if event_type != "delivery.updated":
-            events.untrack(verification_id)
-        events.emit(owner, event_type, view)
-
-    service.on_event = on_event
+    events = EventQueue(client, settings.redis_prefix, event_settings)
     app.extensions["otpsvc"] = Runtime(
         settings=settings,
         redis=client,

@@ -53,6 +53,7 @@ from otpsvc.logs import JsonFormatter, ReadableFormatter
 from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
 from otpsvc.store.connection import store_guard
+from otpsvc.store.migrate import migrate_keys
 from otpsvc.store.velocity import KillSwitchMemory, VelocityStore
 from otpsvc.telemetry import setup_from_environment
 
@@ -277,6 +278,21 @@ def events_replay(message_id: str) -> None:
     if not found:
         raise click.ClickException(f"no failed event {message_id}")
     click.echo(f"{message_id} queued again")
+
+
+@main.command("migrate-keys")
+def migrate_keys_command() -> None:
+    """Move what otpsvc 0.1 stored (four-hex-digit hash tags) to the current key layout: blocks,
+    failure caps, pending verifications and their expiry watch. Run once the last 0.1 process is
+    gone; running it again is harmless."""
+    settings = _settings()
+    client, _, _ = _store_parts(settings)
+    with _redis_errors(), store_guard():
+        done = migrate_keys(client, settings.redis_prefix, settings.event_webhooks)
+    click.echo(
+        f"moved {done.moved} keys ({done.superseded} already newer in the new layout); "
+        f"{done.watched} pending verifications watched for expiry"
+    )
 
 
 @main.command("check-config")

@@ -1,22 +1,25 @@
-"""Events to the app: signed Standard Webhooks, queued in a Redis stream, sent by workers.
+"""Events to the app: signed Standard Webhooks, written with the change they report, sent by
+workers.
 
-Each API client may have one webhook URL (``OTPSVC_EVENT_WEBHOOKS``) and its signing secret
-(``OTPSVC_EVENT_WEBHOOK_SECRETS``, ``whsec_...``). Events are added to one Redis stream
-(``<prefix>:{<prefix>:events}:stream``) right after the state change they report: the change
-happens in the number's slot and the stream lives in its own, so on a cluster the two cannot be
-one atomic step, and a process that dies between them loses that event (it is logged as lost
-when Redis refuses it).
+Each API client may have one webhook URL (``OTPSVC_EVENT_WEBHOOKS``) and its signing secrets
+(``OTPSVC_EVENT_WEBHOOK_SECRETS``, ``whsec_...``). An event is written by the Lua script that
+makes the change it reports, in the same atomic step (``store/scripts/_events.lua``): into the
+stream of the verification's event shard, which lives in the verification's own hash slot (one
+of :data:`~otpsvc.store.shards.SHARDS`; see :mod:`otpsvc.store.shards`). A committed approval
+always has its event, whatever process dies when; an event never tells of a change that did not
+happen. The event holds a snapshot of the record (never the code's verifier); the worker renders
+the body from it, the same on every try.
 
-Workers (``otpsvc worker``; several may run, each a consumer of the ``senders`` group) deliver
-them, in a pool of threads per API client so that one client's slow receiver never delays
-another's events: a 2xx answer acknowledges an event; any other answer, a timeout or a refused
-connection leaves it pending with its next try's due time in a sorted set (back-off exponential
-from ``OTPSVC_EVENT_RETRY_BASE`` seconds, capped at an hour, with jitter), from which whichever
-worker is alive takes it when it is due. An event left pending by a worker that died is taken
-over once it has sat longer than any delivery can take. Past ``OTPSVC_EVENT_RETRY_WINDOW``
-(24 hours) an event is kept as failed: ``otpsvc events failed`` lists those, ``otpsvc events
-replay ID`` queues one again. A worker killed in the middle of a delivery loses nothing: its
-pending event is claimed by the next worker.
+Workers (``otpsvc worker``; several may run, each a consumer of the ``senders`` group of every
+shard) deliver them, in a pool of threads per API client so that one client's slow receiver
+never delays another's events: a 2xx answer acknowledges an event; any other answer, a timeout
+or a refused connection leaves it pending with its next try's due time in a sorted set (back-off
+exponential from ``OTPSVC_EVENT_RETRY_BASE`` seconds, capped at an hour, with jitter), from which
+whichever worker is alive takes it when it is due. An event left pending by a worker that died
+is taken over once it has sat longer than any delivery can take. Past
+``OTPSVC_EVENT_RETRY_WINDOW`` (24 hours) an event is kept as failed: ``otpsvc events failed``
+lists those, ``otpsvc events replay ID`` queues one again (into the replay stream, which the
+workers read as one more shard).
 """
 
 from __future__ import annotations
@@ -41,8 +44,13 @@ import requests
 from standardwebhooks import Webhook
 
 from otpsvc import metrics
+from otpsvc.api.schemas import verification_view
 from otpsvc.config import Settings
-from otpsvc.store.connection import STORE_ERRORS, RedisClient
+from otpsvc.core.models import Status, Verification
+from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster
+from otpsvc.store.redis_store import EventOptions, script_source
+from otpsvc.store.shards import event_keys, expiring_key, stream_key, tag_of, tags
+from otpsvc.telemetry import TracedScript
 
 log = logging.getLogger("otpsvc.events")
 
@@ -51,8 +59,18 @@ GROUP = "senders"
 PER_CLIENT = 4
 #: How often a worker looks for events a dead worker left pending.
 ORPHAN_SCAN_SECONDS = 5.0
+#: How often a worker looks for verifications that expired pending.
+EXPIRY_SCAN_SECONDS = 1.0
 #: The longest wait between two tries of one event.
 MAX_BACKOFF_SECONDS = 3600.0
+#: How long a worker on a cluster waits between two rounds of reads that found nothing (a
+#: blocking read cannot span slots).
+CLUSTER_POLL_SECONDS = 0.2
+#: The status an event's view shows whatever the snapshot says (it was taken before the expiry).
+EVENT_STATUS = {
+    "verification.expired": Status.EXPIRED,
+    "verification.max_attempts_reached": Status.MAX_ATTEMPTS_REACHED,
+}
 
 
 @dataclass(frozen=True)
@@ -61,10 +79,12 @@ class EventSettings:
     secrets: Mapping[str, tuple[str, ...]]
     retry_base: float = 5.0
     retry_window: float = 86400.0
-    #: Events older than this are dropped from the stream (they are past every retry).
+    #: Events older than this are dropped from the streams (they are past every retry).
     max_age: float = 172800.0
     connect_timeout: float = 3.05
     read_timeout: float = 10.0
+    #: The check attempts a verification has (its view shows what is left).
+    max_attempts: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventSettings:
@@ -74,93 +94,121 @@ class EventSettings:
             retry_base=settings.event_retry_base,
             retry_window=settings.event_retry_window,
             max_age=2.0 * settings.event_retry_window,
+            max_attempts=settings.max_check_attempts,
         )
+
+    def options(self) -> EventOptions:
+        """What the store's scripts need to write events."""
+        return EventOptions(clients=tuple(self.webhooks), max_age_ms=int(self.max_age * 1000))
+
+
+def render(fields: Mapping[str, str], max_attempts: int) -> tuple[str, str, str, float]:
+    """(webhook id, event type, body, queued at in epoch seconds) of a stream entry: one a
+    script wrote (a snapshot of the record) or one queued again by ``events replay`` (its body)."""
+    if "body" in fields:
+        body = fields["body"]
+        return fields["id"], json.loads(body).get("type", "unknown"), body, float(fields["queued"])
+    event_type, at_ms = fields["type"], int(fields["at"])
+    verification = Verification.from_record(
+        fields["vid"],
+        json.loads(fields["rec"]),
+        max_attempts=max_attempts,
+        now_ms=at_ms,
+        status=EVENT_STATUS.get(event_type),
+    )
+    body = json.dumps(
+        {
+            "type": event_type,
+            "timestamp": _rfc3339(at_ms / 1000),
+            "data": verification_view(verification),
+        }
+    )
+    return fields["id"], event_type, body, at_ms / 1000
 
 
 class EventQueue:
     def __init__(self, client: RedisClient, prefix: str, settings: EventSettings) -> None:
         self.redis = client
+        self.prefix = prefix
         self.settings = settings
-        self.stream = f"{prefix}:{{{prefix}:events}}:stream"
+        #: Events queued again by ``events replay`` (and those an earlier version queued here).
+        self.replay_stream = f"{prefix}:{{{prefix}:events}}:stream"
+        #: Every stream a worker reads: one per shard, then the replay stream.
+        self.streams = [stream_key(prefix, tag) for tag in tags()] + [self.replay_stream]
         self.failed_key = f"{prefix}:{{{prefix}:events}}:failed"
-        #: Events whose last try failed, by the time their next try is due (ms): retries are
-        #: found by due time, whatever else is pending.
+        #: Events whose last try failed (``<entry id>@<stream>``), by the time their next try
+        #: is due (ms): retries are found by due time, whatever else is pending.
         self.due_key = f"{prefix}:{{{prefix}:events}}:due"
         #: What the receiver answered to each event's last failed try (HTTP status or error).
         self.last_key = f"{prefix}:{{{prefix}:events}}:last"
-        #: Pending verifications of clients with a webhook, by expiry time, for
-        #: ``verification.expired``; their last view in ``pending_key``.
-        self.expiring_key = f"{prefix}:{{{prefix}:events}}:expiring"
-        self.pending_key = f"{prefix}:{{{prefix}:events}}:pending"
+        self._expire = TracedScript("expire", client.register_script(script_source("expire")))
 
     def wanted(self, client: str) -> bool:
         return client in self.settings.webhooks
 
-    def emit(self, client: str, event_type: str, data: Mapping[str, Any]) -> None:
-        """Queue one event for the client's webhook; never fails the request that caused it."""
-        if not self.wanted(client):
-            return
-        body = {"type": event_type, "timestamp": _now_rfc3339(), "data": dict(data)}
+    def each(self, keys: list[str], command: Callable[[Any, str], object]) -> dict[str, Any]:
+        """``command(pipeline, key)`` for every key, in one pipeline per server (on a cluster,
+        to the node of each key's slot, one command per key); each key's answer, an exception
+        when that command failed. A cluster that moved a slot has its map read again."""
+        r: Any = self.redis
+        groups: dict[str, tuple[Any, list[str]]] = {}
+        if is_cluster(r):
+            for key in keys:
+                node = r.get_node_from_key(key)
+                groups.setdefault(node.name, (node.redis_connection, []))[1].append(key)
+        else:
+            groups[""] = (r, list(keys))
+        answers: dict[str, Any] = {}
         try:
-            self.add(f"msg_{uuid.uuid4().hex}", client, json.dumps(body))
-        except STORE_ERRORS as exc:
-            log.warning("event %s for %s lost: %s", event_type, client, type(exc).__name__)
-            metrics.EVENTS.labels(event_type, "lost").inc()
-            return
-        metrics.EVENTS.labels(event_type, "queued").inc()
-
-    def track(self, client: str, view: Mapping[str, Any], expires_at: float) -> None:
-        """Remember a pending verification, so that its expiry can be told."""
-        if not self.wanted(client):
-            return
-        snapshot = json.dumps({"client": client, "view": dict(view)})
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zadd(self.expiring_key, {view["id"]: int(expires_at * 1000)})
-            pipe.hset(self.pending_key, view["id"], snapshot)
-            pipe.execute()
-        except STORE_ERRORS as exc:
-            log.warning("expiry of %s not tracked: %s", view["id"], type(exc).__name__)
-
-    def untrack(self, verification_id: str) -> None:
-        """The verification ended (approved, denied, canceled, locked or failed)."""
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(self.expiring_key, verification_id)
-            pipe.hdel(self.pending_key, verification_id)
-            pipe.execute()
-        except STORE_ERRORS as exc:
-            log.warning("expiry of %s not untracked: %s", verification_id, type(exc).__name__)
+            for connection, group in groups.values():
+                pipe = connection.pipeline(transaction=False)
+                for key in group:
+                    command(pipe, key)
+                answers.update(zip(group, pipe.execute(raise_on_error=False), strict=True))
+        except STORE_ERRORS:
+            if is_cluster(r):
+                r.nodes_manager.initialize()
+            raise
+        for answer in answers.values():
+            if isinstance(answer, redis.ResponseError) and str(answer).startswith(("MOVED", "ASK")):
+                r.nodes_manager.initialize()
+                raise redis.ConnectionError(f"slot moved: {answer}")
+        return answers
 
     def expire_due(self, now: float, limit: int = 50) -> int:
-        """Tell every tracked verification that expired while pending; each once, whichever
-        worker gets it (ZREM decides)."""
-        r: Any = self.redis
+        """Tell every watched verification that expired while pending; each once, whichever
+        worker gets it (the script's ZREM decides)."""
+        now_ms = int(now * 1000)
+        shards = [expiring_key(self.prefix, tag) for tag in tags()]
+        due = self.each(shards, lambda pipe, key: pipe.zrangebyscore(key, "-inf", now_ms, 0, limit))
         told = 0
-        for verification_id in r.zrangebyscore(
-            self.expiring_key, "-inf", int(now * 1000), 0, limit
-        ):
-            if not r.zrem(self.expiring_key, verification_id):
-                continue  # another worker took it
-            raw = r.hget(self.pending_key, verification_id)
-            r.hdel(self.pending_key, verification_id)
-            if raw is None:
-                continue
-            snapshot = json.loads(raw)
-            view = {**snapshot["view"], "status": "expired"}
-            self.emit(snapshot["client"], "verification.expired", view)
-            told += 1
+        for key in shards:
+            answer = due[key]
+            if isinstance(answer, Exception):
+                raise answer
+            for verification_id in answer:
+                tag = tag_of(verification_id)
+                record = f"{self.prefix}:{{{tag}}}:v:{verification_id}"
+                told += int(
+                    self._expire(
+                        keys=[record, *event_keys(self.prefix, tag)],
+                        args=[
+                            verification_id,
+                            now_ms,
+                            self.settings.max_attempts,
+                            *self.settings.options().args(),
+                        ],
+                    )
+                )
         return told
 
     def add(self, message_id: str, client: str, body: str, queued: float | None = None) -> None:
-        """Queue an event; ``queued`` (epoch seconds) starts its retry window (default: now)."""
+        """Queue a rendered event in the replay stream; ``queued`` (epoch seconds) starts its
+        retry window (default: now)."""
         at = time.time() if queued is None else queued
-        # The stream's age bound holds even while no worker runs: approximately (Redis drops
-        # whole nodes of about 100 entries, which is cheap), silently; the worker's exact trim
-        # counts what it drops.
         oldest = f"{int((time.time() - self.settings.max_age) * 1000)}-0"
         self.redis.xadd(
-            self.stream,
+            self.replay_stream,
             {"id": message_id, "client": client, "body": body, "queued": f"{at:.3f}"},
             minid=oldest,
             approximate=True,
@@ -168,24 +216,36 @@ class EventQueue:
 
     def backlog(self, now: float) -> tuple[int, float]:
         """(events not yet delivered, age in seconds of the oldest one): delivered events are
-        deleted from the stream, so what is left is waiting, new or pending."""
-        r: Any = self.redis
-        waiting = int(r.xlen(self.stream))
-        first = r.xrange(self.stream, "-", "+", count=1)
-        if not first:
+        deleted from the streams, so what is left is waiting, new or pending."""
+        lengths = self.each(self.streams, lambda pipe, key: pipe.xlen(key))
+        firsts = self.each(self.streams, lambda pipe, key: pipe.xrange(key, "-", "+", count=1))
+        waiting, oldest_ms = 0, None
+        for key in self.streams:
+            if isinstance(lengths[key], Exception) or isinstance(firsts[key], Exception):
+                raise lengths[key] if isinstance(lengths[key], Exception) else firsts[key]
+            waiting += int(lengths[key])
+            if firsts[key]:
+                queued_ms = int(str(firsts[key][0][0]).split("-", 1)[0])
+                oldest_ms = queued_ms if oldest_ms is None else min(oldest_ms, queued_ms)
+        if oldest_ms is None:
             return waiting, 0.0
-        queued_ms = int(str(first[0][0]).split("-", 1)[0])
-        return waiting, max(0.0, now - queued_ms / 1000)
+        return waiting, max(0.0, now - oldest_ms / 1000)
 
     def trim(self, now: float, max_age: float) -> int:
-        """Drop events older than ``max_age`` from the stream (no worker ran for that long, or
+        """Drop events older than ``max_age`` from the streams (no worker ran for that long, or
         their receiver never answered): a bound on what a missing worker leaves in Redis."""
-        r: Any = self.redis
         oldest = f"{int((now - max_age) * 1000)}-0"
-        trimmed = int(r.xtrim(self.stream, minid=oldest, approximate=False))
+        answers = self.each(
+            self.streams, lambda pipe, key: pipe.xtrim(key, minid=oldest, approximate=False)
+        )
+        trimmed = 0
+        for answer in answers.values():
+            if isinstance(answer, Exception):
+                raise answer
+            trimmed += int(answer)
         if trimmed:
             metrics.EVENTS_TRIMMED.inc(trimmed)
-            log.warning("dropped %d events older than %.0f s from the stream", trimmed, max_age)
+            log.warning("dropped %d events older than %.0f s from the streams", trimmed, max_age)
         return trimmed
 
     def failed(self) -> dict[str, dict[str, Any]]:
@@ -203,8 +263,12 @@ class EventQueue:
         return True
 
 
+def _rfc3339(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _rfc3339(time.time())
 
 
 def block_ms_for(socket_timeout: float) -> int:
@@ -215,7 +279,9 @@ def block_ms_for(socket_timeout: float) -> int:
 
 
 class EventWorker:
-    """One consumer of the ``senders`` group; :meth:`run` until :meth:`stop`."""
+    """One consumer of the ``senders`` group of every stream; :meth:`run` until :meth:`stop`.
+
+    An event is named ``<entry id>@<stream>`` in the due index and while in flight."""
 
     def __init__(
         self,
@@ -240,6 +306,7 @@ class EventWorker:
         self._lock = threading.Lock()
         self._heartbeat: Path | None = None
         self._next_orphan_scan = 0.0
+        self._next_expiry_scan = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -250,23 +317,26 @@ class EventWorker:
         while self._in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def _submit(self, entry_id: str, fields: Mapping[str, str], tries: int) -> bool:
+    def _submit(self, stream: str, entry_id: str, fields: Mapping[str, str], tries: int) -> bool:
         """Hand one delivery to its client's pool; False when it is already in flight here."""
         client = fields.get("client", "")
+        name = f"{entry_id}@{stream}"
         with self._lock:
-            if entry_id in self._in_flight:
+            if name in self._in_flight:
                 return False
-            self._in_flight.add(entry_id)
+            self._in_flight.add(name)
             pool = self._pools.get(client)
             if pool is None:
                 pool = ThreadPoolExecutor(self.per_client, thread_name_prefix="deliver")
                 self._pools[client] = pool
-        pool.submit(self._deliver_and_beat, entry_id, dict(fields), tries)
+        pool.submit(self._deliver_and_beat, stream, entry_id, dict(fields), tries)
         return True
 
-    def _deliver_and_beat(self, entry_id: str, fields: Mapping[str, str], tries: int) -> None:
+    def _deliver_and_beat(
+        self, stream: str, entry_id: str, fields: Mapping[str, str], tries: int
+    ) -> None:
         try:
-            self.deliver(entry_id, fields, tries)
+            self.deliver(stream, entry_id, fields, tries)
         except STORE_ERRORS as exc:
             # The event stays pending: the orphan scan (or another worker) tries it again.
             log.warning("event worker: redis unavailable: %s", type(exc).__name__)
@@ -274,16 +344,19 @@ class EventWorker:
             log.exception("event worker: delivery of %s failed", fields.get("id", "?"))
         finally:
             with self._lock:
-                self._in_flight.discard(entry_id)
+                self._in_flight.discard(f"{entry_id}@{stream}")
             if self._heartbeat is not None:
                 self._heartbeat.touch()
 
     def ensure_group(self) -> None:
-        try:
-            self.queue.redis.xgroup_create(self.queue.stream, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """The ``senders`` group on every stream (each stream made when missing)."""
+        answers = self.queue.each(
+            self.queue.streams,
+            lambda pipe, key: pipe.xgroup_create(key, GROUP, id="0", mkstream=True),
+        )
+        for answer in answers.values():
+            if isinstance(answer, Exception) and "BUSYGROUP" not in str(answer):
+                raise answer
 
     def _ensure_group_when_up(self) -> None:
         try:
@@ -302,9 +375,9 @@ class EventWorker:
     def run(self, block_ms: int = 1000, heartbeat: Path | None = None) -> None:
         """Deliver until stopped. ``heartbeat`` is touched after every step that reached Redis
         (at least once per ``block_ms``): a liveness probe can tell a stuck worker by its age.
-        Once a minute, events older than the stream's age bound are trimmed."""
+        Once a minute, events older than the streams' age bound are trimmed."""
         self._heartbeat = heartbeat
-        self.ensure_group()
+        self._ensure_group_when_up()
         next_trim = 0.0
         while not self._stop.is_set():
             try:
@@ -318,7 +391,7 @@ class EventWorker:
                 if "NOGROUP" not in str(exc):
                     raise
                 # Redis came back empty (a restart without persistence) or a replica without
-                # the group took over: make the stream and the group again and go on.
+                # the group took over: make the streams and the group again and go on.
                 log.warning(
                     "event worker: the consumer group %s is gone (Redis restarted empty or "
                     "failed over); created it again",
@@ -338,29 +411,52 @@ class EventWorker:
     def step(self, block_ms: int = 1000) -> int:
         """Hand what is due to the delivery pools: retries whose time has come (by due time),
         now and then events left pending by a worker that died, then new events; how many
-        deliveries were handed over."""
-        self.queue.expire_due(time.time())
+        deliveries were handed over. Verifications that expired pending are told first."""
+        if time.monotonic() >= self._next_expiry_scan:
+            self.queue.expire_due(time.time())
+            self._next_expiry_scan = time.monotonic() + EXPIRY_SCAN_SECONDS
         handed = 0
         # redis-py's reply types are unions of every encoding; these replies are decoded text.
         r: Any = self.queue.redis
-        stream, due = self.queue.stream, self.queue.due_key
-        for entry_id in r.zrangebyscore(due, "-inf", int(time.time() * 1000), 0, 100):
-            if entry_id in self._in_flight or not r.zrem(due, entry_id):
+        due = self.queue.due_key
+        for name in r.zrangebyscore(due, "-inf", int(time.time() * 1000), 0, 100):
+            if name in self._in_flight or not r.zrem(due, name):
                 continue  # here already, or another worker took it
-            handed += self._claim_and_submit(entry_id)
+            # otpsvc 0.1 named a retry by its entry id alone, in the one stream it had.
+            entry_id, _, stream = name.partition("@")
+            handed += self._claim_and_submit(stream or self.queue.replay_stream, entry_id)
         if time.monotonic() >= self._next_orphan_scan:
             handed += self._claim_orphans()
             self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
-        for _, entries in (
-            r.xreadgroup(GROUP, self.name, {stream: ">"}, count=10, block=block_ms) or []
-        ):
+        for stream, entries in self._read(block_ms):
             for entry_id, fields in entries:
-                handed += self._submit(entry_id, fields, 1)
+                handed += self._submit(stream, entry_id, fields, 1)
         return handed
 
-    def _claim_and_submit(self, entry_id: str, tries: int | None = None) -> int:
+    def _read(self, block_ms: int) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+        """New events of every stream: one blocking read on one server; on a cluster (where a
+        read cannot span slots) one read per stream, pipelined per node, then a short wait
+        when none had any."""
+        queue = self.queue
+        r: Any = queue.redis
+        if not is_cluster(r):
+            streams = dict.fromkeys(queue.streams, ">")
+            return list(r.xreadgroup(GROUP, self.name, streams, count=10, block=block_ms) or [])
+        answers = queue.each(
+            queue.streams,
+            lambda pipe, key: pipe.xreadgroup(GROUP, self.name, {key: ">"}, count=10),
+        )
+        found: list[tuple[str, list[tuple[str, dict[str, str]]]]] = []
+        for answer in answers.values():
+            if isinstance(answer, Exception):
+                raise answer
+            found.extend(answer or [])
+        if not found:
+            self._stop.wait(min(block_ms / 1000, CLUSTER_POLL_SECONDS))
+        return found
+
+    def _claim_and_submit(self, stream: str, entry_id: str, tries: int | None = None) -> int:
         r: Any = self.queue.redis
-        stream = self.queue.stream
         if tries is None:
             pending = r.xpending_range(stream, GROUP, entry_id, entry_id, 1)
             if not pending:
@@ -368,7 +464,7 @@ class EventWorker:
             tries = int(pending[0]["times_delivered"]) + 1
         for claimed_id, fields in r.xclaim(stream, GROUP, self.name, 0, [entry_id]):
             if fields:
-                return int(self._submit(claimed_id, fields, tries))
+                return int(self._submit(stream, claimed_id, fields, tries))
             # Trimmed from the stream while pending: nothing is left to deliver.
             r.xack(stream, GROUP, claimed_id)
         return 0
@@ -376,35 +472,44 @@ class EventWorker:
     def _claim_orphans(self) -> int:
         """Events pending with no due time for longer than their back-off and a grace: the
         worker that held them died between reading and scheduling them."""
-        r: Any = self.queue.redis
-        settings = self.queue.settings
+        queue = self.queue
+        settings = queue.settings
+        r: Any = queue.redis
         # Longer than any delivery can take, so a live worker's delivery is never taken over.
         grace = settings.connect_timeout + settings.read_timeout + 1
         handed = 0
-        for entry in r.xpending_range(self.queue.stream, GROUP, "-", "+", 100):
-            entry_id, tries = entry["message_id"], int(entry["times_delivered"])
-            wait_ms = (self.backoff(entry_id, tries) + grace) * 1000
-            if entry_id in self._in_flight or entry["time_since_delivered"] < wait_ms:
-                continue
-            if r.zscore(self.queue.due_key, entry_id) is not None:
-                continue
-            handed += self._claim_and_submit(entry_id, tries + 1)
+        pending = queue.each(
+            queue.streams, lambda pipe, key: pipe.xpending_range(key, GROUP, "-", "+", 100)
+        )
+        for stream, entries in pending.items():
+            if isinstance(entries, Exception):
+                raise entries
+            for entry in entries:
+                entry_id, tries = entry["message_id"], int(entry["times_delivered"])
+                wait_ms = (self.backoff(entry_id, tries) + grace) * 1000
+                if (
+                    f"{entry_id}@{stream}" in self._in_flight
+                    or entry["time_since_delivered"] < wait_ms
+                ):
+                    continue
+                if r.zscore(queue.due_key, f"{entry_id}@{stream}") is not None:
+                    continue
+                handed += self._claim_and_submit(stream, entry_id, tries + 1)
         return handed
 
-    def deliver(self, entry_id: str, fields: Mapping[str, str], tries: int = 1) -> None:
+    def deliver(
+        self, stream: str, entry_id: str, fields: Mapping[str, str], tries: int = 1
+    ) -> None:
         """One try (the ``tries``-th) of one event; a failed one is logged with what the
         receiver answered and when the next try comes, never with the payload."""
         queue, settings = self.queue, self.queue.settings
-        client, body, message_id = fields["client"], fields["body"], fields["id"]
-        event_type = json.loads(body).get("type", "unknown")
+        client = fields["client"]
+        message_id, event_type, body, queued = render(fields, settings.max_attempts)
+        name = f"{entry_id}@{stream}"
         url = settings.webhooks.get(client)
         secrets = settings.secrets.get(client)
-        if (
-            url is None
-            or not secrets
-            or time.time() - float(fields["queued"]) > (settings.retry_window)
-        ):
-            self._give_up(entry_id, message_id, client, body, event_type)
+        if url is None or not secrets or time.time() - queued > settings.retry_window:
+            self._give_up(stream, entry_id, message_id, client, body, event_type)
             return
         sent_at = datetime.now(UTC)
         headers = {
@@ -434,18 +539,18 @@ class EventWorker:
             answer = type(exc).__name__
         metrics.EVENT_DELIVERY_SECONDS.labels(client).observe(time.perf_counter() - began)
         if accepted:
-            queue.redis.xack(queue.stream, GROUP, entry_id)
-            queue.redis.xdel(queue.stream, entry_id)
-            queue.redis.zrem(queue.due_key, entry_id)
-            queue.redis.hdel(queue.last_key, entry_id)
+            queue.redis.xack(stream, GROUP, entry_id)
+            queue.redis.xdel(stream, entry_id)
+            queue.redis.zrem(queue.due_key, name)
+            queue.redis.hdel(queue.last_key, name)
             metrics.EVENTS.labels(event_type, "delivered").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "delivered").inc()
         else:
             metrics.EVENTS.labels(event_type, "retry").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "retry").inc()
             next_try = self.backoff(entry_id, tries)
-            queue.redis.zadd(queue.due_key, {entry_id: int((time.time() + next_try) * 1000)})
-            queue.redis.hset(queue.last_key, entry_id, answer)
+            queue.redis.zadd(queue.due_key, {name: int((time.time() + next_try) * 1000)})
+            queue.redis.hset(queue.last_key, name, answer)
             log.warning(
                 "event %s (%s) for %s: try %d failed (%s); next try in about %.0f s",
                 message_id,
@@ -457,10 +562,11 @@ class EventWorker:
             )
 
     def _give_up(
-        self, entry_id: str, message_id: str, client: str, body: str, event_type: str
+        self, stream: str, entry_id: str, message_id: str, client: str, body: str, event_type: str
     ) -> None:
         queue = self.queue
-        last = queue.redis.hget(queue.last_key, entry_id)
+        name = f"{entry_id}@{stream}"
+        last = queue.redis.hget(queue.last_key, name)
         record = {
             "client": client,
             "body": body,
@@ -468,10 +574,10 @@ class EventWorker:
             "last_answer": str(last) if last else "never tried",
         }
         queue.redis.hset(queue.failed_key, message_id, json.dumps(record))
-        queue.redis.xack(queue.stream, GROUP, entry_id)
-        queue.redis.xdel(queue.stream, entry_id)
-        queue.redis.zrem(queue.due_key, entry_id)
-        queue.redis.hdel(queue.last_key, entry_id)
+        queue.redis.xack(stream, GROUP, entry_id)
+        queue.redis.xdel(stream, entry_id)
+        queue.redis.zrem(queue.due_key, name)
+        queue.redis.hdel(queue.last_key, name)
         metrics.EVENTS.labels(event_type, "failed").inc()
         metrics.EVENT_DELIVERIES.labels(client, event_type, "failed").inc()
         log.warning("event %s (%s) for %s kept as failed", message_id, event_type, client)

@@ -70,7 +70,7 @@ DELIVERY_REPORTS = Counter(
 )
 EVENTS = Counter(
     "otpsvc_events_total",
-    "Events to the apps by type and outcome (queued, delivered, retry, failed, lost).",
+    "Events to the apps by type and outcome (delivered, retry, failed).",
     ["type", "outcome"],
 )
 EVENT_DELIVERIES = Counter(

@@ -24,6 +24,7 @@ from otpsvc.dev.redis_server import RedisServer
 from tests.fakes.alphasms import FakeAlphasms
 from tests.fakes.cequens import FakeCequens
 from tests.fakes.http import FakeServer
+from tests.fakes.receiver import Receiver
 from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
 
@@ -115,6 +116,14 @@ def _served(fake: FakeServer) -> Iterator[FakeServer]:
     yield fake
     fake.close()
     assert not fake.violations, f"requests broke the provider's documented shape: {fake.violations}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """An app's webhook endpoint."""
+    server = Receiver()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -12,43 +12,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 from standardwebhooks import Webhook
-from werkzeug.wrappers import Request, Response
 
 from otpsvc.cli import main
 from otpsvc.events import EventWorker
 from tests.conftest import KEY_A, KEY_B, PHONE, Api, fake_termii_env, wrong_code
-from tests.fakes.http import FakeServer, Recorded
+from tests.fakes.receiver import Receiver
 from tests.fakes.termii import FakeTermii
 
 SECRET_A = "whsec_" + base64.b64encode(b"a" * 8 + secrets.token_bytes(24)).decode()
 SECRET_B = "whsec_" + base64.b64encode(b"b" * 8 + secrets.token_bytes(24)).decode()
-
-
-class Receiver(FakeServer):
-    """An app's webhook endpoint: answers the scripted statuses in turn, then 200."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        super().__init__()
-        self.statuses = list(statuses or [])
-
-    def handle(self, request: Request, recorded: Recorded) -> Response:
-        status = self.statuses.pop(0) if self.statuses else 200
-        return Response("", status=status)
-
-    def events(self) -> list[dict]:
-        return [json.loads(r.body) for r in self.requests]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
 
 
 def wait_for(condition, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
@@ -383,21 +359,24 @@ def test_the_worker_serves_its_metrics_and_logs_each_failed_try(
 
 
 def test_old_events_are_trimmed_and_counted(make_app, openapi, termii, receiver: Receiver):
-    """Events older than the stream's age bound (twice the retry window) are dropped by the
-    worker and counted in otpsvc_events_trimmed_total: a missing worker cannot fill Redis."""
+    """Events older than the streams' age bound (twice the retry window) are dropped by the
+    worker, from every shard, and counted in otpsvc_events_trimmed_total: a missing worker
+    cannot fill Redis."""
     from otpsvc import metrics
 
     app = make_app(**event_env(a=receiver), OTPSVC_EVENT_RETRY_WINDOW="60")
     events = app.extensions["otpsvc"].events
     now = time.time()
     ancient = f"{int((now - 500) * 1000)}-0"
-    events.redis.xadd(events.stream, {"id": "msg_ancient"}, id=ancient)
+    for stream in (events.streams[0], events.streams[200], events.replay_stream):
+        events.redis.xadd(stream, {"id": "msg_ancient"}, id=ancient)
     before = metrics.EVENTS_TRIMMED._value.get()
-    assert events.trim(now, events.settings.max_age) == 1
-    assert metrics.EVENTS_TRIMMED._value.get() == before + 1
-    events.add("msg_fresh", "client-a", json.dumps({"type": "verification.canceled"}))
+    assert events.trim(now, events.settings.max_age) == 3
+    assert metrics.EVENTS_TRIMMED._value.get() == before + 3
+    api = Api(app, KEY_A, openapi)
+    api.cancel(api.start().get_json()["id"])
     assert events.trim(time.time(), events.settings.max_age) == 0
-    assert [f["id"] for _, f in events.redis.xrange(events.stream)] == ["msg_fresh"]
+    assert events.backlog(time.time())[0] == 1
 
 
 def test_a_hanging_receiver_does_not_delay_another_clients_events(

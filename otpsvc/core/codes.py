@@ -19,5 +19,6 @@ def generate_code(length: int, *, leading_zero: bool = True) -> str:
 
 
 def new_verification_id(tag: str) -> str:
-    """The phone's 4-hex-digit store tag, then 128 random bits: 36 lowercase hex digits."""
+    """Four hex digits of the number's keyed hash (its store tag first), then 128 random bits:
+    36 lowercase hex digits."""
     return tag + secrets.token_hex(16)

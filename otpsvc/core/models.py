@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -41,6 +42,47 @@ class Verification:
     @property
     def attempts_remaining(self) -> int:
         return max(0, self.max_attempts - self.attempts)
+
+    @classmethod
+    def from_record(
+        cls,
+        verification_id: str,
+        f: Mapping[str, str],
+        *,
+        max_attempts: int,
+        now_ms: int,
+        status: Status | None = None,
+    ) -> Verification:
+        """The verification a stored record (or an event's snapshot of it) shows at ``now_ms``;
+        ``status`` overrides the one the record and the time give."""
+        expires_ms = int(f["ea"])
+        attempts = int(f.get("a", 0))
+        if status is None:
+            status = Status(f["st"])
+            if status is Status.PENDING:
+                if expires_ms <= now_ms:
+                    status = Status.EXPIRED
+                elif attempts >= max_attempts:
+                    status = Status.MAX_ATTEMPTS_REACHED
+        return cls(
+            id=verification_id,
+            client=f["c"],
+            phone_masked=f["pm"],
+            mode="keypress" if f.get("m") == "k" else "code",
+            code_length=int(f["len"]),
+            locale=f["loc"],
+            client_ref=f.get("ref"),
+            status=status,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            sends=int(f["s"]),
+            created_at=int(f["ca"]) / 1000,
+            expires_at=expires_ms / 1000,
+            resend_at=int(f["ra"]) / 1000,
+            provider=f.get("p"),
+            provider_message_id=f.get("mid"),
+            delivery_status=f.get("ds"),
+        )
 
 
 @dataclass(frozen=True)

@@ -151,10 +151,7 @@ class VerificationService:
         clock: Clock,
         test_numbers: Mapping[str, TestNumber] | None = None,
         allowed_countries: frozenset[str] | None = None,
-        on_event: Callable[[str, str, str], None] | None = None,
     ) -> None:
-        #: (client, event type, verification id) after each state change an app is told of.
-        self.on_event = on_event or (lambda client, event_type, verification_id: None)
         self.test_numbers = dict(test_numbers or {})
         self.allowed_countries = allowed_countries
         self.abuse = abuse
@@ -279,7 +276,7 @@ class VerificationService:
             if gate is not None:
                 gate.run()
             raise
-        candidate_id = new_verification_id(VerificationStore.tag_of(phone_key))
+        candidate_id = new_verification_id(VerificationStore.id_prefix(phone_key))
         # The counters' member is random, not the verification id: a Redis dump must not join
         # a counter to a verification record (and so to its masked number).
         member = secrets.token_hex(8)
@@ -388,7 +385,6 @@ class VerificationService:
                 providers=[e.provider for e in exc.errors],
                 reasons={e.provider: e.reason for e in exc.errors},
             )
-            self.on_event(client, "verification.delivery_failed", reservation.id)
             raise DeliveryFailed(
                 "no provider accepted the call; no code was issued",
                 verification_id=reservation.id,
@@ -423,7 +419,6 @@ class VerificationService:
             # What a provider's support asks for when a call did not arrive.
             provider_message_id=result.message_id,
         )
-        self.on_event(client, "verification.started", reservation.id)
         record.update(p=result.provider, ds=result.status)
         if result.message_id:
             record["mid"] = result.message_id
@@ -546,14 +541,19 @@ class VerificationService:
                 metrics.APPROVALS.labels(
                     ticket.provider or "none", self._country_of(ticket.phone_masked)
                 ).inc()
-                self.on_event(client, "verification.approved", verification_id)
                 if ticket.provider == "test":
                     audit("test_number", id=verification_id, client=client, result="approved")
                 return CheckOutcome(verification_id, True, Status.APPROVED, remaining)
             if result == "not_found":
                 raise NotFound("no pending verification with this id")
             # 'superseded': the code was right for a call that a resend has since replaced.
-        self.store.count_failure(client, ticket.phone_key)
+        self.store.count_failure(
+            verification_id,
+            client=client,
+            phone_key=ticket.phone_key,
+            now_ms=self._now_ms(),
+            max_attempts=max_attempts,
+        )
         metrics.CHECKS.labels("wrong_code").inc()
         status = Status.MAX_ATTEMPTS_REACHED if remaining == 0 else Status.PENDING
         audit(
@@ -565,7 +565,6 @@ class VerificationService:
         )
         if status is Status.MAX_ATTEMPTS_REACHED:
             audit("lockout", id=verification_id, client=client)
-            self.on_event(client, "verification.max_attempts_reached", verification_id)
         return CheckOutcome(verification_id, False, status, remaining)
 
     def get(self, *, client: str, verification_id: str) -> Verification:
@@ -590,8 +589,6 @@ class VerificationService:
                 "this verification has no check attempts left; it cannot be canceled",
             )
         audit("cancel", id=verification_id, client=client)
-        if result == "canceled":
-            self.on_event(client, "verification.canceled", verification_id)
         return self.get(client=client, verification_id=verification_id)
 
     def delivery_report(
@@ -612,7 +609,7 @@ class VerificationService:
         verification_id = self._find(verification_id, provider, message_id)
         if verification_id is None:
             return "unknown"
-        result, owner = self.store.record_delivery(
+        result = self.store.record_delivery(
             verification_id,
             message_id=message_id,
             status=status,
@@ -623,8 +620,6 @@ class VerificationService:
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
         metrics.DELIVERY_REPORTS.labels(provider, status).inc()
-        if result == "applied" and owner:
-            self.on_event(owner, "delivery.updated", verification_id)
         return result
 
     def keypress(
@@ -666,8 +661,6 @@ class VerificationService:
             metrics.APPROVALS.labels(
                 fields.get("p") or "none", self._country_of(fields["pm"])
             ).inc()
-        if result in ("approved", "denied"):
-            self.on_event(fields["c"], f"verification.{result}", verification_id)
         return result
 
     def _find(
@@ -679,30 +672,6 @@ class VerificationService:
         return verification_id
 
     def _to_verification(self, verification_id: str, f: dict[str, str]) -> Verification:
-        expires_ms = int(f["ea"])
-        attempts = int(f.get("a", 0))
-        status = Status(f["st"])
-        if status is Status.PENDING:
-            if expires_ms <= self._now_ms():
-                status = Status.EXPIRED
-            elif attempts >= self.policy.max_attempts:
-                status = Status.MAX_ATTEMPTS_REACHED
-        return Verification(
-            id=verification_id,
-            client=f["c"],
-            phone_masked=f["pm"],
-            mode="keypress" if f.get("m") == "k" else "code",
-            code_length=int(f["len"]),
-            locale=f["loc"],
-            client_ref=f.get("ref"),
-            status=status,
-            attempts=attempts,
-            max_attempts=self.policy.max_attempts,
-            sends=int(f["s"]),
-            created_at=int(f["ca"]) / 1000,
-            expires_at=expires_ms / 1000,
-            resend_at=int(f["ra"]) / 1000,
-            provider=f.get("p"),
-            provider_message_id=f.get("mid"),
-            delivery_status=f.get("ds"),
+        return Verification.from_record(
+            verification_id, f, max_attempts=self.policy.max_attempts, now_ms=self._now_ms()
         )

@@ -1,9 +1,11 @@
 """Verification records in Redis: key names, TTLs and the Lua scripts, in one class.
 
-Layout (every key of one phone number shares the hash tag ``{tag}``, the first four hex digits of
-the number's keyed hash, so each script touches one Redis Cluster slot):
+Layout (every key of one phone number shares the hash tag ``{tag}``, the first two hex digits of
+the number's keyed hash, so each script touches one Redis Cluster slot; see
+:mod:`otpsvc.store.shards`):
 
-- ``<prefix>:{tag}:v:<id>``: a hash, the verification record. Verification ids start with their tag.
+- ``<prefix>:{tag}:v:<id>``: a hash, the verification record. Verification ids start with the
+  first four hex digits of the number's keyed hash, so with their tag.
 - ``<prefix>:{tag}:o:<client>:<phone key>``: the id of the client's open verification for the
   number, whatever its mode (one cooldown and send count per client and number).
 - ``<prefix>:{tag}:d:<client>:<phone key>``: the number is blocked for this client after its owner
@@ -13,6 +15,8 @@ the number's keyed hash, so each script touches one Redis Cluster slot):
 - ``<prefix>:{tag}:x:<client>:<phone key>``: one client's failed checks of the number over a day,
   across its verifications; ``<prefix>:{tag}:xa:<phone key>``: every client's together.
 - ``<prefix>:{tag}:sl:<phone key>``: the slow-down gate of a number over the all-clients cap.
+- ``<prefix>:{tag}:ev``, ``:ex``, ``:es``: the tag's event shard (stream, expiry index,
+  snapshots), written by the scripts that change a verification (see ``_events.lua``).
 - ``<prefix>:msg:<provider>:<message id>``: the verification a provider's call belongs to, for
   delivery reports that name only the provider's message id.
 - ``<prefix>:nonce:<provider>:<nonce>``: a webhook nonce already seen (replay protection).
@@ -23,13 +27,14 @@ client reference, ``st`` status, ``a`` attempts taken, ``s`` sends, ``g`` send g
 created, ``ea`` expires, ``ra`` resend allowed, ``fa`` finished (ms), ``h`` argon2 verifier,
 ``p`` provider, ``mid`` provider message id, ``ds`` delivery status, ``m`` mode (``k`` for
 keypress; absent for code), ``kg`` the send whose key press was taken, ``k`` the id of the secret
-the current send's callback tokens were made with.
+the current send's callback tokens were made with, ``lk`` set once the lock-out was told.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -39,11 +44,11 @@ import redis
 from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, store_guard
 from otpsvc.store.gate import Chains, Gate
+from otpsvc.store.shards import ID_PREFIX_LENGTH, event_keys, tag_of
 from otpsvc.telemetry import TracedScript, span
 
 log = logging.getLogger("otpsvc.store")
 
-TAG_LENGTH = 4
 #: How long a number's failed checks are remembered.
 FAILURE_WINDOW_MS = 86_400_000
 
@@ -73,17 +78,52 @@ class CheckTicket:
     phone_masked: str = ""
 
 
-def _script(name: str) -> str:
-    return resources.files("otpsvc.store").joinpath("scripts", f"{name}.lua").read_text()
+#: The scripts that change a verification, and so write its events (``_events.lua`` first).
+EMITTING = frozenset(
+    {"finalize", "approve", "cancel", "delivery", "keypress", "failure", "begin_check", "expire"}
+)
+
+
+def script_source(name: str) -> str:
+    scripts = resources.files("otpsvc.store").joinpath("scripts")
+    text = scripts.joinpath(f"{name}.lua").read_text()
+    if name in EMITTING:
+        return scripts.joinpath("_events.lua").read_text() + text
+    return text
+
+
+@dataclass(frozen=True)
+class EventOptions:
+    """Who gets events, and how long the streams keep them."""
+
+    #: The API clients with a webhook: only their verifications write events.
+    clients: Collection[str] = ()
+    #: Events older than this are dropped from a stream when another is added (ms).
+    max_age_ms: int = 172_800_000
+
+    def args(self) -> list[str | int]:
+        """The ARGV tail of a script that may write an event: a fresh event id, the age bound,
+        the clients."""
+        wanted = "," + ",".join(sorted(self.clients)) + ","
+        return [f"msg_{uuid.uuid4().hex}", self.max_age_ms, wanted]
 
 
 class VerificationStore:
-    def __init__(self, client: RedisClient, prefix: str, *, wait_ms: int = 0) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        prefix: str,
+        *,
+        wait_ms: int = 0,
+        events: EventOptions | None = None,
+    ) -> None:
         """``wait_ms`` > 0: a check's attempt must reach a replica (``WAIT 1 wait_ms``) before
-        the code is compared, so a failover cannot hand an attempt back."""
+        the code is compared, so a failover cannot hand an attempt back. ``events``: which
+        clients' verifications write events (none by default)."""
         self.redis = client
         self.prefix = prefix
         self.wait_ms = wait_ms
+        self.events = events or EventOptions()
         self._reserve = self._register(client, "reserve")
         self._finalize = self._register(client, "finalize")
         self._begin_check = self._register(client, "begin_check")
@@ -96,16 +136,30 @@ class VerificationStore:
 
     @staticmethod
     def _register(client: RedisClient, name: str) -> TracedScript:
-        return TracedScript(name, client.register_script(_script(name)))
+        return TracedScript(name, client.register_script(script_source(name)))
 
     # Key names -----------------------------------------------------------------------------
 
     @staticmethod
     def tag_of(phone_key: str) -> str:
-        return phone_key[:TAG_LENGTH]
+        return tag_of(phone_key)
+
+    @staticmethod
+    def id_prefix(phone_key: str) -> str:
+        """What a verification id of the number starts with (its tag first)."""
+        return phone_key[:ID_PREFIX_LENGTH]
 
     def record_key(self, verification_id: str) -> str:
-        return f"{self.prefix}:{{{verification_id[:TAG_LENGTH]}}}:v:{verification_id}"
+        return f"{self.prefix}:{{{tag_of(verification_id)}}}:v:{verification_id}"
+
+    def _with_events(
+        self, verification_id: str, keys: list[str], args: list[Any]
+    ) -> tuple[list[str], list[Any]]:
+        """A script's keys and args followed by the event shard's (see ``_events.lua``)."""
+        return (
+            [*keys, *event_keys(self.prefix, tag_of(verification_id))],
+            [*args, *self.events.args()],
+        )
 
     def open_key(self, client: str, phone_key: str) -> str:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:o:{client}:{phone_key}"
@@ -265,7 +319,7 @@ class VerificationStore:
             delivery_status,
             now_ms,
         ]
-        keys = [self.record_key(verification_id)]
+        keys, args = self._with_events(verification_id, [self.record_key(verification_id)], args)
         with store_guard():
             if not (index_message_ms and message_id and accepted):
                 return str(self._run(self._finalize, keys, args))
@@ -301,8 +355,11 @@ class VerificationStore:
     ) -> CheckTicket:
         """Take an attempt. A ``gate`` (the request limits) passes first, in the same round trip
         where it can: when it refuses, no attempt is taken."""
-        keys = [self.record_key(verification_id)]
-        args = [now_ms, client, max_attempts, code_length]
+        keys, args = self._with_events(
+            verification_id,
+            [self.record_key(verification_id)],
+            [now_ms, client, max_attempts, code_length],
+        )
         with store_guard():
             answer = self._gated(gate, self._begin_check, keys, args, replicated=self.wait_ms > 0)
         outcome, verifier, gen, attempts, expires, length, *extra = answer
@@ -316,28 +373,42 @@ class VerificationStore:
             *(str(value) for value in extra),
         )
 
-    def count_failure(self, client: str, phone_key: str) -> None:
-        """A wrong code: count it against the number's daily caps (per client, all clients)."""
+    def count_failure(
+        self,
+        verification_id: str,
+        *,
+        client: str,
+        phone_key: str,
+        now_ms: int,
+        max_attempts: int,
+    ) -> None:
+        """A wrong code: count it against the number's daily caps (per client, all clients);
+        when it took the verification's last attempt, its client is told."""
+        keys, args = self._with_events(
+            verification_id,
+            [
+                self.failure_key(client, phone_key),
+                self.all_failures_key(phone_key),
+                self.record_key(verification_id),
+            ],
+            [FAILURE_WINDOW_MS, now_ms, max_attempts],
+        )
         with store_guard():
-            self._run(
-                self._failure,
-                [self.failure_key(client, phone_key), self.all_failures_key(phone_key)],
-                [FAILURE_WINDOW_MS],
-            )
+            self._run(self._failure, keys, args)
 
     def approve(self, verification_id: str, *, gen: int, now_ms: int) -> str:
+        keys, args = self._with_events(
+            verification_id, [self.record_key(verification_id)], [gen, now_ms]
+        )
         with store_guard():
-            return str(self._run(self._approve, [self.record_key(verification_id)], [gen, now_ms]))
+            return str(self._run(self._approve, keys, args))
 
     def cancel(self, verification_id: str, *, client: str, now_ms: int, max_attempts: int) -> str:
+        keys, args = self._with_events(
+            verification_id, [self.record_key(verification_id)], [now_ms, client, max_attempts]
+        )
         with store_guard():
-            return str(
-                self._run(
-                    self._cancel,
-                    [self.record_key(verification_id)],
-                    [now_ms, client, max_attempts],
-                )
-            )
+            return str(self._run(self._cancel, keys, args))
 
     def verification_for_message(self, provider: str, message_id: str) -> str | None:
         with store_guard():
@@ -354,18 +425,17 @@ class VerificationStore:
         provider: str,
         gen: int | None = None,
         key_id: str = "",
-    ) -> tuple[str, str]:
-        """(outcome, the record's API client): the client, for the event an applied report
-        sends, comes back with the outcome instead of costing another read. A report about
-        another provider's call, or with a token of another secret than the send's, changes
-        nothing."""
+    ) -> str:
+        """Apply a provider's report; an applied one tells the record's client (its script
+        writes ``delivery.updated``). A report about another provider's call, or with a token of
+        another secret than the send's, changes nothing."""
+        keys, args = self._with_events(
+            verification_id,
+            [self.record_key(verification_id)],
+            [message_id or "", status, now_ms, "" if gen is None else gen, provider, key_id],
+        )
         with store_guard():
-            outcome, client = self._run(
-                self._delivery,
-                [self.record_key(verification_id)],
-                [message_id or "", status, now_ms, "" if gen is None else gen, provider, key_id],
-            )
-        return str(outcome), str(client)
+            return str(self._run(self._delivery, keys, args))
 
     def record_keypress(
         self,
@@ -383,26 +453,17 @@ class VerificationStore:
     ) -> str:
         """Apply a key press bound to the send by its token's secret (``key_id``) or by the
         provider's ``message_id``; see keypress.lua."""
+        keys, args = self._with_events(
+            verification_id,
+            [
+                self.record_key(verification_id),
+                self.deny_key(client, phone_key),
+                self.denials_key(phone_key),
+            ],
+            [key, now_ms, deny_ms, "" if gen is None else gen, provider, message_id or "", key_id],
+        )
         with store_guard():
-            return str(
-                self._run(
-                    self._keypress,
-                    [
-                        self.record_key(verification_id),
-                        self.deny_key(client, phone_key),
-                        self.denials_key(phone_key),
-                    ],
-                    [
-                        key,
-                        now_ms,
-                        deny_ms,
-                        "" if gen is None else gen,
-                        provider,
-                        message_id or "",
-                        key_id,
-                    ],
-                )
-            )
+            return str(self._run(self._keypress, keys, args))
 
     def first_use_of_nonce(self, provider: str, nonce: str, ttl_seconds: int) -> bool:
         """True the first time a webhook nonce is seen; False for a replay."""

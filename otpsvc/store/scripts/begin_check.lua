@@ -9,6 +9,9 @@
 -- is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
 -- A keypress-mode verification has no code: checking one is not_found.
+-- KEYS and ARGV end with the event shard's (see _events.lua): the attempt is kept in the watched
+-- snapshot, so that a verification locked by a check whose process died before failure.lua ran
+-- is told as verification.max_attempts_reached when it expires.
 local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p', 'pm')
 if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] == 'k' then
   return {'not_found', '', 0, 0, 0, 0}
@@ -25,4 +28,5 @@ if not f[5] then
   return {'no_code', '', gen, attempts, expires, length}
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
+ev_refresh(KEYS[1])
 return {'verify', f[5], gen, attempts, expires, length, f[10] or '', f[9], f[11] or ''}

@@ -8,37 +8,39 @@
 -- ARGV[5]  the provider the report came from: a report about another provider's call is ignored
 -- ARGV[6]  the id of the secret that made the callback's token ('' for a report found by message
 --          id): a token of another secret than the send's (field 'k') is ignored
--- Returns {outcome, client}: outcome 'applied' | 'ignored' (a report of an older send, or no newer
--- than what is known) | 'gone'; client is the record's API client ('' when gone)
+-- KEYS and ARGV end with the event shard's (see _events.lua): an applied report sends
+-- delivery.updated.
+-- Returns 'applied' | 'ignored' (a report of an older send, or no newer than what is known) | 'gone'
 local rank = {initiated = 1, ringing = 2, ['in-progress'] = 3,
   completed = 4, ['no-answer'] = 4, busy = 4, failed = 4}
 local f = redis.call('HMGET', KEYS[1], 'mid', 'ds', 'st', 'g', 'c', 'p', 'k')
 if not f[3] then
-  return {'gone', ''}
+  return 'gone'
 end
-local client = f[5] or ''
 if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= tonumber(f[4]) then
-  return {'ignored', client}
+  return 'ignored'
 end
 if ARGV[1] ~= '' and f[1] ~= ARGV[1] then
-  return {'ignored', client}
+  return 'ignored'
 end
 -- Until the provider is recorded (a report racing the call's own answer), the token or the
 -- message id binds the report to the send.
 if f[6] and f[6] ~= ARGV[5] then
-  return {'ignored', client}
+  return 'ignored'
 end
 if ARGV[6] ~= '' and f[7] and f[7] ~= ARGV[6] then
-  return {'ignored', client}
+  return 'ignored'
 end
 local new_rank = rank[ARGV[2]]
 local old_rank = rank[f[2]] or 0
 if not new_rank or new_rank <= old_rank then
-  return {'ignored', client}
+  return 'ignored'
 end
 redis.call('HSET', KEYS[1], 'ds', ARGV[2])
 if ARGV[2] == 'no-answer' or ARGV[2] == 'busy' or ARGV[2] == 'failed' then
   -- Nobody heard the code: the person may ask for a new call at once.
   redis.call('HSET', KEYS[1], 'ra', ARGV[3])
 end
-return {'applied', client}
+ev_emit(KEYS[1], 'delivery.updated', ARGV[3], false)
+ev_refresh(KEYS[1])
+return 'applied'

@@ -5,6 +5,8 @@
 -- ARGV[3]  argon2 verifier of the code (only with 'accepted'; '' in keypress mode)
 -- ARGV[4]  provider name                  ARGV[5]  provider message id ('' if none)
 -- ARGV[6]  delivery status                ARGV[7]  now, ms
+-- KEYS and ARGV end with the event shard's (see _events.lua): a failed call sends
+-- verification.delivery_failed; an accepted one starts watching the verification's expiry.
 -- Returns 'ok' | 'failed' | 'superseded' | 'gone'
 local f = redis.call('HMGET', KEYS[1], 'st', 'g', 's')
 if not f[1] then
@@ -17,9 +19,12 @@ if ARGV[2] == 'failed' then
   if tonumber(f[3]) == 1 then
     -- A new verification whose first call failed is dead; the next start opens a new one.
     redis.call('HSET', KEYS[1], 'st', 'failed', 'ds', 'failed', 'p', ARGV[4])
+    ev_emit(KEYS[1], 'verification.delivery_failed', ARGV[7], true)
   else
     -- A failed resend keeps the verification (and its attempt count) and lifts the cooldown.
     redis.call('HSET', KEYS[1], 'ds', 'failed', 'p', ARGV[4], 'ra', ARGV[7])
+    ev_emit(KEYS[1], 'verification.delivery_failed', ARGV[7], false)
+    ev_refresh(KEYS[1])
   end
   return 'failed'
 end
@@ -30,4 +35,5 @@ end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'mid', ARGV[5])
 end
+ev_watch(KEYS[1])
 return 'ok'

@@ -13,6 +13,7 @@
 -- One key press is accepted per send (field 'kg' holds the send that had it): a replayed or
 -- later report for the same send, or one about an older send, changes nothing. A key other than
 -- 1 or 9 is ignored and leaves the person free to press 1 or 9.
+-- KEYS and ARGV end with the event shard's (see _events.lua): verification.approved or .denied.
 -- Returns 'approved' | 'denied' | 'ignored'
 local f = redis.call('HMGET', KEYS[1], 'm', 'st', 'ea', 'g', 'kg', 'c', 'p', 'mid', 'k')
 if f[1] ~= 'k' or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[2]) then
@@ -33,6 +34,7 @@ elseif ARGV[6] == '' or ARGV[6] ~= f[8] then
 end
 if ARGV[1] == '1' then
   redis.call('HSET', KEYS[1], 'kg', f[4], 'st', 'approved', 'fa', ARGV[2])
+  ev_emit(KEYS[1], 'verification.approved', ARGV[2], true)
   return 'approved'
 end
 if ARGV[1] == '9' then
@@ -40,6 +42,7 @@ if ARGV[1] == '9' then
   redis.call('SET', KEYS[2], 1, 'PX', ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[2], f[6])
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  ev_emit(KEYS[1], 'verification.denied', ARGV[2], true)
   return 'denied'
 end
 return 'ignored'

@@ -1,0 +1,68 @@
+-- Events are written by the script that makes the change they report, in the same step: a
+-- committed change always has its event, and no event tells of a change that did not happen.
+-- Included at the top of every script that changes a verification. Such a script takes, last:
+--   KEYS  the shard's stream, its expiry index and its snapshots (the verification's hash slot)
+--   ARGV  the event's id (the prefix of the ids when a script writes several), the stream's age
+--         bound in ms, and the API clients with a webhook as ',a,b,' (no one else gets events)
+local EV_STREAM, EV_EXPIRING, EV_SNAPSHOTS = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local EV_ID, EV_MAX_AGE, EV_WANTED = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+
+-- The record's fields but its code verifier, as a table.
+local function ev_snapshot(record)
+  local fields = redis.call('HGETALL', record)
+  local snap = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= 'h' then
+      snap[fields[i]] = fields[i + 1]
+    end
+  end
+  return snap
+end
+
+local function ev_wanted(client)
+  return client ~= nil and string.find(EV_WANTED, ',' .. client .. ',', 1, true) ~= nil
+end
+
+local function ev_vid(record)
+  return string.match(record, ':v:(.+)$')
+end
+
+-- Add one event to the shard's stream, dropping (roughly) what is older than the age bound.
+local function ev_add(id, event_type, vid, snap, at)
+  local oldest = string.format('%d', tonumber(at) - tonumber(EV_MAX_AGE))
+  redis.call('XADD', EV_STREAM, 'MINID', '~', oldest, '*', 'id', id, 'type', event_type,
+    'vid', vid, 'client', snap.c, 'at', at, 'rec', cjson.encode(snap))
+end
+
+-- The verification in `record` changed (`event_type`, at `now` ms): tell its client. `ended`:
+-- it is over, and its expiry is no longer watched.
+local function ev_emit(record, event_type, now, ended)
+  local vid = ev_vid(record)
+  if ended then
+    redis.call('ZREM', EV_EXPIRING, vid)
+    redis.call('HDEL', EV_SNAPSHOTS, vid)
+  end
+  local snap = ev_snapshot(record)
+  if ev_wanted(snap.c) then
+    ev_add(EV_ID, event_type, vid, snap, now)
+  end
+end
+
+-- Watch a pending verification's expiry (for verification.expired), keeping its snapshot: the
+-- record itself is gone once it expired.
+local function ev_watch(record)
+  local snap = ev_snapshot(record)
+  if ev_wanted(snap.c) and snap.ea then
+    local vid = ev_vid(record)
+    redis.call('ZADD', EV_EXPIRING, snap.ea, vid)
+    redis.call('HSET', EV_SNAPSHOTS, vid, cjson.encode(snap))
+  end
+end
+
+-- Bring a watched verification's snapshot up to date.
+local function ev_refresh(record)
+  if redis.call('HEXISTS', EV_SNAPSHOTS, ev_vid(record)) == 1 then
+    ev_watch(record)
+  end
+end
+

@@ -30,9 +30,8 @@ from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.velocity import VelocityStore
-from otpsvc.voice.base import Speech, Timeouts
 from otpsvc.voice.dispatch import Bulkhead, Dispatcher
-from otpsvc.voice.registry import ProviderContext, build_providers
+from otpsvc.voice.registry import providers_for
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -101,16 +100,7 @@ def create_app(
     inbox = (
         CallInbox(client, settings.redis_prefix, keyring.phone_key) if settings.dev_mode else None
     )
-    providers = build_providers(
-        settings.all_providers,
-        dict(settings.provider_settings),
-        ProviderContext(
-            timeouts=Timeouts(settings.provider_connect_timeout, settings.provider_read_timeout),
-            speech=Speech(brand=settings.brand, repeats=settings.call_repeats),
-            public_url=settings.public_url,
-            inbox=inbox,
-        ),
-    )
+    providers = providers_for(settings, inbox)
     breaker = BreakerStore(
         client,
         settings.redis_prefix,
@@ -135,7 +125,15 @@ def create_app(
         velocity=VelocityStore(client, settings.redis_prefix),
         clock=clock,
         test_numbers={number.e164: number for number in settings.test_numbers},
-        allowed_countries=settings.allowed_countries,
+        allowed_countries=_all_countries(settings),
+        client_policies={
+            name: Policy.from_settings(own, settings.client_keys[name])
+            for name, own in settings.client_settings.items()
+        },
+        client_abuse={
+            name: AbusePolicy.for_client(settings, own, settings.client_keys[name])
+            for name, own in settings.client_settings.items()
+        },
     )
     events = EventQueue(client, settings.redis_prefix, event_settings)
     app.extensions["otpsvc"] = Runtime(
@@ -168,6 +166,16 @@ def create_app(
         app.register_blueprint(dev.console_hooks)
         app.add_url_rule("/", "dev_root", lambda: redirect("/dev"))
     return app
+
+
+def _all_countries(settings: Settings) -> frozenset[str] | None:
+    """Every country some client may call (the label set of the metrics by country)."""
+    countries = settings.allowed_countries
+    for own in settings.client_settings.values():
+        if countries is None or own.allowed_countries is None:
+            return None
+        countries = countries | own.allowed_countries
+    return countries
 
 
 def _warn_expired_test_numbers(

@@ -40,6 +40,7 @@ from otpsvc.config import (
 from otpsvc.core.audit import audit
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
+from otpsvc.dev.inbox import CallInbox
 from otpsvc.dev.redis_server import RedisServer
 from otpsvc.errors import ConfigError, StoreUnavailable
 from otpsvc.events import (
@@ -56,6 +57,10 @@ from otpsvc.store.connection import store_guard
 from otpsvc.store.migrate import migrate_keys
 from otpsvc.store.velocity import KillSwitchMemory, VelocityStore
 from otpsvc.telemetry import setup_from_environment
+from otpsvc.voice.base import CallRequest, ProviderError
+from otpsvc.voice.registry import providers_for
+from otpsvc.voice.scripts import SCRIPTS
+from otpsvc.voice.templates import FORMS, choose_template
 
 BANNER = """
 otpsvc dev mode on {base} (Redis: {redis})
@@ -241,11 +246,25 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
     if metrics_port is not None:
         serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
+    signal.signal(signal.SIGHUP, lambda *_: _reload_events(queue))
     click.echo(f"event worker {consumer.name} started", err=True)
     try:
         consumer.run(block_ms_for(settings.redis_socket_timeout), heartbeat=heartbeat)
     except KeyboardInterrupt:
         consumer.stop()
+
+
+def _reload_events(queue: EventQueue) -> None:
+    """SIGHUP: the settings (the client file's webhooks among them) read again; a bad one is
+    logged and the worker goes on with what it had."""
+    log = logging.getLogger("otpsvc.events")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        log.error("settings refused, the worker keeps its own: %s", "; ".join(exc.problems))
+        return
+    queue.settings = EventSettings.from_settings(settings)
+    log.info("settings reloaded: webhooks of %s", ", ".join(sorted(queue.settings.webhooks)))
 
 
 @main.group()
@@ -278,6 +297,56 @@ def events_replay(message_id: str) -> None:
     if not found:
         raise click.ClickException(f"no failed event {message_id}")
     click.echo(f"{message_id} queued again")
+
+
+#: A number and a code to render scripts with (``otpsvc say``).
+SAMPLE_PHONE = "+2348031234567"
+SAMPLE_DIGITS = "48291375"
+
+
+@main.command()
+@click.option("--client", "client_name", default=None, help="An API client (default: none).")
+@click.option("--locale", default=None, help="One locale (default: every one).")
+@click.option("--mode", type=click.Choice(["code", "keypress"]), default="code", show_default=True)
+def say(client_name: str | None, locale: str | None, mode: str) -> None:
+    """Print exactly what each provider on the client's routes would be sent (text or SSML),
+    with a sample code, and which template it comes from."""
+    settings = _settings()
+    if client_name is not None and client_name not in {c.name for c in settings.clients}:
+        raise click.ClickException(f"{client_name!r} is not a client of OTPSVC_API_KEYS")
+    own = settings.for_client(client_name or "")
+    if locale is not None and locale not in SCRIPTS:
+        raise click.ClickException(f"no script for {locale!r}; there are {', '.join(SCRIPTS)}")
+    client, _, _ = _store_parts(settings)
+    keyring = Keyring(settings.secret_key, settings.argon2, settings.secret_key_fallbacks)
+    providers = providers_for(own, CallInbox(client, settings.redis_prefix, keyring.phone_key))
+    for language in [locale] if locale else list(SCRIPTS):
+        template, source = choose_template(settings.templates, client_name or "", mode, language)
+        call = CallRequest(
+            verification_id="0" * 36,
+            phone=SAMPLE_PHONE,
+            code="" if mode == "keypress" else SAMPLE_DIGITS[: own.code_length],
+            locale=language,
+            mode=mode,
+            client=client_name or "",
+            brand=own.brand,
+            repeats=own.call_repeats,
+            minutes=-(-own.code_ttl // 60),
+            template=template,
+            template_source=source,
+        )
+        for name, provider in providers.items():
+            try:
+                text = provider.spoken_text(call)
+            except ProviderError as exc:
+                text = f"(not sent: {exc})"
+            form = FORMS.get(name, "its own words")
+            click.echo(
+                f"== {client_name or '(every client)'} · {language} · {mode} · {name} "
+                f"({form}) · script: {source}"
+            )
+            click.echo(text if text is not None else "(the provider speaks the code itself)")
+            click.echo()
 
 
 @main.command("migrate-keys")
@@ -352,9 +421,27 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
     variables.update(clients="OTPSVC_API_KEYS", provider_settings="provider settings")
     shown: list[tuple[str, str]] = []
     for item in dataclasses.fields(settings):
-        if item.name in ("unknown", "warnings"):
+        if item.name in ("unknown", "warnings", "client_keys"):
             continue
         value = getattr(settings, item.name)
+        if item.name == "client_settings":
+            # Each client of the client file: what its table sets, as the client's own
+            # settings show it (so masked as the globals are).
+            for name, own in value.items():
+                keys = settings.client_keys[name] | {"templates"} & set(settings.templates)
+                shown += [
+                    (f"clients.{name}.{key.removeprefix('OTPSVC_').lower()}", text)
+                    for key, text in describe(own)
+                    if key.removeprefix("OTPSVC_").lower() in _described(keys)
+                ]
+            continue
+        if item.name == "templates":
+            text = ", ".join(
+                f"{owner or 'every client'}: {','.join(sorted(locales))}"
+                for owner, locales in value.items()
+            )
+            shown.append(("templates", text or "built-in"))
+            continue
         variable = variables.get(item.name, "")
         if item.name == "redis_url":
             text = masked_url(value)
@@ -379,9 +466,18 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         elif item.name == "routes":
             text = ";".join(f"{code}={','.join(p)}" for code, p in value.items()) or "none"
         else:
-            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            text = (
+                ",".join(sorted(value) if isinstance(value, frozenset) else value)
+                if isinstance(value, tuple | frozenset)
+                else str(value)
+            )
         shown.append((variables.get(item.name) or item.name, text))
     return shown
+
+
+def _described(keys: set[str] | frozenset[str]) -> set[str]:
+    """The names ``describe`` shows a client file's keys under."""
+    return {{"event_webhook": "event_webhooks"}.get(key, key) for key in keys}
 
 
 def _public(provider_settings: Any) -> str:

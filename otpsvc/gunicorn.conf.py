@@ -51,3 +51,40 @@ def child_exit(server: object, worker: object) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]
+
+
+def on_starting(server: object) -> None:
+    """The client file as the workers will read it (see on_reload)."""
+    _accept_client_file(server, reloading=False)
+
+
+def on_reload(server: object) -> None:
+    """SIGHUP: the client file is read again and checked here, in the master, before any new
+    worker starts. A good one is what the new workers load (gunicorn then stops the old ones
+    gracefully); a bad one is logged, and the new workers load the last good one, so the
+    service keeps serving with it."""
+    _accept_client_file(server, reloading=True)
+
+
+def _accept_client_file(server: object, *, reloading: bool) -> None:
+    from otpsvc.config import clients, load_settings
+    from otpsvc.errors import ConfigError
+
+    log = server.log  # type: ignore[attr-defined]
+    path = os.environ.get("OTPSVC_CLIENTS_FILE")
+    if not path:
+        if reloading:
+            log.info("reloaded: no client file (OTPSVC_CLIENTS_FILE) to read again")
+        return
+    previous = clients.accepted_text
+    try:
+        with open(path, encoding="utf-8") as handle:
+            clients.accepted_text = handle.read()
+        load_settings()
+    except (OSError, ConfigError) as exc:
+        clients.accepted_text = previous
+        problems = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
+        log.error("client file %s refused, the workers keep the last good one: %s", path, problems)
+        return
+    if reloading:
+        log.info("client file %s reloaded; the workers are being replaced", path)

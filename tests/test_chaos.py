@@ -31,11 +31,12 @@ from standardwebhooks import Webhook
 from otpsvc.dev.redis_server import RedisServer, free_port
 from otpsvc.events import EventQueue, EventSettings
 from otpsvc.store.connection import connect
-from tests.conftest import KEY_A, TERMII_KEY, base_env, wrong_code
+from tests.conftest import KEY_A, wrong_code
 from tests.fakes.receiver import Receiver
 from tests.fakes.termii import FakeTermii
 from tests.test_cli import wait_until_serving
 from tests.test_events import SECRET_A
+from tests.test_serving import serve_env
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 MAX_ATTEMPTS = 3
@@ -62,32 +63,25 @@ class Stack:
         self.prefix = f"chaos{uuid.uuid4().hex[:6]}"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        shipped = {
-            k: v
-            for k, v in base_env(redis_url).items()
-            if k not in ("OTPSVC_WORKER_THREADS", "OTPSVC_PROVIDER_CONCURRENCY")
-        }
-        self.env = {
-            **os.environ,
-            **shipped,
-            "OTPSVC_REDIS_PREFIX": self.prefix,
-            "OTPSVC_PROVIDERS": "termii",
-            "OTPSVC_TERMII_BASE_URL": termii.url,
-            "OTPSVC_TERMII_API_KEY": TERMII_KEY,
-            "OTPSVC_MAX_CHECK_ATTEMPTS": str(MAX_ATTEMPTS),
-            "OTPSVC_EVENT_WEBHOOKS": f"client-a={receiver.url}/hooks/otp",
-            "OTPSVC_EVENT_WEBHOOK_SECRETS": f"client-a={SECRET_A}",
-            "OTPSVC_EVENT_RETRY_BASE": "0.2",
-            # The load is one app's backend calling many numbers of one country.
-            "OTPSVC_VELOCITY_COUNTRY": "100000 per hour",
-            "OTPSVC_VELOCITY_COUNTRY_ALL": "300000 per hour",
-            "OTPSVC_VELOCITY_CLIENT": "100000 per hour",
-            "OTPSVC_CALL_BUDGET": "300000 per hour",
-            "OTPSVC_LOG_LEVEL": "ERROR",
-            "WEB_CONCURRENCY": "2",
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-        }
+        self.env = serve_env(
+            redis_url,
+            termii,
+            self.port,
+            **{
+                "OTPSVC_REDIS_PREFIX": self.prefix,
+                "OTPSVC_MAX_CHECK_ATTEMPTS": str(MAX_ATTEMPTS),
+                "OTPSVC_EVENT_WEBHOOKS": f"client-a={receiver.url}/hooks/otp",
+                "OTPSVC_EVENT_WEBHOOK_SECRETS": f"client-a={SECRET_A}",
+                "OTPSVC_EVENT_RETRY_BASE": "0.2",
+                # The load is one app's backend calling many numbers of one country.
+                "OTPSVC_VELOCITY_COUNTRY": "100000 per hour",
+                "OTPSVC_VELOCITY_COUNTRY_ALL": "300000 per hour",
+                "OTPSVC_VELOCITY_CLIENT": "100000 per hour",
+                "OTPSVC_CALL_BUDGET": "300000 per hour",
+                "OTPSVC_LOG_LEVEL": "ERROR",
+                "WEB_CONCURRENCY": "2",
+            },
+        )
         self.server = self._spawn("serve")
         wait_until_serving(self.base, self.server, timeout=60)
         self.workers = [self._spawn("worker"), self._spawn("worker")]

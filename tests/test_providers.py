@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from otpsvc.voice.scripts import LANGUAGE_TAGS, SCRIPTS, code_ssml
+from otpsvc.voice.scripts import LANGUAGE_TAGS, SCRIPTS
 from tests.conftest import CEQUENS_ONLY, CEQUENS_USER, KEY_A, PUBLIC_URL, SEVENIO_KEY, Api
 from tests.fakes.alphasms import FakeAlphasms
 from tests.fakes.cequens import FakeCequens
 from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
+from tests.test_scripts import code_ssml
 
 DE_MOBILE = "+4915123456789"
 UA_MOBILE = "+380501234567"

@@ -6,12 +6,12 @@ import pytest
 
 from otpsvc.config import load_settings
 from otpsvc.errors import ConfigError
-from otpsvc.voice.scripts import code_ssml
 from tests.conftest import KEY_A, Api, FakeClock
 from tests.fakes.alphasms import FakeAlphasms
 from tests.fakes.cequens import FakeCequens
 from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
+from tests.test_scripts import code_ssml
 
 CONFIG = {
     "OTPSVC_REDIS_URL": "redis://127.0.0.1:1/0",

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from otpsvc.voice.scripts import SCRIPTS, choose_locale, code_ssml, code_text, keypress_text
+from otpsvc.voice.scripts import SCRIPTS, choose_locale
+from otpsvc.voice.templates import Spoken, render_ssml, render_text
+
+
+def code_text(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
+    """A built-in code script as plain text, through the template path."""
+    return render_text(Spoken("code", locale, brand, 5), code, repeats)
+
+
+def code_ssml(
+    code: str, locale: str, *, brand: str, repeats: int = 2, voice: str | None = None
+) -> str:
+    return render_ssml(Spoken("code", locale, brand, 5), code, repeats, voice)
+
+
+def keypress_text(locale: str, *, brand: str) -> str:
+    return render_text(Spoken("keypress", locale, brand, 5), "")
+
 
 EXPECTED = {
     ("en", "4821"): (

@@ -42,6 +42,26 @@ class Served:
         return requests.post(f"{self.base}/otp/check", json=body, headers=AUTH, timeout=30)
 
 
+def serve_env(redis_url: str, termii: FakeTermii, port: int, **overrides: str) -> dict[str, str]:
+    """The environment of ``otpsvc serve`` with its shipped settings (not the in-process
+    tests' thread counts), calling the local Termii, on ``port`` of the loopback."""
+    shipped = {
+        k: v
+        for k, v in base_env(redis_url).items()
+        if k not in ("OTPSVC_WORKER_THREADS", "OTPSVC_PROVIDER_CONCURRENCY")
+    }
+    return {
+        **os.environ,
+        **shipped,
+        "OTPSVC_PROVIDERS": "termii",
+        "OTPSVC_TERMII_BASE_URL": termii.url,
+        "OTPSVC_TERMII_API_KEY": TERMII_KEY,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        **overrides,
+    }
+
+
 @pytest.fixture
 def serve(
     redis_url: str, redis_client: object, termii: FakeTermii
@@ -51,23 +71,14 @@ def serve(
 
     def run(**overrides: str) -> Served:
         port = free_port()
-        shipped = {
-            k: v
-            for k, v in base_env(redis_url).items()
-            if k not in ("OTPSVC_WORKER_THREADS", "OTPSVC_PROVIDER_CONCURRENCY")
-        }
-        env = {
-            **os.environ,
-            **shipped,
-            "OTPSVC_PROVIDERS": "termii",
-            "OTPSVC_TERMII_BASE_URL": termii.url,
-            "OTPSVC_TERMII_API_KEY": TERMII_KEY,
-            "OTPSVC_PROVIDER_READ_TIMEOUT": "10",
-            "OTPSVC_LOG_LEVEL": "WARNING",
-            "PORT": str(port),
-            "HOST": "127.0.0.1",
+        env = serve_env(
+            redis_url,
+            termii,
+            port,
+            OTPSVC_PROVIDER_READ_TIMEOUT="10",
+            OTPSVC_LOG_LEVEL="WARNING",
             **overrides,
-        }
+        )
         process = subprocess.Popen(
             [sys.executable, "-m", "otpsvc", "serve"],
             env=env,

@@ -99,6 +99,7 @@ def request_gate(*extra: Meet) -> Gate:
         Meet("client", client),
         *extra,
         audit_fields={"client": client},
+        client=client,
     )
 
 

@@ -55,13 +55,21 @@ class RequestLimits:
         self.clock = clock
         script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
         self._script = TracedScript("request_limits", client.register_script(script.read_text()))
+        self._windows = self._windows_of(settings)
+        #: A client of the client file counts against its own limits.
+        self._client_windows = {
+            name: self._windows_of(own) for name, own in settings.client_settings.items()
+        }
+
+    @staticmethod
+    def _windows_of(settings: Settings) -> dict[str, list[Window]]:
         specs = {
             "start_ip": settings.rate_limit_start_ip,
             "check_ip": settings.rate_limit_check_ip,
             "client": settings.rate_limit_client,
             "auth_failures": settings.rate_limit_auth_failures,
         }
-        self._windows = {
+        return {
             scope: [
                 Window(scope, item.amount, item.get_expiry() * 1000, str(item))
                 for item in limits.parse_many(spec)
@@ -69,19 +77,31 @@ class RequestLimits:
             for scope, spec in specs.items()
         }
 
-    def meet(self, *items: Meet, audit_fields: dict[str, object] | None = None) -> None:
-        """Count one request against every window of the given limits; over any of them it is
-        429 ``rate_limited`` and nothing is counted. Retry-After says when the window has room."""
-        self.gate(*items, audit_fields=audit_fields).run()
+    def meet(
+        self,
+        *items: Meet,
+        audit_fields: dict[str, object] | None = None,
+        client: str | None = None,
+    ) -> None:
+        """Count one request against every window of the given limits (``client``'s own, when
+        the client file gives it some); over any of them it is 429 ``rate_limited`` and nothing
+        is counted. Retry-After says when the window has room."""
+        self.gate(*items, audit_fields=audit_fields, client=client).run()
 
-    def gate(self, *items: Meet, audit_fields: dict[str, object] | None = None) -> Gate:
+    def gate(
+        self,
+        *items: Meet,
+        audit_fields: dict[str, object] | None = None,
+        client: str | None = None,
+    ) -> Gate:
         """:meth:`meet` as a gate, for a store script to run first in its own round trip."""
+        table = self._client_windows.get(client or "", self._windows)
         keys: list[str] = []
         spec: list[str] = []
         windows: list[Window] = []
         for item in items:
             who = self.name_of(item.scope, item.who)
-            for window in self._windows[item.scope]:
+            for window in table[item.scope]:
                 keys.append(f"{self.tag}:{item.scope}:{who}:{window.window_ms}")
                 spec.append(f"{window.limit} {window.window_ms} h")
                 windows.append(window)

@@ -163,6 +163,7 @@ def _start(rt: Runtime, data: dict[str, Any], address: str, gate: Gate | None = 
         end_user_ip=address,
         end_user_id=end_user.get("user_id"),
         gate=gate,
+        brand=data.get("brand"),
     )
     response = jsonify(verification_view(outcome.verification))
     response.status_code = 201 if outcome.created else 200

@@ -69,6 +69,12 @@ class StartRequest(Schema):
         ]
     )
     end_user = fields.Nested(EndUser)
+    #: The brand this call speaks (resellers), where the client is allowed one.
+    brand = fields.String(
+        validate=validate.Regexp(
+            r"\A[\w .&'-]{1,40}\Z", error="1-40 letters, digits, spaces and . & ' -"
+        )
+    )
 
 
 class CheckRequest(Schema):

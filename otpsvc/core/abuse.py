@@ -10,6 +10,7 @@ anything.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ class AbusePolicy:
     all_phone: str
     all_prefix: str
     all_country: str
+    #: A call budget of the client's own (from its table of the client file), beside the
+    #: budget of every client together.
+    own_budget: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> AbusePolicy:
@@ -60,6 +64,21 @@ class AbusePolicy:
             all_phone=s.velocity_phone_all,
             all_prefix=s.velocity_prefix_all,
             all_country=s.velocity_country_all,
+        )
+
+    @classmethod
+    def for_client(cls, everyone: Settings, own: Settings, keys: frozenset[str]) -> AbusePolicy:
+        """A client's screening and shares from its settings; the ceilings, the budget of every
+        client together and the switch stay everyone's."""
+        shared = cls.from_settings(everyone)
+        return dataclasses.replace(
+            cls.from_settings(own),
+            calls_enabled=shared.calls_enabled,
+            budget=shared.budget,
+            all_phone=shared.all_phone,
+            all_prefix=shared.all_prefix,
+            all_country=shared.all_country,
+            own_budget=own.call_budget if "call_budget" in keys else None,
         )
 
     def screen(self, phone: Phone, client: str) -> None:
@@ -116,12 +135,14 @@ class AbusePolicy:
             *counters("phone_all", phone_key, self.all_phone),
             *counters("prefix_all", prefix, self.all_prefix),
             *counters("country_all", country, self.all_country),
-            *self.budget_counters(),
+            *self.budget_counters(client),
         ]
 
-    def budget_counters(self) -> list[Counter]:
-        """The call budget alone: every further provider request of a failover counts here."""
-        return counters("budget", "all", self.budget)
+    def budget_counters(self, client: str) -> list[Counter]:
+        """The call budgets alone (every client's together, and the client's own when it has
+        one): every further provider request of a failover counts here."""
+        own = counters("client_budget", client, self.own_budget) if self.own_budget else []
+        return [*counters("budget", "all", self.budget), *own]
 
 
 #: What a refused call's limit counts, for its message: a share is this client's alone, a
@@ -151,6 +172,13 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
             "calls are suspended by an operator (otpsvc calls suspend)",
             limit="kill_switch",
             scope="global",
+        )
+    if refusal.kind == "client_budget":
+        return RateLimited(
+            refusal.retry_after,
+            "this client's own call budget is spent",
+            limit="call_budget",
+            scope="client",
         )
     if refusal.kind == "budget":
         return CallsSuspended(

@@ -54,7 +54,9 @@ class Verification:
         status: Status | None = None,
     ) -> Verification:
         """The verification a stored record (or an event's snapshot of it) shows at ``now_ms``;
-        ``status`` overrides the one the record and the time give."""
+        ``status`` overrides the one the record and the time give. A record keeps the cap on
+        attempts it was made with (``ma``); ``max_attempts`` stands in for one that does not."""
+        max_attempts = int(f.get("ma", max_attempts))
         expires_ms = int(f["ea"])
         attempts = int(f.get("a", 0))
         if status is None:

@@ -44,6 +44,8 @@ class InboxCall:
     #: The fault this call was given, if any.
     fault: str | None = None
     send: int = 1
+    #: Where the spoken script came from: ``clients.NAME``, ``templates`` or ``built-in``.
+    template: str = "built-in"
     #: Server side only: the keyed hash of the number, and the send's key-press token.
     phone_key: str = field(default="", repr=False)
     dtmf_token: str = field(default="", repr=False)

@@ -76,6 +76,8 @@ class CheckTicket:
     phone_key: str = ""
     #: The masked number (its country labels metrics).
     phone_masked: str = ""
+    #: The verification's own cap on attempts (its client's when it was made); 0 when not read.
+    max_attempts: int = 0
 
 
 #: The scripts that change a verification, and so write its events (``_events.lua`` first).
@@ -363,6 +365,8 @@ class VerificationStore:
         with store_guard():
             answer = self._gated(gate, self._begin_check, keys, args, replicated=self.wait_ms > 0)
         outcome, verifier, gen, attempts, expires, length, *extra = answer
+        # Only an attempt taken ('verify') comes with the rest.
+        provider, phone_key, masked, most = (*extra, "", "", "", 0)[:4]
         return CheckTicket(
             str(outcome),
             str(verifier),
@@ -370,7 +374,10 @@ class VerificationStore:
             int(attempts),
             int(expires),
             int(length),
-            *(str(value) for value in extra),
+            str(provider),
+            str(phone_key),
+            str(masked),
+            int(most),
         )
 
     def count_failure(

@@ -29,7 +29,7 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
-from otpsvc.voice.scripts import code_text
+from otpsvc.voice.templates import render_text
 
 API_PATH = "/api/json.php"
 
@@ -77,6 +77,9 @@ class AlphasmsProvider(HttpProvider):
         self.speech = speech
         self.url = settings.base_url + API_PATH
 
+    def spoken_text(self, call: CallRequest) -> str:
+        return str(self.body_for(call)["data"][0]["message"])
+
     def body_for(self, call: CallRequest) -> dict[str, Any]:
         locale = call.locale if call.locale in VOICES else "en"
         language, voice_name = VOICES[locale]
@@ -87,8 +90,10 @@ class AlphasmsProvider(HttpProvider):
                     "type": "voice",
                     "id": item_id(call.verification_id),
                     "phone": int(call.phone.lstrip("+")),
-                    "message": code_text(
-                        call.code, locale, brand=self.speech.brand, repeats=self.speech.repeats
+                    "message": render_text(
+                        call.spoken(self.speech.brand, locale=locale),
+                        call.code,
+                        repeats=call.repeats or self.speech.repeats,
                     ),
                     "voice": {"gender": "female", "language": language, "name": voice_name},
                     "dtmf": False,

@@ -27,6 +27,7 @@ from urllib3.exceptions import (
 
 from otpsvc.requestcontext import outgoing_traceparent
 from otpsvc.telemetry import current_traceparent
+from otpsvc.voice.templates import Spoken
 
 log = logging.getLogger("otpsvc.voice")
 
@@ -54,6 +55,27 @@ class CallRequest:
     client: str = ""
     #: The number's country as a metrics label (an allowed ISO code, or ``other``).
     country: str = "other"
+    #: What the call says: the brand it names ('' for the provider's default), how long the
+    #: code lives, and the client's template for this locale and mode (None: the built-in one).
+    brand: str = ""
+    #: How often the code is read (0: the provider's default, ``OTPSVC_CALL_REPEATS``).
+    repeats: int = 0
+    minutes: int = 0
+    template: str | None = None
+    template_source: str = "built-in"
+
+    def spoken(self, default_brand: str, locale: str | None = None) -> Spoken:
+        """What to say, ready to render. A provider that can only speak another ``locale``
+        than the call's says that locale's built-in script."""
+        own = locale is None or locale == self.locale
+        return Spoken(
+            mode=self.mode,
+            locale=self.locale if locale is None else locale,
+            brand=self.brand or default_brand,
+            minutes=self.minutes,
+            template=self.template if own else None,
+            source=self.template_source if own else "built-in",
+        )
 
     def __repr__(self) -> str:
         # The code and the number must never reach a log line through a stray repr().
@@ -146,6 +168,11 @@ class VoiceProvider(Protocol):
 
     def place_call(self, call: CallRequest) -> CallResult: ...
 
+    def spoken_text(self, call: CallRequest) -> str | None:
+        """The text (or SSML) this provider would be sent for ``call``; None when it speaks
+        words of its own."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -193,6 +220,9 @@ class HttpProvider:
     numeric_code: ClassVar[bool] = False
     supports_dtmf: bool = False
     reports_by_message_id: bool = False
+
+    def spoken_text(self, call: CallRequest) -> str | None:
+        return None
 
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts

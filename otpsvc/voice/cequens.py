@@ -41,7 +41,8 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
-from otpsvc.voice.scripts import LANGUAGE_TAGS, code_text, keypress_text, language_of
+from otpsvc.voice.scripts import LANGUAGE_TAGS, language_of
+from otpsvc.voice.templates import render_text
 
 SIGNIN_PATH = "/auth/v1/tokens/"
 CALL_PATH = "/voice/v1/calls"
@@ -189,6 +190,9 @@ class CequensProvider(HttpProvider):
                 self._token_expires = _expiry(self._token) or now + DEFAULT_TOKEN_SECONDS
             return self._token
 
+    def spoken_text(self, call: CallRequest) -> str:
+        return str(self.body_for(call)[self.settings.call_fields["text"]])
+
     def body_for(self, call: CallRequest) -> dict[str, Any]:
         language = language_of(call.locale)
         voice = self.settings.voices.get(language)
@@ -199,17 +203,17 @@ class CequensProvider(HttpProvider):
                 self.name, f"no voice for locale {language}", ambiguous=False, health=False
             )
         keypress = call.mode == "keypress"
-        if keypress:
-            text = keypress_text(call.locale, brand=self.speech.brand)
-        else:
-            text = code_text(call.code, call.locale, brand=self.speech.brand, repeats=1)
+        # CEQUENS repeats the whole text itself ("repeats"): the code is read once in it.
+        text = render_text(call.spoken(self.speech.brand), call.code, repeats=1)
         status_url, dtmf_url = callback_urls(self.public_url, call)
         values: dict[str, Any] = {
             "recipient": call.phone.lstrip("+"),
             "text": text,
             "voice": voice,
             "neural": False,
-            "repeats": self.speech.repeats,
+            # A template of the client's says the code as often as it means to ({repeat});
+            # the built-in script is said whole once per repeat.
+            "repeats": 1 if call.template else call.repeats or self.speech.repeats,
             "answer_timeout": 30,
             "collect_dtmf": keypress,
             "status_callback": status_url,

@@ -27,7 +27,8 @@ import requests
 from otpsvc.core.phones import mask_e164
 from otpsvc.dev.inbox import CallInbox, InboxCall
 from otpsvc.voice.base import CallRequest, CallResult, ProviderError, Speech
-from otpsvc.voice.scripts import LANGUAGE_TAGS, code_text, keypress_text, language_of
+from otpsvc.voice.scripts import LANGUAGE_TAGS, language_of
+from otpsvc.voice.templates import render_text
 
 log = logging.getLogger("otpsvc.voice.console")
 
@@ -50,6 +51,10 @@ class ConsoleProvider:
         self._session.trust_env = False
         self.report_delay = REPORT_DELAY
 
+    def spoken_text(self, call: CallRequest) -> str:
+        spoken = call.spoken(self.speech.brand, locale=language_of(call.locale))
+        return render_text(spoken, call.code, repeats=call.repeats or self.speech.repeats)
+
     def place_call(self, call: CallRequest) -> CallResult:
         fault = self.inbox.take_fault(call.phone)
         if fault == "error":
@@ -58,12 +63,8 @@ class ConsoleProvider:
                 self.name, "call refused (injected fault)", provider_code="error", health=False
             )
         language = language_of(call.locale)
-        if call.mode == "keypress":
-            text = keypress_text(language, brand=self.speech.brand)
-        else:
-            text = code_text(
-                call.code, language, brand=self.speech.brand, repeats=self.speech.repeats
-            )
+        spoken = call.spoken(self.speech.brand, locale=language)
+        text = self.spoken_text(call)
         self.inbox.add(
             InboxCall(
                 verification_id=call.verification_id,
@@ -76,6 +77,7 @@ class ConsoleProvider:
                 lang=LANGUAGE_TAGS[language],
                 mode=call.mode,
                 fault=fault,
+                template=spoken.source,
                 phone_key=self.inbox.phone_key(call.phone),
                 dtmf_token=call.dtmf_token,
             )

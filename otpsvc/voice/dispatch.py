@@ -80,8 +80,18 @@ class Dispatcher:
         self.breaker = breaker
         self.clock = clock
 
-    def route_for(self, country_code: int, mode: str = "code") -> tuple[VoiceProvider, ...]:
-        names = self.routes.get(country_code, self.default_route)
+    def route_for(
+        self,
+        country_code: int,
+        mode: str = "code",
+        *,
+        routes: Mapping[int, tuple[str, ...]] | None = None,
+        default: tuple[str, ...] = (),
+    ) -> tuple[VoiceProvider, ...]:
+        """The providers a call to ``country_code`` tries, in order, by ``routes`` and
+        ``default`` when given (a client's policy), else by the service's."""
+        table = self.routes if routes is None else routes
+        names = table.get(country_code, default or self.default_route)
         route = tuple(self.providers[name] for name in names)
         if mode == "keypress":
             route = tuple(p for p in route if p.supports_dtmf)

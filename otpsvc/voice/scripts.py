@@ -1,4 +1,5 @@
-"""What a call says, per locale: the code read digit by digit, with pauses, repeated.
+"""What a call says, per locale: the built-in words, digits and languages; the scripts are
+rendered as templates by :mod:`otpsvc.voice.templates` (these are their defaults).
 
 Digits are written as words ("four, eight, two"), never as numerals: a text-to-speech engine reads
 "482913" as a big number, "4, 8" as a decimal in languages with a decimal comma, and "4." as an
@@ -149,22 +150,13 @@ def choose_locale(requested: str | None, region: str | None, default: str) -> st
     return default if default in SCRIPTS else DEFAULT_LOCALE
 
 
-def code_text(code: str, locale: str, *, brand: str, repeats: int = 2) -> str:
-    """Plain text for text-to-speech: each digit its own word, separated by a pause mark."""
-    script = script_for(locale)
-    digits = script.separator.join(script.digits[int(d)] for d in code)
-    sentences = [f"{script.intro.format(brand=brand)}: {digits}."]
-    sentences += [f"{script.again}: {digits}."] * (repeats - 1)
-    return " ".join(sentences)
-
-
 def language_of(locale: str) -> str:
     """The script's own locale (``pt-BR`` -> ``pt``; unknown -> the default)."""
     base = locale.split("-")[0]
     return base if base in SCRIPTS else DEFAULT_LOCALE
 
 
-def _speak(locale: str, body: str, voice: str | None) -> str:
+def speak(locale: str, body: str, voice: str | None) -> str:
     """An SSML document in the script's language: ``xml:lang`` names it, and ``voice`` (when
     given) selects the voice that reads it, so no engine reads it with a voice of another
     language."""
@@ -172,23 +164,3 @@ def _speak(locale: str, body: str, voice: str | None) -> str:
     if voice is not None:
         body = f'<voice name="{escape(voice, QUOTE)}">{body}</voice>'
     return f'<speak xml:lang="{tag}">{body}</speak>'
-
-
-def code_ssml(
-    code: str, locale: str, *, brand: str, repeats: int = 2, voice: str | None = None
-) -> str:
-    """The same as SSML, with a timed break between digits."""
-    script = script_for(locale)
-    pause = f'<break time="{PAUSE_MS}ms"/>'
-    digits = pause.join(escape(script.digits[int(d)]) for d in code)
-    parts = [f"{escape(script.intro.format(brand=brand))}{pause}{digits}."]
-    parts += [f"{escape(script.again)}{pause}{digits}."] * (repeats - 1)
-    return _speak(locale, '<break time="800ms"/>'.join(parts), voice)
-
-
-def keypress_text(locale: str, *, brand: str) -> str:
-    return script_for(locale).keypress.format(brand=brand)
-
-
-def keypress_ssml(locale: str, *, brand: str, voice: str | None = None) -> str:
-    return _speak(locale, escape(keypress_text(locale, brand=brand)), voice)

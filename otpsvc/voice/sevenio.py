@@ -38,7 +38,8 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
-from otpsvc.voice.scripts import LANGUAGE_TAGS, code_ssml, keypress_ssml, language_of
+from otpsvc.voice.scripts import LANGUAGE_TAGS, language_of
+from otpsvc.voice.templates import render_ssml
 
 MAX_TEXT = 10_000
 SENT = "100"
@@ -137,13 +138,14 @@ class SevenioProvider(HttpProvider):
         self.url = settings.base_url + "/voice"
         self.reports_by_message_id = settings.signing_key is not None
 
+    def spoken_text(self, call: CallRequest) -> str:
+        return self.text_for(call)
+
     def text_for(self, call: CallRequest) -> str:
         voice = self.settings.voices[language_of(call.locale)]
-        if call.mode == "keypress":
-            return keypress_ssml(call.locale, brand=self.speech.brand, voice=voice)
-        speech = self.speech
-        return code_ssml(
-            call.code, call.locale, brand=speech.brand, repeats=speech.repeats, voice=voice
+        spoken = call.spoken(self.speech.brand)
+        return render_ssml(
+            spoken, call.code, repeats=call.repeats or self.speech.repeats, voice=voice
         )
 
     def place_call(self, call: CallRequest) -> CallResult:

@@ -1,7 +1,7 @@
 -- Tell that a watched verification expired pending (run by the event workers, once it is due).
 -- KEYS[1]  the verification record (gone once expired)
 -- ARGV[1]  the verification id            ARGV[2]  now, ms
--- ARGV[3]  max check attempts
+-- ARGV[3]  max check attempts (when the record keeps none of its own, field 'ma')
 -- KEYS and ARGV end with the event shard's (see _events.lua). The event is
 -- verification.expired, or verification.max_attempts_reached for a verification whose last
 -- attempt was taken by a check that never finished (its process died). ZREM decides which worker
@@ -25,7 +25,7 @@ if not raw then
 end
 local snap = cjson.decode(raw)
 local event_type = 'verification.expired'
-if tonumber(snap.a or 0) >= tonumber(ARGV[3]) then
+if tonumber(snap.a or 0) >= tonumber(snap.ma or ARGV[3]) then
   event_type = 'verification.max_attempts_reached'
 end
 if ev_wanted(snap.c) then

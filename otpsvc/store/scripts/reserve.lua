@@ -82,12 +82,12 @@ end
 local sends_before = 0
 if open_id then
   local rec = KEYS[2]
-  local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra', 'm')
+  local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra', 'm', 'ma')
   local live = f[2] and tonumber(f[2]) > now
   local same_mode = (f[7] or '') == ARGV[13]
   if f[1] == 'pending' and live then
     -- Attempts used up, the send cap or the cooldown hold in either mode.
-    if tonumber(f[4]) >= tonumber(ARGV[6]) then
+    if tonumber(f[4]) >= tonumber(f[8] or ARGV[6]) then
       return {'locked', open_id, unpack(redis.call('HGETALL', rec))}
     end
     local refusal = send_refused(open_id, rec, f)

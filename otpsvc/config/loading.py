@@ -1,0 +1,256 @@
+"""Reading the settings: the environment (or a mapping) to one :class:`Settings`, or
+one :class:`~otpsvc.errors.ConfigError` listing every problem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import date, timedelta
+from typing import Any
+
+from marshmallow import EXCLUDE, ValidationError
+
+from otpsvc.config.checks import (
+    SHARED_LIMITS,
+    ceiling_problems,
+    event_problems,
+    redis_tls_problems,
+    voice_problems,
+)
+from otpsvc.config.clients import (
+    ClientFile,
+    overlay,
+    read_client_file,
+    rename,
+    template_problems_of,
+    with_clients,
+)
+from otpsvc.config.model import Settings, named_providers
+from otpsvc.config.schema import SettingsSchema
+from otpsvc.config.secrets import (
+    GUESSABLE_SECRETS,
+    MIN_API_KEY_BITS,
+    PLACEHOLDER_MARKERS,
+    SECRET_SETTINGS,
+    read_secret_files,
+    weakness,
+)
+from otpsvc.errors import ConfigError
+from otpsvc.voice.registry import PROVIDERS
+
+
+def _problems(messages: Any, prefix: str = "") -> list[str]:
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, value in messages.items():
+            out += _problems(value, f"{key}: " if not prefix else f"{prefix}{key}: ")
+        return out
+    if isinstance(messages, list):
+        return [f"{prefix}{m}" for m in messages if isinstance(m, str)] + [
+            p for m in messages if not isinstance(m, str) for p in _problems(m, prefix)
+        ]
+    return [f"{prefix}{messages}"]
+
+
+def _load_the_rest(relevant: Mapping[str, Any], failed: set[str]) -> dict[str, Any]:
+    """The settings that did load, with every failing variable left out (its default stands in,
+    and a missing required one stays missing), so that the checks across settings can still run
+    on the rest: every problem is reported at once, not one round of fixes at a time."""
+    rest = {name: value for name, value in relevant.items() if name not in failed}
+    try:
+        schema = SettingsSchema()
+        required = tuple(name for name, item in schema.fields.items() if item.required)
+        # Only the required settings may be missing; the others take their defaults.
+        loaded: dict[str, Any] = schema.load(rest, unknown=EXCLUDE, partial=required)
+    except (ValidationError, KeyError, ValueError):
+        return {}
+    return loaded
+
+
+def setting_variables() -> dict[str, str]:
+    """Each setting's variable name, by the setting's attribute name."""
+    return {name: str(f.data_key) for name, f in SettingsSchema().fields.items()}
+
+
+def environment() -> dict[str, str]:
+    """The ``OTPSVC_*`` variables of the process environment."""
+    return {k: v for k, v in os.environ.items() if k.startswith("OTPSVC_")}
+
+
+def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
+    """Build the settings from ``source`` (default: the process environment)."""
+    env = environment() if source is None else source
+    problems: list[str] = []
+    relevant = read_secret_files(
+        {k: v for k, v in env.items() if k.startswith("OTPSVC_")}, problems
+    )
+    failed: set[str] = set()
+    try:
+        core: dict[str, Any] = SettingsSchema().load(relevant, unknown=EXCLUDE)
+    except ValidationError as exc:
+        problems += _problems(exc.messages)
+        failed = set(exc.messages)
+        core = _load_the_rest(relevant, failed)
+
+    def trusted(*variables: str) -> bool:
+        """A check across settings runs only on settings that loaded: one that failed would
+        stand in with its default and report a problem that is not there."""
+        return bool(core) and not failed.intersection(variables)
+
+    provider_settings: dict[str, Any] = {}
+    named = named_providers(core.get("providers", ()), core.get("routes", {}))
+    real = [name for name in named if not PROVIDERS[name].dev_only]
+    if core.get("dev_mode") and real:
+        # Dev mode drops the country allowlist and shows codes in the inbox: with a real
+        # provider that would be a toll-fraud hole and a code leak in one variable.
+        problems.append(
+            f"OTPSVC_DEV_MODE: dev mode runs with the console provider only; {', '.join(real)} "
+            "would place real calls"
+        )
+    for name in named:
+        spec = PROVIDERS[name]
+        if spec.dev_only and not core.get("dev_mode"):
+            problems.append(f"OTPSVC_PROVIDERS: {name!r} is for dev mode only (otpsvc dev)")
+        if spec.needs_public_url and not core.get("public_url"):
+            problems.append(f"OTPSVC_PUBLIC_URL: required by {name!r} for its callbacks")
+        if spec.settings_schema is None:
+            continue
+        schema = spec.settings_schema()
+        try:
+            provider_settings[name] = schema.load(relevant, unknown=EXCLUDE)
+        except ValidationError as exc:
+            problems += _problems(exc.messages)
+
+    cequens = provider_settings.get("cequens")
+    geography = ("OTPSVC_PROVIDERS", "OTPSVC_ROUTES", "OTPSVC_ALLOWED_COUNTRIES")
+    if cequens is not None and trusted(*geography, "OTPSVC_DEFAULT_LOCALE"):
+        problems += voice_problems("cequens", cequens.voices, core, "OTPSVC_CEQUENS_VOICES")
+    if (
+        trusted("OTPSVC_ALLOWED_COUNTRIES", "OTPSVC_DEV_MODE")
+        and core.get("allowed_countries") is None
+        and not core.get("dev_mode")
+    ):
+        problems.append(
+            "OTPSVC_ALLOWED_COUNTRIES: required outside dev mode; list the countries calls may "
+            "go to (ISO 3166 alpha-2, e.g. NG,GH,KE): voice calls elsewhere are toll-fraud bait"
+        )
+    if trusted("OTPSVC_REDIS_URL"):
+        problems += redis_tls_problems(core)
+    if (
+        trusted("OTPSVC_PROVIDER_CONCURRENCY", "OTPSVC_WORKER_THREADS")
+        and core["provider_concurrency"] >= core["worker_threads"] > 1
+    ):
+        problems.append(
+            "OTPSVC_PROVIDER_CONCURRENCY: must be below OTPSVC_WORKER_THREADS "
+            f"({core['worker_threads']}): starts waiting on providers would leave no thread for "
+            "checks, webhooks and probes"
+        )
+    if (
+        trusted("OTPSVC_TRUSTED_PROXIES", "OTPSVC_TRUSTED_PROXY_NETWORKS")
+        and core.get("trusted_proxies")
+        and not core.get("trusted_proxy_networks")
+    ):
+        problems.append(
+            "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "
+            "networks your proxies connect from, or anyone reaching the port picks their own IP"
+        )
+    if trusted(
+        "OTPSVC_API_KEYS",
+        "OTPSVC_EVENT_WEBHOOKS",
+        "OTPSVC_EVENT_WEBHOOK_SECRETS",
+        "OTPSVC_DEV_MODE",
+    ):
+        problems += event_problems(core)
+    for name in sorted(GUESSABLE_SECRETS):
+        value = relevant.get(name)
+        problem = weakness(value, MIN_API_KEY_BITS) if isinstance(value, str) and value else None
+        if problem:
+            problems.append(f"{name}: {problem}")
+    checked_above = {
+        "OTPSVC_SECRET_KEY",
+        "OTPSVC_SECRET_KEY_FALLBACKS",
+        "OTPSVC_API_KEYS",
+        "OTPSVC_EVENT_WEBHOOK_SECRETS",
+        *GUESSABLE_SECRETS,
+    }
+    for name in sorted(SECRET_SETTINGS - checked_above):
+        value = relevant.get(name)
+        if isinstance(value, str) and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
+            problems.append(f"{name}: is a placeholder from an example")
+    allowed = core.get("allowed_countries")
+    clients = {c.name for c in core.get("clients", ())}
+    latest = date.today() + timedelta(days=core.get("test_number_max_days", 90))
+    numbers_checked = trusted(
+        "OTPSVC_ALLOWED_COUNTRIES", "OTPSVC_API_KEYS", "OTPSVC_TEST_NUMBER_MAX_DAYS"
+    )
+    for number in core.get("test_numbers", ()) if numbers_checked else ():
+        if allowed is not None and number.region not in allowed:
+            problems.append(
+                f"OTPSVC_TEST_NUMBERS: a test number in {number.region} is outside "
+                "OTPSVC_ALLOWED_COUNTRIES"
+            )
+        if number.last_day > latest:
+            # A test number is a standing way past verification: it must end, and soon.
+            problems.append(
+                f"OTPSVC_TEST_NUMBERS: a test number's last day {number.last_day} is more than "
+                f"OTPSVC_TEST_NUMBER_MAX_DAYS ({core.get('test_number_max_days')}) days ahead"
+            )
+        if number.client is not None and clients and number.client not in clients:
+            problems.append(
+                f"OTPSVC_TEST_NUMBERS: {number.client!r} is not a client of OTPSVC_API_KEYS"
+            )
+    warnings: list[str] = []
+    if core:
+        variables = setting_variables()
+        pairs = tuple(
+            pair for pair in SHARED_LIMITS if trusted(*(variables[name] for name in pair))
+        )
+        problems += ceiling_problems(core, tuple(p for p in pairs if p != SHARED_LIMITS[-1]))
+        # A call budget below one client's share is legitimate on a small deployment, but then
+        # one client can spend it for all: said, not refused.
+        warnings += ceiling_problems(core, tuple(p for p in pairs if p == SHARED_LIMITS[-1]))
+        if not core.get("metrics_token") and not core.get("dev_mode"):
+            warnings.append(
+                "OTPSVC_METRICS_TOKEN is not set: /metrics is open on the port that also takes "
+                "provider webhooks from the internet; set a token, or keep /metrics off the "
+                "ingress"
+            )
+    client_file: ClientFile | None = None
+    file_problems: list[str] = []
+    if core.get("clients_file") and trusted("OTPSVC_CLIENTS_FILE", "OTPSVC_API_KEYS"):
+        client_file = read_client_file(core["clients_file"], clients, file_problems)
+    if problems:
+        raise ConfigError(sorted(problems + file_problems))
+    known = {f.data_key for f in SettingsSchema().fields.values()} | {
+        f.data_key
+        for spec in PROVIDERS.values()
+        if spec.settings_schema is not None
+        for f in spec.settings_schema().fields.values()
+    }
+    unknown = tuple(sorted(set(relevant) - known - {"OTPSVC_TEST_REDIS_URL"}))
+    settings = Settings(
+        provider_settings=provider_settings, unknown=unknown, warnings=tuple(warnings), **core
+    )
+    if client_file is None:
+        if file_problems:
+            raise ConfigError(sorted(file_problems))
+        return settings
+    return _with_client_file(settings, relevant, client_file, file_problems)
+
+
+def _with_client_file(
+    settings: Settings, env: Mapping[str, Any], file: ClientFile, problems: list[str]
+) -> Settings:
+    """Each client's settings: the environment with its table laid over it, loaded by
+    :func:`load_settings` (so checked as the global ones are); every problem at once (those of
+    the file's shape, ``problems``, too), named by its TOML path."""
+    own: dict[str, Settings] = {}
+    for name, table in file.tables.items():
+        try:
+            own[name] = load_settings(overlay(settings, env, name, table))
+        except ConfigError as exc:
+            problems += [rename(problem, name, table) for problem in exc.problems]
+    problems += template_problems_of(file, own, settings)
+    if problems:
+        raise ConfigError(sorted(problems))
+    return with_clients(settings, own, file)

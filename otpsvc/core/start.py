@@ -1,0 +1,452 @@
+"""Starting a verification: screening, limits, the reservation, the code and the call."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime
+
+from otpsvc import metrics
+from otpsvc.config import TestNumber
+from otpsvc.core.abuse import refusal_error
+from otpsvc.core.audit import audit
+from otpsvc.core.base import Policy, ServiceBase
+from otpsvc.core.codes import generate_code, new_verification_id
+from otpsvc.core.models import StartOutcome
+from otpsvc.core.phones import Phone
+from otpsvc.errors import (
+    DeliveryFailed,
+    InvalidRequest,
+    MaxAttemptsReached,
+    MaxSendsReached,
+    NumberBlocked,
+    OtpError,
+    ProvidersBusy,
+    RateLimited,
+    ResendTooSoon,
+    RetryLater,
+    TooManyFailedChecks,
+)
+from otpsvc.store import Reservation, VerificationStore
+from otpsvc.store.gate import Gate
+from otpsvc.voice.base import CallRequest, VoiceProvider
+from otpsvc.voice.dispatch import DeliveryError, NoRoute
+from otpsvc.voice.scripts import choose_locale
+from otpsvc.voice.templates import choose_template
+
+log = logging.getLogger("otpsvc.core")
+
+
+#: What each refusing outcome of a reservation becomes: the error, the record field that says
+#: until when, the message, and the limit that refused with whose count it was (``client``: this
+#: client's own; ``global``: every client's together). No message says anything about which
+#: other client's traffic a global refusal came from.
+REFUSALS: dict[str, tuple[type[RetryLater], str, str, str | None, str | None]] = {
+    "locked": (
+        MaxAttemptsReached,
+        "ea",
+        "no check attempts are left for this number; wait for it to expire",
+        None,
+        None,
+    ),
+    "max_sends": (
+        MaxSendsReached,
+        "ea",
+        "this verification has been sent the maximum number of times",
+        "max_sends",
+        "client",
+    ),
+    "cooldown": (
+        ResendTooSoon,
+        "ra",
+        "a new call for this verification is not allowed yet",
+        "resend_cooldown",
+        "client",
+    ),
+    "blocked": (
+        NumberBlocked,
+        "until",
+        "the owner of this number said a recent call from this client was not theirs",
+        "deny_block",
+        "client",
+    ),
+    "blocked_all": (
+        NumberBlocked,
+        "until",
+        "the owner of this number said recent calls from several clients were not theirs",
+        "deny_block_all",
+        "global",
+    ),
+    "failures": (
+        TooManyFailedChecks,
+        "until",
+        "too many wrong codes for this number today",
+        "max_failed_checks_per_number",
+        "client",
+    ),
+    "slowed": (
+        RateLimited,
+        "until",
+        "too many calls for this number; try again later",
+        "max_failed_checks_all_clients",
+        "global",
+    ),
+}
+
+
+class Starting(ServiceBase):
+    """Start a verification (or resend the client's open one) and place its call."""
+
+    def start(
+        self,
+        *,
+        client: str,
+        phone: Phone,
+        code_length: int | None = None,
+        locale: str | None = None,
+        client_ref: str | None = None,
+        mode: str = "code",
+        end_user_ip: str = "unknown",
+        end_user_id: str | None = None,
+        gate: Gate | None = None,
+        brand: str | None = None,
+    ) -> StartOutcome:
+        """:meth:`_start` in a slot of the worker's bulkhead, counted in
+        ``otpsvc_verifications_started_total``. Without a free slot the start is refused at once
+        (``providers_busy``), counting only its request limits."""
+        country = metrics.country_label(phone.region, self.allowed_countries)
+        with self.dispatcher.bulkhead.slot() as held:
+            if not held:
+                self.count_refused(phone, mode)
+                metrics.REFUSALS.labels("providers_busy").inc()
+                if gate is not None:
+                    gate.run()
+                raise ProvidersBusy(
+                    1, "this server has as many calls waiting on providers as it may; retry"
+                )
+            try:
+                outcome = self._start(
+                    client=client,
+                    phone=phone,
+                    code_length=code_length,
+                    locale=locale,
+                    client_ref=client_ref,
+                    mode=mode,
+                    end_user_ip=end_user_ip,
+                    end_user_id=end_user_id,
+                    gate=gate,
+                    country=country,
+                    brand=brand,
+                )
+            except DeliveryFailed as exc:
+                # Labelled with the provider that failed last, so a dashboard shows whose.
+                cause = exc.__cause__
+                failed = cause.last_provider if isinstance(cause, DeliveryError) else ""
+                metrics.STARTS.labels(failed or "none", country, mode, "failed").inc()
+                raise
+            except OtpError:
+                self.count_refused(phone, mode)
+                raise
+        verification = outcome.verification
+        result = "created" if outcome.created else "resent"
+        metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
+        return outcome
+
+    def count_refused(self, phone: Phone, mode: str) -> None:
+        """A refused start, in ``otpsvc_verifications_started_total``: also one that its request
+        limits refused before the service saw it."""
+        country = metrics.country_label(phone.region, self.allowed_countries)
+        metrics.STARTS.labels("none", country, mode, "refused").inc()
+
+    def _start(
+        self,
+        *,
+        client: str,
+        phone: Phone,
+        code_length: int | None = None,
+        locale: str | None = None,
+        client_ref: str | None = None,
+        mode: str = "code",
+        end_user_ip: str = "unknown",
+        end_user_id: str | None = None,
+        gate: Gate | None = None,
+        country: str = "other",
+        brand: str | None = None,
+    ) -> StartOutcome:
+        """Open a verification and call the phone, or resend the client's open one for it.
+
+        ``end_user_ip`` is the person's address (as its limit bucket) and ``end_user_id`` the
+        app's id for their account; both are counted only as keyed hashes.
+
+        Order matters: screening (no state), then velocity and budget counting, then the
+        reservation in the number's own slot; a reservation that refuses hands the count back.
+        A test number (``OTPSVC_TEST_NUMBERS``) places no call and counts against no call limit.
+        """
+        policy, abuse = self.policy_for(client), self.abuse_for(client)
+        test = self._test_number(phone, client)
+        try:
+            self._refuse_unless_allowed(policy, mode, code_length, brand)
+            if test is not None:
+                if mode != "code":
+                    raise InvalidRequest({"mode": ["a test number takes code mode only"]})
+                route: tuple[VoiceProvider, ...] = ()
+            else:
+                abuse.screen(phone, client)
+                try:
+                    route = self.dispatcher.route_for(
+                        phone.country_code, mode, routes=policy.routes, default=policy.providers
+                    )
+                except NoRoute as exc:
+                    raise InvalidRequest({"mode": [str(exc)]}) from exc
+            now_ms = self._now_ms()
+            phone_key = self.keyring.phone_key(phone.e164)
+            earlier = self.store.earlier_blocks(
+                self.keyring.earlier_phone_keys(phone.e164),
+                client=client,
+                now_ms=now_ms,
+                max_failures=policy.max_failures,
+                deny_ms=policy.deny_block_ms,
+                deny_clients=policy.deny_clients,
+            )
+            self._refuse_unless_sendable(earlier, now_ms, client, phone)
+        except OtpError:
+            # Refused before the gate's round trip: the request still counts against its
+            # limits, and over them it is a 429, as if the gate had gone first.
+            if gate is not None:
+                gate.run()
+            raise
+        candidate_id = new_verification_id(VerificationStore.id_prefix(phone_key))
+        # The counters' member is random, not the verification id: a Redis dump must not join
+        # a counter to a verification record (and so to its masked number).
+        member = secrets.token_hex(8)
+        counted = []
+        open_key = self.store.open_key(client, phone_key)
+        if test is None:
+            counted = abuse.counters(
+                phone=phone,
+                phone_key=phone_key,
+                client=client,
+                ip=end_user_ip,
+                user_id=end_user_id,
+                keyed=self.keyring.subject_key,
+            )
+            # The client's open verification is read in the same round trip, so that reserve
+            # can declare its record among its keys; the request limits pass first, in it too.
+            refusal, open_id = self.velocity.count_and_read(counted, member, now_ms, open_key, gate)
+            if refusal is not None:
+                raise refusal_error(refusal, phone, client)
+        else:
+            if gate is not None:
+                gate.run()
+            open_id = self.store.open_id(client, phone_key)
+        fields: dict[str, str | int] = {
+            "c": client,
+            "pk": phone_key,
+            "pm": phone.masked,
+            "len": len(test.code) if test else code_length or policy.code_length,
+            "loc": choose_locale(locale, phone.region, policy.default_locale),
+            # The verification keeps its cap on attempts, whatever its client's becomes.
+            "ma": policy.max_attempts,
+        }
+        if client_ref:
+            fields["ref"] = client_ref
+        if mode == "keypress":
+            fields["m"] = "k"
+        reservation = self.store.reserve(
+            now_ms=now_ms,
+            candidate_id=candidate_id,
+            client=client,
+            phone_key=phone_key,
+            ttl_ms=policy.code_ttl_ms,
+            max_sends=policy.max_sends,
+            cooldown_ms=policy.resend_cooldown_ms,
+            max_attempts=policy.max_attempts,
+            max_failures=policy.max_failures,
+            max_failures_all=policy.max_failures_all,
+            slow_ms=policy.slow_ms,
+            deny_ms=policy.deny_block_ms,
+            deny_clients=policy.deny_clients,
+            key_id=self.keyring.current_id,
+            fields=fields,
+            open_id=open_id,
+            mode=mode,
+        )
+        if reservation.outcome not in ("new", "resend") and counted:
+            self.velocity.refund(counted, member)
+        self._refuse_unless_sendable(reservation, now_ms, client, phone)
+        record = reservation.record
+        gen = int(record["g"])
+        if test is not None:
+            return self._start_test_number(client, phone, reservation, test)
+
+        if mode == "keypress":
+            code, verifier = "", ""
+        else:
+            code = generate_code(
+                int(record["len"]), leading_zero=not self.dispatcher.needs_numeric_code(route)
+            )
+            verifier = self.keyring.hash_code(reservation.id, code)
+        template, source = choose_template(policy.templates, client, mode, record["loc"])
+        call = CallRequest(
+            verification_id=reservation.id,
+            phone=phone.e164,
+            code=code,
+            locale=record["loc"],
+            mode=mode,
+            status_token=self.keyring.callback_token(reservation.id, gen, "status"),
+            dtmf_token=self.keyring.callback_token(reservation.id, gen, "dtmf"),
+            client=client,
+            country=country,
+            brand=brand or policy.brand,
+            repeats=policy.call_repeats,
+            minutes=-(-policy.code_ttl_ms // 60_000),
+            template=template,
+            template_source=source,
+        )
+        budget = abuse.budget_counters(client)
+
+        def may_retry(attempt: int) -> bool:
+            refused = self.velocity.count(budget, f"{member}.{attempt}", self._now_ms())
+            if refused is not None:
+                audit("fraud_block", id=reservation.id, client=client, reason="velocity_budget")
+            return refused is None
+
+        try:
+            result = self.dispatcher.place(route, call, may_retry=may_retry)
+        except DeliveryError as exc:
+            self.store.finalize(
+                reservation.id,
+                gen,
+                accepted=False,
+                verifier="",
+                provider=exc.last_provider,
+                message_id=None,
+                delivery_status="failed",
+                now_ms=self._now_ms(),
+            )
+            audit(
+                "delivery_failed",
+                id=reservation.id,
+                client=client,
+                phone=phone.masked,
+                providers=[e.provider for e in exc.errors],
+                reasons={e.provider: e.reason for e in exc.errors},
+            )
+            raise DeliveryFailed(
+                "no provider accepted the call; no code was issued",
+                verification_id=reservation.id,
+            ) from exc
+
+        indexed = self.dispatcher.providers[result.provider].reports_by_message_id
+        outcome = self.store.finalize(
+            reservation.id,
+            gen,
+            accepted=True,
+            verifier=verifier,
+            provider=result.provider,
+            message_id=result.message_id,
+            delivery_status=result.status,
+            now_ms=self._now_ms(),
+            # Reports may come a while after the code expired; an hour covers them.
+            index_message_ms=policy.code_ttl_ms + 3_600_000 if indexed else 0,
+        )
+        created = reservation.outcome == "new"
+        if outcome != "ok":
+            # Canceled, or replaced by a concurrent resend, while the call was being placed.
+            log.info("send %s of %s was %s", gen, reservation.id, outcome)
+            return StartOutcome(self.get(client=client, verification_id=reservation.id), created)
+        audit(
+            "start",
+            id=reservation.id,
+            client=client,
+            phone=phone.masked,
+            send=int(record["s"]),
+            provider=result.provider,
+            delivery=result.status,
+            # What a provider's support asks for when a call did not arrive.
+            provider_message_id=result.message_id,
+        )
+        record.update(p=result.provider, ds=result.status)
+        if result.message_id:
+            record["mid"] = result.message_id
+        return StartOutcome(self._to_verification(reservation.id, record), created)
+
+    @staticmethod
+    def _refuse_unless_allowed(
+        policy: Policy, mode: str, code_length: int | None, brand: str | None
+    ) -> None:
+        """What a start asks for must be within its client's policy."""
+        if mode not in policy.modes:
+            allowed = " or ".join(sorted(policy.modes))
+            raise InvalidRequest({"mode": [f"this client's verifications are {allowed}"]})
+        if code_length is not None and code_length < policy.min_code_length:
+            raise InvalidRequest(
+                {"code_length": [f"this client's codes have at least {policy.min_code_length}"]}
+            )
+        if brand is not None and not policy.request_brand:
+            raise InvalidRequest({"brand": ["this client may not name a brand"]})
+
+    def _test_number(self, phone: Phone, client: str) -> TestNumber | None:
+        """The number's test entry while it is active and open to this client; after its last
+        day, or for another client than the one it is scoped to, it is an ordinary number."""
+        test = self.test_numbers.get(phone.e164)
+        if test is None or not test.serves(client):
+            return None
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        return test if test.active_on(today) else None
+
+    def _start_test_number(
+        self, client: str, phone: Phone, reservation: Reservation, test: TestNumber
+    ) -> StartOutcome:
+        """No call: the fixed code is stored like any code and passes the normal checks."""
+        verifier = self.keyring.hash_code(reservation.id, test.code)
+        gen = int(reservation.record["g"])
+        self.store.finalize(
+            reservation.id,
+            gen,
+            accepted=True,
+            verifier=verifier,
+            provider="test",
+            message_id=None,
+            delivery_status="test",
+            now_ms=self._now_ms(),
+        )
+        audit(
+            "test_number",
+            id=reservation.id,
+            client=client,
+            phone=phone.masked,
+            send=int(reservation.record["s"]),
+        )
+        return StartOutcome(
+            self.get(client=client, verification_id=reservation.id),
+            reservation.outcome == "new",
+        )
+
+    def _refuse_unless_sendable(
+        self, reservation: Reservation, now_ms: int, client: str, phone: Phone
+    ) -> None:
+        record = reservation.record
+        refusal = REFUSALS.get(reservation.outcome)
+        if refusal is None:
+            return
+        error, until_field, message, limit, scope = refusal
+        until_ms = int(record.get(until_field, 0))
+        # Refusals about the client's own open verification name it; the others name nothing.
+        about = (
+            reservation.id if reservation.outcome in ("locked", "max_sends", "cooldown") else None
+        )
+        audit(
+            "start_refused",
+            id=reservation.id,
+            client=client,
+            phone=phone.masked,
+            reason=reservation.outcome,
+        )
+        raise error(
+            (until_ms - now_ms) / 1000,
+            message,
+            verification_id=about or None,
+            limit=limit,
+            scope=scope,
+        )

@@ -1,0 +1,97 @@
+"""``kill -HUP`` of ``otpsvc serve`` reads the client file again under load: no request fails,
+the new policy applies, and a bad file is refused and logged while the last good one serves."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from otpsvc.dev.redis_server import free_port
+from tests.conftest import KEY_A
+from tests.fakes.termii import FakeTermii
+from tests.test_cli import wait_until_serving
+from tests.test_serving import serve_env
+
+AUTH = {"Authorization": f"Bearer {KEY_A}"}
+
+
+def test_hup_reloads_the_client_file_under_load(
+    redis_url, redis_client, termii: FakeTermii, tmp_path: Path
+):
+    clients = tmp_path / "clients.toml"
+    clients.write_text("[clients.client-a]\ncode_length = 6\n")
+    log = tmp_path / "server.log"
+    port = free_port()
+    env = serve_env(redis_url, termii, port, OTPSVC_CLIENTS_FILE=str(clients), WEB_CONCURRENCY="2")
+    termii.delay = 0.2
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "otpsvc", "serve"], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        wait_until_serving(base, server)
+        failures: list[str] = []
+        lengths: list[int] = []
+        stop = threading.Event()
+
+        def load(thread: int) -> None:
+            session = requests.Session()
+            n = 0
+            while not stop.is_set():
+                n += 1
+                phone = f"+234803{thread}{n:06d}"
+                try:
+                    answer = session.post(
+                        f"{base}/otp/start", json={"phone": phone}, headers=AUTH, timeout=30
+                    )
+                except requests.RequestException as exc:
+                    failures.append(type(exc).__name__)
+                    continue
+                if answer.status_code != 201:
+                    failures.append(str(answer.status_code))
+                    continue
+                lengths.append(len(termii.code_for(phone)))
+
+        threads = [threading.Thread(target=load, args=(t,), daemon=True) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(lengths) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        clients.write_text("[clients.client-a]\ncode_length = 8\n")
+        server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not lengths or lengths[-1] != 8:
+            assert time.monotonic() < deadline, "the new code length never applied"
+            time.sleep(0.05)
+        switched = len(lengths)
+
+        clients.write_text("[clients.client-a]\ncode_length = 12\n")
+        server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "refused, the workers keep the last good one" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        time.sleep(3)  # the workers the bad reload started serve for a while
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+        assert failures == []
+        assert server.poll() is None
+        after = lengths[switched:]
+        assert len(after) >= 10
+        assert set(after) == {8}
+        assert "clients.client-a.code_length" in log.read_text()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(40)

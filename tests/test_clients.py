@@ -446,3 +446,29 @@ def test_hup_reloads_the_event_workers_webhooks(
     finally:
         for hook in hooks.values():
             hook.close()
+
+
+def test_a_clients_routes_and_test_numbers_are_its_own(
+    make_app, openapi, termii: FakeTermii, sevenio: FakeSevenio, tmp_path
+):
+    from datetime import date, timedelta
+
+    last_day = (date.today() + timedelta(days=30)).isoformat()
+    text = f"""
+[clients.client-a]
+test_numbers = ["+2348000000001=482913@{last_day}"]
+
+[clients.client-a.routes]
+234 = ["sevenio"]
+"""
+    app = make_app(OTPSVC_PROVIDERS="termii", OTPSVC_CLIENTS_FILE=write(tmp_path, text))
+    a, b = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    assert a.start(PHONE).get_json()["provider"] == "sevenio"
+    assert b.start(PHONE).get_json()["provider"] == "termii"
+
+    calls = len(termii.calls) + len(sevenio.calls)
+    test = a.start("+2348000000001").get_json()
+    assert a.check(test["id"], "482913").get_json()["valid"] is True
+    assert len(termii.calls) + len(sevenio.calls) == calls  # no call for a test number
+    assert test["provider"] == "test"
+    assert b.start("+2348000000001").get_json().get("provider") != "test"  # not b's

@@ -266,11 +266,16 @@ def with_clients(
     settings: Settings, client_settings: Mapping[str, Settings], file: ClientFile
 ) -> Settings:
     """The global settings with each client's, and with what the clients add for everyone to
-    see: their event webhooks and their test numbers (a number listed twice is a problem)."""
+    see: their event webhooks, their test numbers (a number listed twice is a problem) and the
+    providers their routes name."""
     webhooks = dict(settings.event_webhooks)
     numbers = list(settings.test_numbers)
+    # A provider only a client's routes name is set up (and checked) by its settings' load.
+    providers = dict(settings.provider_settings)
     problems = []
     for name, own in client_settings.items():
+        for provider, values in own.provider_settings.items():
+            providers.setdefault(provider, values)
         if "event_webhook" in file.tables[name]:
             webhooks[name] = own.event_webhooks[name]
         for number in own.test_numbers:
@@ -290,5 +295,6 @@ def with_clients(
         client_keys={name: frozenset(table) for name, table in file.tables.items()},
         event_webhooks=webhooks,
         test_numbers=tuple(numbers),
+        provider_settings=providers,
         templates=file.templates,
     )

@@ -39,6 +39,7 @@ from otpsvc.config import (
 )
 from otpsvc.core.audit import audit
 from otpsvc.core.keyring import Keyring
+from otpsvc.core.ladder import LadderRunner
 from otpsvc.core.phones import InvalidPhone, mask_e164, parse_phone
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.dev.redis_server import RedisServer
@@ -170,9 +171,11 @@ def dev(host: str, port: int) -> None:
     try:
         app = create_app(env)
         events = app.extensions["otpsvc"].events
-        if events.settings.webhooks:
-            # In dev mode the event worker runs inside the dev process.
-            worker = EventWorker(events, name="dev")
+        settings = app.extensions["otpsvc"].settings
+        if events.settings.webhooks or _has_ladder(settings):
+            # In dev mode the event worker (and the escalation steps) run inside the dev process.
+            ladder = LadderRunner(app.extensions["otpsvc"].service)
+            worker = EventWorker(events, name="dev", periodic=[ladder.run_due])
             block_ms = block_ms_for(app.extensions["otpsvc"].settings.redis_socket_timeout)
             threading.Thread(target=worker.run, args=(block_ms,), daemon=True).start()
         click.echo(
@@ -205,6 +208,10 @@ def serve() -> None:
     config = resources.files("otpsvc").joinpath("gunicorn.conf.py")
     argv = [sys.executable, "-m", "gunicorn", "--config", str(config), "otpsvc.app:create_app()"]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so signals reach gunicorn
+
+
+def _has_ladder(settings: Settings) -> bool:
+    return any(len(s.ladder) > 1 for s in [settings, *settings.client_settings.values()])
 
 
 def kill_switch_guard(velocity: VelocityStore) -> Callable[[], None]:
@@ -242,7 +249,11 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
     queue = _event_queue(settings)
     # The guard shares the queue's Redis client: one connection pool per worker process.
     velocity = VelocityStore(queue.redis, settings.redis_prefix)
-    consumer = EventWorker(queue, guard=kill_switch_guard(velocity))
+    # Escalation steps are starts: the service as the API builds it places them.
+    ladder = LadderRunner(
+        create_app().extensions["otpsvc"].service, threads=settings.provider_concurrency
+    )
+    consumer = EventWorker(queue, guard=kill_switch_guard(velocity), periodic=[ladder.run_due])
     if metrics_port is not None:
         serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
@@ -467,7 +478,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             text = ";".join(f"{code}={','.join(p)}" for code, p in value.items()) or "none"
         else:
             text = (
-                ",".join(sorted(value) if isinstance(value, frozenset) else value)
+                ",".join(map(str, sorted(value) if isinstance(value, frozenset) else value))
                 if isinstance(value, tuple | frozenset)
                 else str(value)
             )

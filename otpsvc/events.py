@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,7 +47,7 @@ from otpsvc import metrics
 from otpsvc.api.schemas import verification_view
 from otpsvc.config import Settings
 from otpsvc.core.models import Status, Verification
-from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster
+from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, per_node
 from otpsvc.store.redis_store import EventOptions, script_source
 from otpsvc.store.shards import event_keys, expiring_key, stream_key, tag_of, tags
 from otpsvc.telemetry import TracedScript
@@ -116,13 +116,11 @@ def render(fields: Mapping[str, str], max_attempts: int) -> tuple[str, str, str,
         now_ms=at_ms,
         status=EVENT_STATUS.get(event_type),
     )
-    body = json.dumps(
-        {
-            "type": event_type,
-            "timestamp": _rfc3339(at_ms / 1000),
-            "data": verification_view(verification),
-        }
-    )
+    data = verification_view(verification)
+    if "x" in fields:
+        # What the change itself says: an escalation's from, to and why.
+        data["escalation"] = json.loads(fields["x"])
+    body = json.dumps({"type": event_type, "timestamp": _rfc3339(at_ms / 1000), "data": data})
     return fields["id"], event_type, body, at_ms / 1000
 
 
@@ -147,33 +145,8 @@ class EventQueue:
         return client in self.settings.webhooks
 
     def each(self, keys: list[str], command: Callable[[Any, str], object]) -> dict[str, Any]:
-        """``command(pipeline, key)`` for every key, in one pipeline per server (on a cluster,
-        to the node of each key's slot, one command per key); each key's answer, an exception
-        when that command failed. A cluster that moved a slot has its map read again."""
-        r: Any = self.redis
-        groups: dict[str, tuple[Any, list[str]]] = {}
-        if is_cluster(r):
-            for key in keys:
-                node = r.get_node_from_key(key)
-                groups.setdefault(node.name, (node.redis_connection, []))[1].append(key)
-        else:
-            groups[""] = (r, list(keys))
-        answers: dict[str, Any] = {}
-        try:
-            for connection, group in groups.values():
-                pipe = connection.pipeline(transaction=False)
-                for key in group:
-                    command(pipe, key)
-                answers.update(zip(group, pipe.execute(raise_on_error=False), strict=True))
-        except STORE_ERRORS:
-            if is_cluster(r):
-                r.nodes_manager.initialize()
-            raise
-        for answer in answers.values():
-            if isinstance(answer, redis.ResponseError) and str(answer).startswith(("MOVED", "ASK")):
-                r.nodes_manager.initialize()
-                raise redis.ConnectionError(f"slot moved: {answer}")
-        return answers
+        """``command(pipeline, key)`` for every key, pipelined per server (see ``per_node``)."""
+        return per_node(self.redis, keys, command)
 
     def expire_due(self, now: float, limit: int = 50) -> int:
         """Tell every watched verification that expired while pending; each once, whichever
@@ -289,8 +262,11 @@ class EventWorker:
         name: str | None = None,
         per_client: int = PER_CLIENT,
         guard: Callable[[], None] | None = None,
+        periodic: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.queue = queue
+        #: Run on every loop while Redis answers, after the guard (the escalation steps due).
+        self.periodic = tuple(periodic)
         #: Run on every loop while Redis answers (the kill switch's guard against a Redis that
         #: lost its data).
         self.guard = guard
@@ -386,6 +362,8 @@ class EventWorker:
                     next_trim = time.monotonic() + 60
                 if self.guard is not None:
                     self.guard()
+                for task in self.periodic:
+                    task()
                 self.step(block_ms)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):

@@ -68,6 +68,21 @@ DELIVERY_REPORTS = Counter(
     "Provider delivery reports by provider and status.",
     ["provider", "status"],
 )
+LADDER_STEPS = Counter(
+    "otpsvc_ladder_steps_total",
+    "Escalation steps taken, by what made them due (no-answer, busy, failed, timeout).",
+    ["reason"],
+)
+LADDER_STOPS = Counter(
+    "otpsvc_ladder_stops_total",
+    "Escalation ladders ended by a refusal or an error, by the limit or error.",
+    ["why"],
+)
+LADDER_CONVERSIONS = Counter(
+    "otpsvc_ladder_conversions_total",
+    "Approvals of verifications with a ladder, by the step whose call was answered (1 first).",
+    ["step"],
+)
 EVENTS = Counter(
     "otpsvc_events_total",
     "Events to the apps by type and outcome (delivered, retry, failed).",

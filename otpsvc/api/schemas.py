@@ -120,7 +120,7 @@ def timestamp(epoch: float) -> str:
 
 
 def verification_view(v: Verification) -> dict[str, Any]:
-    return {
+    view: dict[str, Any] = {
         "id": v.id,
         "status": v.status.value,
         "phone": v.phone_masked,
@@ -136,6 +136,24 @@ def verification_view(v: Verification) -> dict[str, Any]:
         "provider": v.provider,
         "delivery": {"status": v.delivery_status, "provider_message_id": v.provider_message_id},
     }
+    if v.ladder is not None:
+        calls = v.ladder.calls
+        view["ladder"] = {
+            "steps": [
+                {
+                    "channel": "voice",
+                    "provider": call.provider,
+                    "placed_at": timestamp(call.placed_at),
+                    # The last call's status is the delivery's; an earlier one's, why it moved on.
+                    "status": call.next_because
+                    or (v.delivery_status if i == len(calls) - 1 else None),
+                }
+                for i, call in enumerate(calls)
+            ],
+            "next_step_at": None if v.ladder.next_at is None else timestamp(v.ladder.next_at),
+            "stopped": v.ladder.stopped,
+        }
+    return view
 
 
 def check_view(outcome: CheckOutcome) -> dict[str, Any]:

@@ -146,3 +146,25 @@ def redis_tls_problems(core: Mapping[str, Any]) -> list[str]:
     if bool(tls.cert_file) != bool(tls.key_file):
         problems.append("OTPSVC_REDIS_TLS_CERT_FILE and OTPSVC_REDIS_TLS_KEY_FILE go together")
     return problems
+
+
+def ladder_problems(core: Mapping[str, Any]) -> list[str]:
+    """A ladder the resend rules would cut short: each step is a resend, so it needs a send
+    left, and a step reached by its wait (not a failed call, which lifts the cooldown) must
+    wait out the cooldown, which doubles after every call."""
+    steps = core.get("ladder", ())
+    problems = []
+    if len(steps) > core["max_sends"]:
+        problems.append(
+            f"OTPSVC_LADDER: {len(steps)} steps, but OTPSVC_MAX_SENDS allows "
+            f"{core['max_sends']} calls per verification"
+        )
+    for index, step in enumerate(steps[:-1]):
+        cooldown = core["resend_cooldown"] * 2**index
+        if step.after < cooldown:
+            problems.append(
+                f"OTPSVC_LADDER: step {index + 1} waits {step.after} s, but the resend cooldown "
+                f"after call {index + 1} is {cooldown} s (OTPSVC_RESEND_COOLDOWN, doubling): "
+                f"wait at least {cooldown}"
+            )
+    return problems

@@ -46,6 +46,7 @@ CLIENT_KEYS: dict[str, str] = {
     "resend_cooldown": "integer",
     "max_sends": "integer",
     "modes": "list",
+    "ladder": "string",
     "allowed_countries": "list",
     "allowed_number_types": "list",
     "routes": "routes",

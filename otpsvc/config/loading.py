@@ -14,6 +14,7 @@ from otpsvc.config.checks import (
     SHARED_LIMITS,
     ceiling_problems,
     event_problems,
+    ladder_problems,
     redis_tls_problems,
     voice_problems,
 )
@@ -98,7 +99,9 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         return bool(core) and not failed.intersection(variables)
 
     provider_settings: dict[str, Any] = {}
-    named = named_providers(core.get("providers", ()), core.get("routes", {}))
+    named = named_providers(
+        core.get("providers", ()), core.get("routes", {}), core.get("ladder", ())
+    )
     real = [name for name in named if not PROVIDERS[name].dev_only]
     if core.get("dev_mode") and real:
         # Dev mode drops the country allowlist and shows codes in the inbox: with a real
@@ -136,6 +139,8 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         )
     if trusted("OTPSVC_REDIS_URL"):
         problems += redis_tls_problems(core)
+    if trusted("OTPSVC_LADDER", "OTPSVC_RESEND_COOLDOWN", "OTPSVC_MAX_SENDS"):
+        problems += ladder_problems(core)
     if (
         trusted("OTPSVC_PROVIDER_CONCURRENCY", "OTPSVC_WORKER_THREADS")
         and core["provider_concurrency"] >= core["worker_threads"] > 1

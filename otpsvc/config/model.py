@@ -95,6 +95,9 @@ class Settings:
     request_brand: bool = False
     #: The client file (``OTPSVC_CLIENTS_FILE``): per-client policies and spoken scripts.
     clients_file: str | None = None
+    #: The escalation ladder: the steps a verification's calls take until one is answered
+    #: (empty: one call, by the routes, as without a ladder).
+    ladder: tuple[LadderStep, ...] = ()
     code_ttl: int = 300
     max_check_attempts: int = 5
     max_sends: int = 5
@@ -200,17 +203,37 @@ class Settings:
     def all_providers(self) -> tuple[str, ...]:
         """Every provider named by the default order or a route (a client's too), once, in
         first-seen order."""
-        names = named_providers(self.providers, self.routes)
+        names = named_providers(self.providers, self.routes, self.ladder)
         for own in self.client_settings.values():
             names = tuple(dict.fromkeys([*names, *own.all_providers]))
         return names
 
 
+@dataclass(frozen=True)
+class LadderStep:
+    """One step of an escalation ladder: a call on ``channel`` by ``provider``, then ``after``
+    seconds for the person before the next step (the last step's is not used)."""
+
+    channel: str
+    provider: str
+    after: int = 45
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.provider}/{self.after}"
+
+
 def named_providers(
-    default: tuple[str, ...], routes: Mapping[int, tuple[str, ...]]
+    default: tuple[str, ...],
+    routes: Mapping[int, tuple[str, ...]],
+    ladder: tuple[LadderStep, ...] = (),
 ) -> tuple[str, ...]:
-    """Every provider named by the default order or a route, once, in first-seen order."""
-    names = [*default, *(name for route in routes.values() for name in route)]
+    """Every provider named by the default order, a route or a ladder step, once, in
+    first-seen order."""
+    names = [
+        *default,
+        *(name for route in routes.values() for name in route),
+        *(step.provider for step in ladder),
+    ]
     return tuple(dict.fromkeys(names))
 
 

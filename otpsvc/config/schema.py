@@ -15,6 +15,7 @@ from otpsvc.config.values import (
     parse_api_keys,
     parse_countries,
     parse_fallbacks,
+    parse_ladder,
     parse_modes,
     parse_multi_pairs,
     parse_networks,
@@ -93,6 +94,7 @@ class SettingsSchema(Schema):
         data_key="OTPSVC_CODE_LENGTH", load_default=6, validate=validate.Range(4, 8)
     )
     modes = fields.String(data_key="OTPSVC_MODES", load_default="code,keypress")
+    ladder = fields.String(data_key="OTPSVC_LADDER", load_default="")
     request_brand = fields.Boolean(data_key="OTPSVC_REQUEST_BRAND", load_default=False)
     clients_file = fields.String(data_key="OTPSVC_CLIENTS_FILE", load_default=None)
     code_ttl = fields.Integer(
@@ -316,6 +318,10 @@ class SettingsSchema(Schema):
     def _check_routes(self, value: str, **_: object) -> None:
         parse_routes(value)
 
+    @validates("ladder")
+    def _check_ladder(self, value: str, **_: object) -> None:
+        parse_ladder(value)
+
     @validates("modes")
     def _check_modes(self, value: str, **_: object) -> None:
         parse_modes(value)
@@ -350,6 +356,7 @@ class SettingsSchema(Schema):
         data["allowed_countries"] = parse_countries(data["allowed_countries"])
         data["allowed_number_types"] = parse_number_types(data["allowed_number_types"])
         data["modes"] = parse_modes(data["modes"])
+        data["ladder"] = parse_ladder(data["ladder"])
         if data["public_url"]:
             data["public_url"] = data["public_url"].rstrip("/")
         if "secret_key" in data:

@@ -10,7 +10,7 @@ from datetime import date
 import phonenumbers
 from marshmallow import ValidationError
 
-from otpsvc.config.model import CLIENT_NAME, ApiClient, TestNumber
+from otpsvc.config.model import CLIENT_NAME, ApiClient, LadderStep, TestNumber
 from otpsvc.config.secrets import (
     MIN_API_KEY_BITS,
     MIN_API_KEY_LENGTH,
@@ -74,6 +74,30 @@ def parse_modes(value: str) -> frozenset[str]:
     if unknown or not modes:
         raise ValidationError(f"name one or more of {', '.join(MODES)}")
     return frozenset(modes)
+
+
+#: The channels a ladder step may use.
+CHANNELS = ("voice",)
+DEFAULT_STEP_WAIT = 45
+
+
+def parse_ladder(value: str) -> tuple[LadderStep, ...]:
+    """``voice:termii/45,voice:sevenio/45,voice:cequens`` -> the steps, each waiting its
+    seconds (45 when not given) for the person before the next one."""
+    steps = []
+    for entry in split(value):
+        what, slash, wait = entry.partition("/")
+        channel, colon, provider = what.partition(":")
+        if not colon or channel not in CHANNELS:
+            raise ValidationError(
+                f"{entry!r}: a step is channel:provider[/seconds]; the channel is voice "
+                "(sms steps are not available yet)"
+            )
+        known_providers([provider])
+        if slash and not (wait.isdigit() and 5 <= int(wait) <= 3600):
+            raise ValidationError(f"{entry!r}: the wait is 5 to 3600 seconds")
+        steps.append(LadderStep(channel, provider, int(wait) if slash else DEFAULT_STEP_WAIT))
+    return tuple(steps)
 
 
 def parse_routes(value: str) -> dict[int, tuple[str, ...]]:

@@ -14,6 +14,7 @@ import phonenumbers
 
 from otpsvc import metrics
 from otpsvc.config import Settings, TestNumber
+from otpsvc.config.model import LadderStep
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.models import Verification
@@ -47,6 +48,8 @@ class Policy:
     #: The providers tried in order, and per country calling code, the route instead.
     providers: tuple[str, ...] = ()
     routes: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    #: The escalation ladder (one step or none: one call, by the routes).
+    ladder: tuple[LadderStep, ...] = ()
     #: The shortest code a start may ask for (``code_length`` of its request).
     min_code_length: int = 4
     #: The client file's spoken scripts (see :func:`otpsvc.voice.templates.choose_template`).
@@ -75,6 +78,7 @@ class Policy:
             providers=settings.providers,
             routes=settings.routes,
             min_code_length=settings.code_length if "code_length" in own else 4,
+            ladder=settings.ladder,
             templates=settings.templates,
         )
 
@@ -138,9 +142,12 @@ class ServiceBase:
         return self._to_verification(verification_id, fields)
 
     def _to_verification(self, verification_id: str, f: dict[str, str]) -> Verification:
+        # Only a verification with a ladder costs the read of its next step's time.
+        next_at = self.store.next_step_at(verification_id) if f.get("ld") else None
         return Verification.from_record(
             verification_id,
             f,
             max_attempts=self.policy_for(f["c"]).max_attempts,
             now_ms=self._now_ms(),
+            next_step_at=next_at,
         )

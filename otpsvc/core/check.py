@@ -60,6 +60,8 @@ class Checking(ServiceBase):
                 metrics.APPROVALS.labels(
                     ticket.provider or "none", self._country_of(ticket.phone_masked)
                 ).inc()
+                if ticket.ladder_step is not None:
+                    metrics.LADDER_CONVERSIONS.labels(str(ticket.ladder_step + 1)).inc()
                 if ticket.provider == "test":
                     audit("test_number", id=verification_id, client=client, result="approved")
                 return CheckOutcome(verification_id, True, Status.APPROVED, remaining)

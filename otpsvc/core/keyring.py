@@ -22,6 +22,8 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from argon2.low_level import Type, hash_secret
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from otpsvc import metrics
 from otpsvc.config import Argon2Params
@@ -48,6 +50,7 @@ class _Keys:
         self.phone = _subkey(secret, "phone")
         self.callback = _subkey(secret, "callback")
         self.subject = _subkey(secret, "subject")
+        self.seal = _subkey(secret, "seal")
 
 
 class Keyring:
@@ -65,6 +68,31 @@ class Keyring:
             hash_len=16,
             salt_len=SALT_BYTES,
         )
+
+    def seal_phone(self, verification_id: str, e164: str) -> str:
+        """The number, encrypted (AES-256-GCM, bound to the verification's id) under the current
+        secret: ``<secret id>.<base64 nonce + ciphertext>``. A verification with an escalation
+        ladder keeps it until it ends, to place its later steps; without the secret, which never
+        reaches Redis, it gives nothing back."""
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self._current.seal).encrypt(nonce, e164.encode(), verification_id.encode())
+        # Unpadded: the field stays under 64 bytes, so Redis keeps the record's hash compact.
+        body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+        return f"{self._current.id}.{body}"
+
+    def open_phone(self, verification_id: str, sealed: str) -> str | None:
+        """The number :meth:`seal_phone` sealed for this verification; None when it cannot be
+        opened (another verification's, a removed secret, tampered)."""
+        secret_id, _, body = sealed.partition(".")
+        keys = self._by_id.get(secret_id)
+        if keys is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            plain = AESGCM(keys.seal).decrypt(raw[:12], raw[12:], verification_id.encode())
+        except (binascii.Error, ValueError, InvalidTag):
+            return None
+        return plain.decode()
 
     @staticmethod
     def _key_id_of(verifier: str) -> str:

@@ -18,6 +18,25 @@ class Status(StrEnum):
 
 
 @dataclass(frozen=True)
+class LadderCall:
+    """One call of an escalation ladder: who placed it, when, and why the next one followed."""
+
+    provider: str
+    placed_at: float
+    #: What made the next step due (no-answer, busy, failed, timeout); None for the last call.
+    next_because: str | None = None
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """A verification's escalation: the calls placed, the next step's time, why it ended."""
+
+    calls: tuple[LadderCall, ...]
+    next_at: float | None = None
+    stopped: str | None = None
+
+
+@dataclass(frozen=True)
 class Verification:
     """What a client may know about one of its verifications: never the code or its verifier."""
 
@@ -38,6 +57,7 @@ class Verification:
     provider: str | None
     provider_message_id: str | None
     delivery_status: str | None
+    ladder: Ladder | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -52,6 +72,7 @@ class Verification:
         max_attempts: int,
         now_ms: int,
         status: Status | None = None,
+        next_step_at: float | None = None,
     ) -> Verification:
         """The verification a stored record (or an event's snapshot of it) shows at ``now_ms``;
         ``status`` overrides the one the record and the time give. A record keeps the cap on
@@ -84,7 +105,32 @@ class Verification:
             provider=f.get("p"),
             provider_message_id=f.get("mid"),
             delivery_status=f.get("ds"),
+            ladder=_ladder(f, next_step_at),
         )
+
+
+#: What made a ladder's next step due, as the record's history spells it.
+WHY = {"n": "no-answer", "b": "busy", "f": "failed", "t": "timeout"}
+
+
+def _ladder(f: Mapping[str, str], next_at: float | None) -> Ladder | None:
+    """The record's escalation (fields ``ld``, ``lh``, ``lx``; see finalize.lua), None without
+    a ladder."""
+    if not f.get("ld"):
+        return None
+    providers = [entry.split(":", 1)[-1].split("/", 1)[0] for entry in f["ld"].split(",")]
+    created = int(f["ca"]) / 1000
+    calls = []
+    for entry in filter(None, (f.get("lh") or "").split(",")):
+        step, offset, *why = entry.split(".")
+        calls.append(
+            LadderCall(
+                providers[int(step)] if int(step) < len(providers) else "?",
+                created + int(offset),
+                WHY.get(why[0]) if why else None,
+            )
+        )
+    return Ladder(tuple(calls), next_at, f.get("lx"))
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from otpsvc import metrics
 from otpsvc.config import TestNumber
+from otpsvc.config.model import LadderStep
+from otpsvc.config.values import parse_ladder
 from otpsvc.core.abuse import refusal_error
 from otpsvc.core.audit import audit
 from otpsvc.core.base import Policy, ServiceBase
@@ -94,6 +97,31 @@ REFUSALS: dict[str, tuple[type[RetryLater], str, str, str | None, str | None]] =
 }
 
 
+class StepNotTaken(Exception):
+    """An escalation step that is not placed: its verification ended (``ended``), or another
+    worker took the step (``taken``)."""
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """The step of a verification's ladder that a start places (instead of a new start)."""
+
+    verification_id: str
+    #: The step (1 for the second call).
+    step: int
+    #: The ladder the verification was started with.
+    steps: tuple[LadderStep, ...]
+
+
+def _step_of(ladder: str | None, provider: str, first: int) -> int | None:
+    """The ladder step the provider that took the call stands at (from ``first`` on); None
+    without a ladder."""
+    if not ladder:
+        return None
+    steps = parse_ladder(ladder)
+    return next((i for i in range(first, len(steps)) if steps[i].provider == provider), first)
+
+
 class Starting(ServiceBase):
     """Start a verification (or resend the client's open one) and place its call."""
 
@@ -110,6 +138,7 @@ class Starting(ServiceBase):
         end_user_id: str | None = None,
         gate: Gate | None = None,
         brand: str | None = None,
+        escalation: Escalation | None = None,
     ) -> StartOutcome:
         """:meth:`_start` in a slot of the worker's bulkhead, counted in
         ``otpsvc_verifications_started_total``. Without a free slot the start is refused at once
@@ -137,6 +166,7 @@ class Starting(ServiceBase):
                     gate=gate,
                     country=country,
                     brand=brand,
+                    escalation=escalation,
                 )
             except DeliveryFailed as exc:
                 # Labelled with the provider that failed last, so a dashboard shows whose.
@@ -148,7 +178,7 @@ class Starting(ServiceBase):
                 self.count_refused(phone, mode)
                 raise
         verification = outcome.verification
-        result = "created" if outcome.created else "resent"
+        result = "created" if outcome.created else "escalated" if escalation else "resent"
         metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
         return outcome
 
@@ -172,8 +202,11 @@ class Starting(ServiceBase):
         gate: Gate | None = None,
         country: str = "other",
         brand: str | None = None,
+        escalation: Escalation | None = None,
     ) -> StartOutcome:
-        """Open a verification and call the phone, or resend the client's open one for it.
+        """Open a verification and call the phone, or resend the client's open one for it; or,
+        with ``escalation``, place that step of its ladder (a resend of it and nothing else:
+        :class:`StepNotTaken` when it ended, or another worker took the step).
 
         ``end_user_ip`` is the person's address (as its limit bucket) and ``end_user_id`` the
         app's id for their account; both are counted only as keyed hashes.
@@ -184,8 +217,11 @@ class Starting(ServiceBase):
         """
         policy, abuse = self.policy_for(client), self.abuse_for(client)
         test = self._test_number(phone, client)
+        ladder = escalation.steps if escalation else policy.ladder
+        first = escalation.step if escalation else 0
         try:
-            self._refuse_unless_allowed(policy, mode, code_length, brand)
+            if escalation is None:
+                self._refuse_unless_allowed(policy, mode, code_length, brand)
             if test is not None:
                 if mode != "code":
                     raise InvalidRequest({"mode": ["a test number takes code mode only"]})
@@ -193,9 +229,15 @@ class Starting(ServiceBase):
             else:
                 abuse.screen(phone, client)
                 try:
-                    route = self.dispatcher.route_for(
-                        phone.country_code, mode, routes=policy.routes, default=policy.providers
-                    )
+                    if len(ladder) > 1:
+                        # A ladder names its providers: this step's first, the rest of it as
+                        # failover should one refuse the call outright.
+                        names = [step.provider for step in ladder[first:]]
+                        route = self.dispatcher.route_of(names, mode)
+                    else:
+                        route = self.dispatcher.route_for(
+                            phone.country_code, mode, routes=policy.routes, default=policy.providers
+                        )
                 except NoRoute as exc:
                     raise InvalidRequest({"mode": [str(exc)]}) from exc
             now_ms = self._now_ms()
@@ -235,6 +277,9 @@ class Starting(ServiceBase):
             refusal, open_id = self.velocity.count_and_read(counted, member, now_ms, open_key, gate)
             if refusal is not None:
                 raise refusal_error(refusal, phone, client)
+            if escalation is not None:
+                # Only this verification, whatever the index says now (reserve checks it).
+                open_id = escalation.verification_id
         else:
             if gate is not None:
                 gate.run()
@@ -252,6 +297,10 @@ class Starting(ServiceBase):
             fields["ref"] = client_ref
         if mode == "keypress":
             fields["m"] = "k"
+        if len(ladder) > 1 and test is None:
+            # Its later steps call the number again: kept sealed until it ends.
+            fields["ld"] = ",".join(str(step) for step in ladder)
+            fields["pe"] = self.keyring.seal_phone(candidate_id, phone.e164)
         reservation = self.store.reserve(
             now_ms=now_ms,
             candidate_id=candidate_id,
@@ -270,9 +319,12 @@ class Starting(ServiceBase):
             fields=fields,
             open_id=open_id,
             mode=mode,
+            ladder_step=escalation.step if escalation else None,
         )
         if reservation.outcome not in ("new", "resend") and counted:
             self.velocity.refund(counted, member)
+        if reservation.outcome in ("ended", "taken"):
+            raise StepNotTaken(reservation.outcome)
         self._refuse_unless_sendable(reservation, now_ms, client, phone)
         record = reservation.record
         gen = int(record["g"])
@@ -349,6 +401,7 @@ class Starting(ServiceBase):
             now_ms=self._now_ms(),
             # Reports may come a while after the code expired; an hour covers them.
             index_message_ms=policy.code_ttl_ms + 3_600_000 if indexed else 0,
+            ladder_step=_step_of(record.get("ld"), result.provider, first),
         )
         created = reservation.outcome == "new"
         if outcome != "ok":

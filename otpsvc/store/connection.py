@@ -14,7 +14,7 @@ deployment:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -177,3 +177,35 @@ def connect(
         **common,
         **auth,
     )
+
+
+def per_node(
+    client: RedisClient, keys: list[str], command: Callable[[Any, str], object]
+) -> dict[str, Any]:
+    """``command(pipeline, key)`` for every key, in one pipeline per server (on a cluster,
+    to the node of each key's slot, one command per key); each key's answer, an exception
+    when that command failed. A cluster that moved a slot has its map read again."""
+    r: Any = client
+    groups: dict[str, tuple[Any, list[str]]] = {}
+    if is_cluster(r):
+        for key in keys:
+            node = r.get_node_from_key(key)
+            groups.setdefault(node.name, (node.redis_connection, []))[1].append(key)
+    else:
+        groups[""] = (r, list(keys))
+    answers: dict[str, Any] = {}
+    try:
+        for connection, group in groups.values():
+            pipe = connection.pipeline(transaction=False)
+            for key in group:
+                command(pipe, key)
+            answers.update(zip(group, pipe.execute(raise_on_error=False), strict=True))
+    except STORE_ERRORS:
+        if is_cluster(r):
+            r.nodes_manager.initialize()
+        raise
+    for answer in answers.values():
+        if isinstance(answer, redis.ResponseError) and str(answer).startswith(("MOVED", "ASK")):
+            r.nodes_manager.initialize()
+            raise redis.ConnectionError(f"slot moved: {answer}")
+    return answers

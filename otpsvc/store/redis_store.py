@@ -42,9 +42,9 @@ from typing import Any, cast
 import redis
 
 from otpsvc.errors import StoreUnavailable
-from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, store_guard
+from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, per_node, store_guard
 from otpsvc.store.gate import Chains, Gate
-from otpsvc.store.shards import ID_PREFIX_LENGTH, event_keys, tag_of
+from otpsvc.store.shards import ID_PREFIX_LENGTH, event_keys, ladder_key, tag_of, tags
 from otpsvc.telemetry import TracedScript, span
 
 log = logging.getLogger("otpsvc.store")
@@ -63,6 +63,24 @@ class Reservation:
 
 
 @dataclass(frozen=True)
+class LadderClaim:
+    """A due escalation step, as ``ladder_claim.lua`` handed it to one worker."""
+
+    #: The ladder the verification was started with (``voice:termii/45,voice:sevenio``).
+    ladder: str
+    #: The step of the send in place (0 for the first call).
+    current: int
+    #: The number, sealed by the keyring.
+    sealed: str
+    client: str
+    #: ``k`` for keypress, ``''`` for code.
+    mode: str
+    locale: str
+    #: What made the step due: the last call's failed status, or ``timeout``.
+    why: str
+
+
+@dataclass(frozen=True)
 class CheckTicket:
     outcome: str
     verifier: str
@@ -78,11 +96,25 @@ class CheckTicket:
     phone_masked: str = ""
     #: The verification's own cap on attempts (its client's when it was made); 0 when not read.
     max_attempts: int = 0
+    #: The escalation step of the send in place (0 for the first call); None without a ladder.
+    ladder_step: int | None = None
 
 
 #: The scripts that change a verification, and so write its events (``_events.lua`` first).
 EMITTING = frozenset(
-    {"finalize", "approve", "cancel", "delivery", "keypress", "failure", "begin_check", "expire"}
+    {
+        "finalize",
+        "approve",
+        "cancel",
+        "delivery",
+        "keypress",
+        "failure",
+        "begin_check",
+        "expire",
+        "ladder_claim",
+        "ladder_stop",
+        "ladder_skip",
+    }
 )
 
 
@@ -134,6 +166,9 @@ class VerificationStore:
         self._cancel = self._register(client, "cancel")
         self._delivery = self._register(client, "delivery")
         self._keypress = self._register(client, "keypress")
+        self._ladder_claim = self._register(client, "ladder_claim")
+        self._ladder_stop = self._register(client, "ladder_stop")
+        self._ladder_skip = self._register(client, "ladder_skip")
         self._chains = Chains(client)
 
     @staticmethod
@@ -251,11 +286,14 @@ class VerificationStore:
         fields: Mapping[str, str | int],
         open_id: str | None,
         mode: str = "code",
+        ladder_step: int | None = None,
     ) -> Reservation:
         """Reserve a send. ``open_id`` is the client's open verification as the caller read it
         (so that the script can declare its record); when another request changed it since, the
         index is read again and the script runs again. ``key_id`` names the secret the send's
-        callback tokens are made with."""
+        callback tokens are made with. ``ladder_step``: this send is that escalation step of the
+        open verification ``open_id``, and only that (outcome ``ended`` when it is no longer
+        pending, ``taken`` when another worker took the step)."""
         pairs = [str(x) for kv in fields.items() for x in kv]
         for _ in range(3):
             with store_guard():
@@ -286,10 +324,13 @@ class VerificationStore:
                         deny_clients,
                         "k" if mode == "keypress" else "",
                         key_id,
+                        "" if ladder_step is None else ladder_step,
                         *pairs,
                     ],
                 )
             outcome, vid, *flat = raw
+            if outcome == "retry" and ladder_step is not None:
+                return Reservation("ended", str(vid), {})
             if outcome != "retry":
                 return Reservation(
                     str(outcome), str(vid), dict(zip(flat[::2], flat[1::2], strict=True))
@@ -309,6 +350,7 @@ class VerificationStore:
         delivery_status: str,
         now_ms: int,
         index_message_ms: int = 0,
+        ladder_step: int | None = None,
     ) -> str:
         """Record a send's outcome. With ``index_message_ms`` the provider's message id is also
         mapped to the verification for that long, in the same round trip, for delivery reports."""
@@ -320,6 +362,7 @@ class VerificationStore:
             message_id or "",
             delivery_status,
             now_ms,
+            "" if ladder_step is None else ladder_step,
         ]
         keys, args = self._with_events(verification_id, [self.record_key(verification_id)], args)
         with store_guard():
@@ -366,7 +409,7 @@ class VerificationStore:
             answer = self._gated(gate, self._begin_check, keys, args, replicated=self.wait_ms > 0)
         outcome, verifier, gen, attempts, expires, length, *extra = answer
         # Only an attempt taken ('verify') comes with the rest.
-        provider, phone_key, masked, most = (*extra, "", "", "", 0)[:4]
+        provider, phone_key, masked, most, step = (*extra, "", "", "", 0, "")[:5]
         return CheckTicket(
             str(outcome),
             str(verifier),
@@ -378,6 +421,7 @@ class VerificationStore:
             str(phone_key),
             str(masked),
             int(most),
+            int(step) if str(step) else None,
         )
 
     def count_failure(
@@ -416,6 +460,66 @@ class VerificationStore:
         )
         with store_guard():
             return str(self._run(self._cancel, keys, args))
+
+    def claim_step(self, verification_id: str, *, now_ms: int, lease_ms: int) -> LadderClaim | None:
+        """A due escalation step of this verification, held for ``lease_ms``; None when none is
+        due (another worker holds it, or the verification ended)."""
+        keys, args = self._with_events(
+            verification_id, [self.record_key(verification_id)], [verification_id, now_ms, lease_ms]
+        )
+        with store_guard():
+            answer = self._run(self._ladder_claim, keys, args)
+        if not answer:
+            return None
+        ladder, current, sealed, client, mode, locale, why = (str(a) for a in answer)
+        return LadderClaim(ladder, int(current), sealed, client, mode, locale, why)
+
+    def stop_ladder(self, verification_id: str, *, now_ms: int, why: str) -> bool:
+        """End the verification's ladder, telling its client why; False when it had ended."""
+        keys, args = self._with_events(
+            verification_id, [self.record_key(verification_id)], [now_ms, why]
+        )
+        with store_guard():
+            return bool(self._run(self._ladder_stop, keys, args))
+
+    def skip_step(self, verification_id: str, *, step: int, now_ms: int) -> bool:
+        """Go past a step another worker took and never finished: not placed again; the next
+        one is due after its wait. False when the ladder is over."""
+        keys, args = self._with_events(
+            verification_id, [self.record_key(verification_id)], [step, now_ms]
+        )
+        with store_guard():
+            return bool(self._run(self._ladder_skip, keys, args))
+
+    def delay_step(self, verification_id: str, *, until_ms: int) -> None:
+        """Make a claimed step due again at ``until_ms`` (instead of at its lease's end)."""
+        with store_guard():
+            key = ladder_key(self.prefix, tag_of(verification_id))
+            self.redis.zadd(key, {verification_id: until_ms}, xx=True)
+
+    def next_step_at(self, verification_id: str) -> float | None:
+        """When the verification's next escalation step is due (epoch seconds), if one is."""
+        with store_guard():
+            due = self.redis.zscore(
+                ladder_key(self.prefix, tag_of(verification_id)), verification_id
+            )
+        return None if due is None else float(due) / 1000
+
+    def due_steps(self, now_ms: int, limit: int = 50) -> list[str]:
+        """Verifications with an escalation step due, across every shard."""
+        shards = [ladder_key(self.prefix, tag) for tag in tags()]
+        with store_guard():
+            answers = per_node(
+                self.redis,
+                shards,
+                lambda pipe, key: pipe.zrangebyscore(key, "-inf", now_ms, 0, limit),
+            )
+        due: list[str] = []
+        for answer in answers.values():
+            if isinstance(answer, Exception):
+                raise answer
+            due += [str(vid) for vid in answer]
+        return due
 
     def verification_for_message(self, provider: str, message_id: str) -> str | None:
         with store_guard():

@@ -3,7 +3,8 @@
 A number's keys (its verification records, open index, blocks, failure caps) share one hash tag:
 the first two hex digits of the number's keyed hash, so there are exactly :data:`SHARDS` tags.
 Each tag also holds an event shard: a stream of the events its verifications' changes wrote, an
-index of the pending verifications whose expiry is watched, and their last snapshots. A Lua
+index of the pending verifications whose expiry is watched, their last snapshots, and the
+escalation steps due (see ``store/scripts/_events.lua``). A Lua
 script that changes a verification writes its event into the same slot in the same step, on a
 single Redis and on a cluster alike; every event worker reads every shard.
 
@@ -47,6 +48,16 @@ def snapshots_key(prefix: str, tag: str) -> str:
     return f"{prefix}:{{{tag}}}:es"
 
 
+def ladder_key(prefix: str, tag: str) -> str:
+    """The shard's verifications with an escalation step to come, by when it is due (ms)."""
+    return f"{prefix}:{{{tag}}}:lq"
+
+
 def event_keys(prefix: str, tag: str) -> list[str]:
     """The shard's keys, in the order the scripts that write events take them (last)."""
-    return [stream_key(prefix, tag), expiring_key(prefix, tag), snapshots_key(prefix, tag)]
+    return [
+        stream_key(prefix, tag),
+        expiring_key(prefix, tag),
+        snapshots_key(prefix, tag),
+        ladder_key(prefix, tag),
+    ]

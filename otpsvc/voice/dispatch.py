@@ -99,6 +99,15 @@ class Dispatcher:
                 raise NoRoute("no provider for this number reports key presses")
         return route
 
+    def route_of(self, names: Sequence[str], mode: str = "code") -> tuple[VoiceProvider, ...]:
+        """The named providers, in order, once each (an escalation ladder's)."""
+        route = tuple(self.providers[name] for name in dict.fromkeys(names))
+        if mode == "keypress":
+            route = tuple(p for p in route if p.supports_dtmf)
+            if not route:
+                raise NoRoute("no provider of the ladder reports key presses")
+        return route
+
     @staticmethod
     def needs_numeric_code(route: Sequence[VoiceProvider]) -> bool:
         """One code serves every provider of a route, so it must suit the strictest."""

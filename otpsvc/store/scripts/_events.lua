@@ -1,10 +1,12 @@
 -- Events are written by the script that makes the change they report, in the same step: a
 -- committed change always has its event, and no event tells of a change that did not happen.
 -- Included at the top of every script that changes a verification. Such a script takes, last:
---   KEYS  the shard's stream, its expiry index and its snapshots (the verification's hash slot)
+--   KEYS  the shard's stream, its expiry index, its snapshots and its escalation steps due (the
+--         verification's hash slot)
 --   ARGV  the event's id (the prefix of the ids when a script writes several), the stream's age
 --         bound in ms, and the API clients with a webhook as ',a,b,' (no one else gets events)
-local EV_STREAM, EV_EXPIRING, EV_SNAPSHOTS = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local EV_STREAM, EV_EXPIRING = KEYS[#KEYS - 3], KEYS[#KEYS - 2]
+local EV_SNAPSHOTS, EV_LADDER = KEYS[#KEYS - 1], KEYS[#KEYS]
 local EV_ID, EV_MAX_AGE, EV_WANTED = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
 
 -- The record's fields but its code verifier, as a table.
@@ -27,25 +29,42 @@ local function ev_vid(record)
   return string.match(record, ':v:(.+)$')
 end
 
--- Add one event to the shard's stream, dropping (roughly) what is older than the age bound.
-local function ev_add(id, event_type, vid, snap, at)
+-- Add one event to the shard's stream, dropping (roughly) what is older than the age bound;
+-- `extra` (a table, or nil) goes with it.
+local function ev_add(id, event_type, vid, snap, at, extra)
   local oldest = string.format('%d', tonumber(at) - tonumber(EV_MAX_AGE))
-  redis.call('XADD', EV_STREAM, 'MINID', '~', oldest, '*', 'id', id, 'type', event_type,
-    'vid', vid, 'client', snap.c, 'at', at, 'rec', cjson.encode(snap))
+  if extra then
+    redis.call('XADD', EV_STREAM, 'MINID', '~', oldest, '*', 'id', id, 'type', event_type,
+      'vid', vid, 'client', snap.c, 'at', at, 'rec', cjson.encode(snap), 'x', cjson.encode(extra))
+  else
+    redis.call('XADD', EV_STREAM, 'MINID', '~', oldest, '*', 'id', id, 'type', event_type,
+      'vid', vid, 'client', snap.c, 'at', at, 'rec', cjson.encode(snap))
+  end
 end
 
 -- The verification in `record` changed (`event_type`, at `now` ms): tell its client. `ended`:
--- it is over, and its expiry is no longer watched.
-local function ev_emit(record, event_type, now, ended)
+-- it is over: its expiry is no longer watched, and no escalation step follows.
+local function ev_emit(record, event_type, now, ended, extra)
   local vid = ev_vid(record)
   if ended then
     redis.call('ZREM', EV_EXPIRING, vid)
     redis.call('HDEL', EV_SNAPSHOTS, vid)
+    redis.call('ZREM', EV_LADDER, vid)
   end
   local snap = ev_snapshot(record)
   if ev_wanted(snap.c) then
-    ev_add(EV_ID, event_type, vid, snap, now)
+    ev_add(EV_ID, event_type, vid, snap, now, extra)
   end
+end
+
+-- An escalation ladder ('voice:termii/45,voice:sevenio'): its steps as {provider, after}.
+local function ladder_steps(spec)
+  local steps = {}
+  for entry in string.gmatch(spec or '', '[^,]+') do
+    local provider, after = string.match(entry, '^%s*[%w]+:([%w_-]+)/?(%d*)%s*$')
+    steps[#steps + 1] = {provider, tonumber(after) or 45}
+  end
+  return steps
 end
 
 -- Watch a pending verification's expiry (for verification.expired), keeping its snapshot: the

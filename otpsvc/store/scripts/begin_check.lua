@@ -6,7 +6,7 @@
 -- The number's failure counters are counted by failure.lua once a code did not match (their
 -- keys need the record's phone key, which this script returns).
 -- Returns {outcome, hash, gen, attempts, expires_at, code length, provider, phone key, masked
--- number, max attempts}; outcome
+-- number, max attempts, escalation step of the send ('' without a ladder)}; outcome
 -- is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
 -- A keypress-mode verification has no code: checking one is not_found.
@@ -14,7 +14,7 @@
 -- snapshot, so that a verification locked by a check whose process died before failure.lua ran
 -- is told as verification.max_attempts_reached when it expires.
 local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p', 'pm',
-  'ma')
+  'ma', 'li')
 local max = tonumber(f[12] or ARGV[3])
 if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] == 'k' then
   return {'not_found', '', 0, 0, 0, 0}
@@ -32,4 +32,5 @@ if not f[5] then
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'a', 1)
 ev_refresh(KEYS[1])
-return {'verify', f[5], gen, attempts, expires, length, f[10] or '', f[9], f[11] or '', max}
+return {'verify', f[5], gen, attempts, expires, length, f[10] or '', f[9], f[11] or '', max,
+  f[13] or ''}

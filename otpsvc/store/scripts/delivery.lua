@@ -38,8 +38,14 @@ if not new_rank or new_rank <= old_rank then
 end
 redis.call('HSET', KEYS[1], 'ds', ARGV[2])
 if ARGV[2] == 'no-answer' or ARGV[2] == 'busy' or ARGV[2] == 'failed' then
-  -- Nobody heard the code: the person may ask for a new call at once.
+  -- Nobody heard the code: the person may ask for a new call at once, and the next step of an
+  -- escalation ladder is due now.
   redis.call('HSET', KEYS[1], 'ra', ARGV[3])
+  local vid = ev_vid(KEYS[1])
+  if redis.call('ZSCORE', EV_LADDER, vid) then
+    redis.call('ZADD', EV_LADDER, ARGV[3], vid)
+    redis.call('HSET', KEYS[1], 'lr', ARGV[2])
+  end
 end
 ev_emit(KEYS[1], 'delivery.updated', ARGV[3], false)
 ev_refresh(KEYS[1])

@@ -18,6 +18,7 @@ end
 if redis.call('ZREM', EV_EXPIRING, ARGV[1]) == 0 then
   return 0
 end
+redis.call('ZREM', EV_LADDER, ARGV[1])
 local raw = redis.call('HGET', EV_SNAPSHOTS, ARGV[1])
 redis.call('HDEL', EV_SNAPSHOTS, ARGV[1])
 if not raw then

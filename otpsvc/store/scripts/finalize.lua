@@ -5,6 +5,9 @@
 -- ARGV[3]  argon2 verifier of the code (only with 'accepted'; '' in keypress mode)
 -- ARGV[4]  provider name                  ARGV[5]  provider message id ('' if none)
 -- ARGV[6]  delivery status                ARGV[7]  now, ms
+-- ARGV[8]  the escalation ladder's step this send is ('' without a ladder, 0 for the first): an
+--          accepted one is kept in the history ('lh', 'li'), the next step is due after this
+--          one's wait, and a later step tells verification.escalated (from, to, why)
 -- KEYS and ARGV end with the event shard's (see _events.lua): a failed call sends
 -- verification.delivery_failed; an accepted one starts watching the verification's expiry.
 -- Returns 'ok' | 'failed' | 'superseded' | 'gone'
@@ -23,6 +26,10 @@ if ARGV[2] == 'failed' then
   else
     -- A failed resend keeps the verification (and its attempt count) and lifts the cooldown.
     redis.call('HSET', KEYS[1], 'ds', 'failed', 'p', ARGV[4], 'ra', ARGV[7])
+    if redis.call('ZREM', EV_LADDER, ev_vid(KEYS[1])) == 1 then
+      -- The route held every step left: no step follows.
+      redis.call('HSET', KEYS[1], 'lx', 'delivery_failed')
+    end
     ev_emit(KEYS[1], 'verification.delivery_failed', ARGV[7], false)
     ev_refresh(KEYS[1])
   end
@@ -34,6 +41,36 @@ if ARGV[3] ~= '' then
 end
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'mid', ARGV[5])
+end
+local ladder = redis.call('HGET', KEYS[1], 'ld')
+if ladder and ARGV[8] ~= '' then
+  local steps, step = ladder_steps(ladder), tonumber(ARGV[8])
+  local vid = ev_vid(KEYS[1])
+  -- The calls placed, compact (a record's fields stay under 64 bytes, so Redis keeps the hash
+  -- small): 'step.seconds after created[.why the next followed]', comma separated; why is
+  -- n(o-answer), b(usy), f(ailed) or t(imeout).
+  local f = redis.call('HMGET', KEYS[1], 'lh', 'li', 'ca')
+  local history, was = f[1] or '', tonumber(f[2] or '-1')
+  local escalated = history ~= '' and step > was
+  local why
+  if escalated then
+    why = redis.call('HGET', KEYS[1], 'lr') or 'timeout'
+    redis.call('HDEL', KEYS[1], 'lr')
+    history = history .. '.' .. string.sub(why, 1, 1)
+  end
+  local entry = step .. '.' .. string.format('%d', (tonumber(ARGV[7]) - tonumber(f[3])) / 1000)
+  history = history == '' and entry or history .. ',' .. entry
+  redis.call('HSET', KEYS[1], 'li', step, 'lh', history)
+  if step + 1 < #steps then
+    redis.call('ZADD', EV_LADDER, tonumber(ARGV[7]) + steps[step + 1][2] * 1000, vid)
+  else
+    redis.call('ZREM', EV_LADDER, vid)
+  end
+  if escalated then
+    local from = steps[was + 1] and steps[was + 1][1] or ''
+    ev_emit(KEYS[1], 'verification.escalated', ARGV[7], false,
+      {from = from, to = ARGV[4], why = why, step = step + 1})
+  end
 end
 ev_watch(KEYS[1])
 return 'ok'

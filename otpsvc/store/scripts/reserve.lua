@@ -22,12 +22,15 @@
 -- ARGV[11] how long a denial blocks, ms   ARGV[12] clients whose denials block every client
 -- ARGV[13] the mode asked for: 'k' (keypress) or '' (code)
 -- ARGV[14] the id of the secret this send's callback tokens are made with (field 'k')
--- ARGV[15..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
+-- ARGV[15] an escalation ladder's step this send is ('' for a start by the app): only a resend of
+--          the open verification ARGV[10] while it is pending, and each step once (field 'lt')
+-- ARGV[16..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
 --   new | resend | locked (attempts used up) | max_sends | cooldown | blocked (by this client's
 --   denial) | blocked_all (by denials through several clients) | failures | slowed
 --   (for the last four the record is just {'until', <ms>}) | retry (KEYS[1] changed since the
---   caller read it: read again and call again)
+--   caller read it: read again and call again) | ended (a ladder step for a verification that
+--   is no longer pending) | taken (a ladder step another worker already took)
 -- A start in the other mode than the open verification's ends that one (canceled) and opens a
 -- new one that keeps its send count and cooldown.
 local now = tonumber(ARGV[1])
@@ -35,6 +38,10 @@ local ttl = tonumber(ARGV[3])
 local cooldown = tonumber(ARGV[5])
 
 local open_id = redis.call('GET', KEYS[1])
+local step = ARGV[15]
+if step ~= '' and (open_id or '') ~= ARGV[10] then
+  return {'ended', ''}
+end
 if (open_id or '') ~= ARGV[10] then
   return {'retry', ''}
 end
@@ -85,6 +92,14 @@ if open_id then
   local f = redis.call('HMGET', rec, 'st', 'ea', 's', 'a', 'g', 'ra', 'm', 'ma')
   local live = f[2] and tonumber(f[2]) > now
   local same_mode = (f[7] or '') == ARGV[13]
+  if step ~= '' then
+    if f[1] ~= 'pending' or not live then
+      return {'ended', open_id}
+    end
+    if tonumber(redis.call('HGET', rec, 'lt') or '-1') >= tonumber(step) then
+      return {'taken', open_id}
+    end
+  end
   if f[1] == 'pending' and live then
     -- Attempts used up, the send cap or the cooldown hold in either mode.
     if tonumber(f[4]) >= tonumber(f[8] or ARGV[6]) then
@@ -108,6 +123,12 @@ if open_id then
     redis.call('HDEL', rec, 'h', 'mid')
     redis.call('HSET', rec, 'g', gen, 's', sends, 'ea', expires, 'ra', resend_at, 'ds', 'sending',
       'k', ARGV[14])
+    if step ~= '' then
+      redis.call('HSET', rec, 'lt', step)
+    else
+      -- The app asked again: its ladder starts over from this call.
+      redis.call('HDEL', rec, 'lt', 'lr')
+    end
     redis.call('PEXPIRE', rec, ttl)
     redis.call('PEXPIRE', KEYS[1], ttl)
     if slow then
@@ -125,10 +146,13 @@ if open_id then
   end
 end
 
+if step ~= '' then
+  return {'ended', ''}
+end
 local expires = now + ttl
 local resend_at = now + cooldown * 2 ^ sends_before
 redis.call('HSET', KEYS[3], 'st', 'pending', 'a', 0, 's', sends_before + 1, 'g', 1, 'ca', now,
-  'ea', expires, 'ra', resend_at, 'ds', 'sending', 'k', ARGV[14], unpack(ARGV, 15))
+  'ea', expires, 'ra', resend_at, 'ds', 'sending', 'k', ARGV[14], unpack(ARGV, 16))
 redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 if slow then

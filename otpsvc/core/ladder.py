@@ -1,0 +1,138 @@
+"""The escalation ladder: when a call is not answered, the next step calls again.
+
+A client's ladder (``OTPSVC_LADDER``, or its ``ladder`` in the client file) is an ordered list of
+steps, each a provider and the time to wait for the person before the next step. The first
+call takes the first step (the rest of the ladder is its failover, should a provider refuse
+the call outright). The next step is due when the current call's delivery report says it failed
+(no answer, busy, failed) or when its wait passes without an approval; the scripts that approve,
+deny, cancel or lock a verification take its due step away in the same atomic step.
+
+Due steps live in Redis, one sorted set per event shard; the workers (``otpsvc worker``, and
+``otpsvc dev``) run them. A worker claims a due step for a lease (``ladder_claim.lua``): one
+that dies with it leaves it due again when the lease ends. Each step is a resend of the same
+verification through the start path, so the send cap, the cooldown, every velocity limit and
+the call budget apply; the reservation marks the step taken, so no step is placed twice: a
+worker killed between taking a step and recording its call may lose that call (it may have
+rung), and the ladder goes on with the next step after that one's wait. A refusal ends the
+ladder with ``verification.escalation_stopped`` naming the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from otpsvc import metrics
+from otpsvc.config.values import parse_ladder
+from otpsvc.core.phones import InvalidPhone, parse_phone
+from otpsvc.core.start import Escalation, Starting, StepNotTaken
+from otpsvc.errors import OtpError, ProvidersBusy
+from otpsvc.store.connection import STORE_ERRORS
+
+log = logging.getLogger("otpsvc.core")
+
+#: How long a worker holds a step it claimed: longer than a start can take (every provider of
+#: the route, each up to its timeouts).
+LEASE_MS = 90_000
+
+
+class Escalating(Starting):
+    """Place the due steps of escalation ladders."""
+
+    def escalate(self, verification_id: str) -> str:
+        """Place the verification's due step: ``placed``, ``stopped`` (a limit or an error ended
+        the ladder), ``skipped`` (it ended, or another worker took the step), ``none`` (nothing
+        was due), or ``later`` (no provider slot free here: the step is due again in a
+        second)."""
+        now_ms = self._now_ms()
+        claim = self.store.claim_step(verification_id, now_ms=now_ms, lease_ms=LEASE_MS)
+        if claim is None:
+            return "none"
+        steps = parse_ladder(claim.ladder)
+        step = claim.current + 1
+        if step >= len(steps):
+            self.store.stop_ladder(verification_id, now_ms=now_ms, why="no_step_left")
+            return "stopped"
+        e164 = self.keyring.open_phone(verification_id, claim.sealed)
+        try:
+            phone = parse_phone(e164 or "")
+        except InvalidPhone:
+            # Sealed under a secret that is no longer configured, or not this verification's.
+            self.store.stop_ladder(verification_id, now_ms=now_ms, why="number_unreadable")
+            return "stopped"
+        metrics.LADDER_STEPS.labels(claim.why).inc()
+        try:
+            self.start(
+                client=claim.client,
+                phone=phone,
+                locale=claim.locale,
+                mode="keypress" if claim.mode == "k" else "code",
+                escalation=Escalation(verification_id, step, steps),
+            )
+        except StepNotTaken as exc:
+            log.info("escalation step %d of %s not placed: %s", step + 1, verification_id, exc)
+            if str(exc) == "taken":
+                # A worker took this step and died before recording its call (which may or may
+                # not have rung): never placed twice; the ladder goes on after its wait.
+                self.store.skip_step(verification_id, step=step, now_ms=self._now_ms())
+            return "skipped"
+        except ProvidersBusy:
+            # Every provider slot of this process is busy: due again in a second.
+            self.store.delay_step(verification_id, until_ms=self._now_ms() + 1000)
+            return "later"
+        except OtpError as exc:
+            why = getattr(exc, "limit", None) or exc.code
+            self.store.stop_ladder(verification_id, now_ms=self._now_ms(), why=why)
+            metrics.LADDER_STOPS.labels(why).inc()
+            return "stopped"
+        return "placed"
+
+
+class LadderRunner:
+    """Runs the due escalation steps, in a pool of its own threads (a step waits on a provider
+    like a start does): what ``otpsvc worker`` and ``otpsvc dev`` do between their other work."""
+
+    def __init__(self, service: Escalating, threads: int = 8) -> None:
+        """``threads``: steps placed at once (best the process's provider slots,
+        ``OTPSVC_PROVIDER_CONCURRENCY``)."""
+        self.service = service
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ladder")
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+
+    def run_due(self) -> int:
+        """Hand every due step (not already running here) to the pool; how many."""
+        handed = 0
+        for verification_id in self.service.store.due_steps(self.service._now_ms()):
+            with self._lock:
+                if verification_id in self._in_flight:
+                    continue
+                self._in_flight.add(verification_id)
+            self._pool.submit(self._run, verification_id)
+            handed += 1
+        return handed
+
+    def _run(self, verification_id: str) -> None:
+        try:
+            self.service.escalate(verification_id)
+        except STORE_ERRORS as exc:
+            # Still due (its lease runs out): the next round, here or elsewhere, tries again.
+            log.warning(
+                "escalation of %s: redis unavailable: %s", verification_id, type(exc).__name__
+            )
+        except Exception:
+            log.exception("escalation of %s failed", verification_id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(verification_id)
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until the steps in flight are done (tests; a stopping worker)."""
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,19 @@
+-- Take a due escalation step (run by the workers): whichever worker gets it holds it for a lease;
+-- one that dies with it leaves it due again when the lease ends (the step itself is placed once:
+-- reserve.lua marks it taken).
+-- KEYS[1]  the verification record
+-- ARGV[1]  the verification id      ARGV[2]  now, ms       ARGV[3]  the lease, ms
+-- KEYS and ARGV end with the event shard's (see _events.lua).
+-- Returns {} when nothing is due (another worker holds it, or the verification ended), else
+-- {ladder, current step, sealed number, client, mode, locale, why}
+local due = redis.call('ZSCORE', EV_LADDER, ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then
+  return {}
+end
+local f = redis.call('HMGET', KEYS[1], 'st', 'ea', 'ld', 'li', 'pe', 'c', 'm', 'loc', 'lr')
+if f[1] ~= 'pending' or not f[3] or not f[5] or tonumber(f[2]) <= tonumber(ARGV[2]) then
+  redis.call('ZREM', EV_LADDER, ARGV[1])
+  return {}
+end
+redis.call('ZADD', EV_LADDER, tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+return {f[3], f[4] or '-1', f[5], f[6], f[7] or '', f[8], f[9] or 'timeout'}

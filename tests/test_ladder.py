@@ -1,0 +1,353 @@
+"""The escalation ladder: a call that is not answered is followed by the next step's call, on the
+call's own outcome (its provider's signed report) or when its wait passes; an approval, a
+cancel or a limit ends it; a step is placed once, whatever the workers do."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from otpsvc.core.ladder import LEASE_MS, LadderRunner
+from otpsvc.store.shards import stream_key, tag_of
+from tests.conftest import KEY_A, Api, FakeClock
+from tests.fakes.sevenio import FakeSevenio
+from tests.fakes.termii import FakeTermii
+from tests.test_providers import DE_WORDS, spoken_code
+from tests.test_webhooks import Seven
+
+DE = "+4915123456789"
+LADDER = "voice:sevenio/30,voice:termii/60,voice:sevenio"
+
+
+@pytest.fixture
+def ladder_app(make_app, openapi, clock: FakeClock):  # type: ignore[no-untyped-def]
+    def build(**overrides: str):  # type: ignore[no-untyped-def]
+        env = {"OTPSVC_PROVIDERS": "sevenio,termii", "OTPSVC_LADDER": LADDER, **overrides}
+        app = make_app(**env)
+        return app, Seven(Api(app, KEY_A, openapi), clock)
+
+    return build
+
+
+def runner(app) -> LadderRunner:  # type: ignore[no-untyped-def]
+    return LadderRunner(app.extensions["otpsvc"].service)
+
+
+def run(ladder: LadderRunner) -> int:
+    handed = ladder.run_due()
+    ladder.drain()
+    return handed
+
+
+def code_of(sevenio: FakeSevenio) -> str:
+    return spoken_code(sevenio.calls[-1].form["text"], DE_WORDS)[:6]
+
+
+def events_of(app, vid: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    runtime = app.extensions["otpsvc"]
+    stream = stream_key(runtime.settings.redis_prefix, tag_of(vid))
+    return [f for _, f in runtime.redis.xrange(stream) if f["vid"] == vid]
+
+
+def test_a_no_answer_report_moves_to_the_next_provider_at_once(
+    ladder_app, sevenio: FakeSevenio, termii: FakeTermii
+):
+    app, seven = ladder_app(OTPSVC_EVENT_WEBHOOKS="client-a=https://app.example.com/hooks",
+                            OTPSVC_EVENT_WEBHOOK_SECRETS="client-a=" + _secret())  # fmt: skip
+    started = seven.api.start(DE).get_json()
+    assert started["provider"] == "sevenio"
+    assert started["ladder"]["next_step_at"] is not None
+    began = time.monotonic()
+    mid = started["delivery"]["provider_message_id"]
+    seven.hook("voice_status", {"id": mid, "status": "no-answer"})
+    assert run(runner(app)) == 1
+    moved_after = time.monotonic() - began
+    assert len(termii.calls) == 1
+    assert moved_after < 1.0
+    view = seven.api.get(started["id"]).get_json()
+    assert view["provider"] == "termii"
+    assert view["sends"] == 2
+    assert [(s["provider"], s["status"]) for s in view["ladder"]["steps"]] == [
+        ("sevenio", "no-answer"),
+        ("termii", "queued"),
+    ]
+    [escalated] = [
+        e for e in events_of(app, started["id"]) if e["type"] == "verification.escalated"
+    ]
+    assert json.loads(escalated["x"]) == {
+        "from": "sevenio",
+        "to": "termii",
+        "why": "no-answer",
+        "step": 2,
+    }
+    pytest.FIGURES["ladder, no-answer report"] = (  # type: ignore[attr-defined]
+        f"the next step's call placed {moved_after * 1000:.0f} ms after the report"
+    )
+
+
+def _secret() -> str:
+    from tests.test_events import SECRET_A
+
+    return SECRET_A
+
+
+def test_a_silent_call_moves_on_when_its_wait_passes(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
+):
+    app, seven = ladder_app()
+    started = seven.api.start(DE).get_json()
+    ladder = runner(app)
+    clock.advance(29)
+    assert run(ladder) == 0
+    assert termii.calls == []
+    clock.advance(2)
+    assert run(ladder) == 1
+    assert len(termii.calls) == 1
+    # The third step after the second's wait (60 s), then the ladder is done.
+    clock.advance(61)
+    assert run(ladder) == 1
+    assert len(sevenio.calls) == 2
+    view = seven.api.get(started["id"]).get_json()
+    assert [s["status"] for s in view["ladder"]["steps"]][:2] == ["timeout", "timeout"]
+    assert view["ladder"]["next_step_at"] is None
+    clock.advance(3600)
+    assert run(ladder) == 0
+
+
+def test_an_approval_between_steps_ends_the_ladder(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
+):
+    app, seven = ladder_app()
+    started = seven.api.start(DE).get_json()
+    assert seven.api.check(started["id"], code_of(sevenio)).get_json()["valid"] is True
+    clock.advance(31)
+    assert run(runner(app)) == 0
+    assert termii.calls == []
+    assert seven.api.get(started["id"]).get_json()["ladder"]["next_step_at"] is None
+
+
+def test_a_cancel_ends_the_ladder(ladder_app, clock: FakeClock, termii: FakeTermii):
+    app, seven = ladder_app()
+    started = seven.api.start(DE).get_json()
+    seven.api.cancel(started["id"])
+    clock.advance(31)
+    assert run(runner(app)) == 0
+    assert termii.calls == []
+
+
+def test_a_limit_ends_the_ladder_and_says_which(ladder_app, clock: FakeClock, termii: FakeTermii):
+    app, seven = ladder_app(
+        OTPSVC_VELOCITY_PHONE="1 per hour;10 per day",
+        OTPSVC_VELOCITY_PHONE_ALL="15 per hour;30 per day",
+        OTPSVC_EVENT_WEBHOOKS="client-a=https://app.example.com/hooks",
+        OTPSVC_EVENT_WEBHOOK_SECRETS="client-a=" + _secret(),
+    )
+    started = seven.api.start(DE).get_json()
+    clock.advance(31)
+    assert run(runner(app)) == 1
+    assert termii.calls == []
+    view = seven.api.get(started["id"]).get_json()
+    assert view["status"] == "pending"  # the first call's code still works
+    assert view["ladder"]["stopped"] == "velocity_phone"
+    assert view["ladder"]["next_step_at"] is None
+    [stopped] = [
+        e for e in events_of(app, started["id"]) if e["type"] == "verification.escalation_stopped"
+    ]
+    assert json.loads(stopped["x"]) == {"why": "velocity_phone"}
+
+
+def test_two_workers_never_place_one_step_twice(ladder_app, clock: FakeClock, termii: FakeTermii):
+    app, seven = ladder_app()
+    ids = [seven.api.start(f"+49151234567{i:02d}").get_json()["id"] for i in range(10)]
+    clock.advance(31)
+    service = app.extensions["otpsvc"].service
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        barrier.wait()
+        for vid in ids:
+            service.escalate(vid)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(termii.calls) == 10
+    assert all(seven.api.get(vid).get_json()["sends"] == 2 for vid in ids)
+
+
+def test_a_worker_that_died_holding_a_step_leaves_it_to_the_next(
+    ladder_app, clock: FakeClock, termii: FakeTermii
+):
+    app, seven = ladder_app()
+    started = seven.api.start(DE).get_json()
+    clock.advance(31)
+    store = app.extensions["otpsvc"].store
+    # A worker claims the step and dies before placing it.
+    assert store.claim_step(started["id"], now_ms=int(clock() * 1000), lease_ms=LEASE_MS)
+    assert run(runner(app)) == 0  # held by the dead worker's lease
+    clock.advance(LEASE_MS / 1000 + 1)
+    assert run(runner(app)) == 1
+    assert len(termii.calls) == 1
+    assert seven.api.get(started["id"]).get_json()["sends"] == 2
+
+
+def test_approval_and_the_steps_timer_at_the_same_moment_never_both(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
+):
+    """The person types the code just as the step falls due: either the approval wins and no
+    call follows, or the step wins (the old code dies with it) and the check is refused. Never
+    a call after an approval."""
+    app, seven = ladder_app()
+    service = app.extensions["otpsvc"].service
+    outcomes = []
+    for i in range(12):
+        phone = f"+49151234560{i:02d}"
+        vid = seven.api.start(phone).get_json()["id"]
+        code = code_of(sevenio)
+        clock.advance(31)
+        barrier = threading.Barrier(2)
+        answers: dict[str, object] = {}
+
+        def check(
+            vid: str = vid, code: str = code, answers: dict = answers, barrier=barrier
+        ) -> None:
+            barrier.wait()
+            answers["valid"] = seven.api.check(vid, code).get_json().get("valid")
+
+        def step(
+            vid: str = vid, answers: dict = answers, lag: float = (i % 6) * 0.02, barrier=barrier
+        ) -> None:
+            barrier.wait()
+            time.sleep(lag)  # from first to well after the check's argon2 comparison
+            answers["step"] = service.escalate(vid)
+
+        calls_before = len(termii.calls)
+        threads = [threading.Thread(target=check), threading.Thread(target=step)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        placed = len(termii.calls) - calls_before
+        status = seven.api.get(vid).get_json()["status"]
+        assert (status, placed) in (("approved", 0), ("pending", 1)), (status, placed, answers)
+        outcomes.append(status)
+    pytest.FIGURES["ladder, approval racing the step"] = (  # type: ignore[attr-defined]
+        f"{outcomes.count('approved')} approvals won, {outcomes.count('pending')} steps won, "
+        "no call after an approval"
+    )
+
+
+def test_the_worker_process_runs_the_due_steps(
+    ladder_app, redis_url, sevenio: FakeSevenio, termii: FakeTermii
+):
+    """``otpsvc worker`` places the next step (one documented command runs the ladders)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import PUBLIC_URL, SEVENIO_KEY, SEVENIO_SIGNING_KEY, fake_termii_env
+    from tests.test_events import wait_for
+
+    _, seven = ladder_app()
+    env = {
+        **os.environ,
+        **fake_termii_env(redis_url, termii),
+        "OTPSVC_PROVIDERS": "sevenio,termii",
+        "OTPSVC_LADDER": LADDER,
+    }
+    env.update(
+        OTPSVC_PUBLIC_URL=PUBLIC_URL,
+        OTPSVC_SEVENIO_BASE_URL=sevenio.url,
+        OTPSVC_SEVENIO_API_KEY=SEVENIO_KEY,
+        OTPSVC_SEVENIO_SIGNING_KEY=SEVENIO_SIGNING_KEY,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        started = seven.api.start(DE).get_json()
+        mid = started["delivery"]["provider_message_id"]
+        seven.hook("voice_status", {"id": mid, "status": "busy"})
+        wait_for(lambda: len(termii.calls) == 1, timeout=20)
+        steps = seven.api.get(started["id"]).get_json()["ladder"]["steps"]
+        assert steps[0]["status"] == "busy"
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("ladder", "extra", "problem"),
+    [
+        ("sms:termii", {}, "the channel is voice"),
+        ("voice:nobody", {}, "nobody"),
+        ("voice:termii/2,voice:sevenio", {}, "the wait is 5 to 3600 seconds"),
+        ("voice:termii/20,voice:sevenio", {}, "step 1 waits 20 s, but the resend cooldown"),
+        (
+            "voice:termii/30,voice:sevenio/45,voice:termii",
+            {},
+            "step 2 waits 45 s, but the resend cooldown after call 2 is 60 s",
+        ),
+        ("voice:termii/30,voice:sevenio", {"OTPSVC_MAX_SENDS": "1"}, "allows 1 calls"),
+    ],
+)
+def test_a_ladder_the_rules_would_cut_short_is_refused(redis_url, ladder, extra, problem):
+    from otpsvc.config import load_settings
+    from otpsvc.errors import ConfigError
+    from tests.conftest import termii_env
+
+    env = termii_env(
+        redis_url,
+        OTPSVC_LADDER=ladder,
+        OTPSVC_PROVIDERS="termii,sevenio",
+        OTPSVC_SEVENIO_API_KEY="sevenio-test-api-key",
+        **extra,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert any(p.startswith("OTPSVC_LADDER") and problem in p for p in info.value.problems), (
+        info.value.problems
+    )
+
+
+def test_a_clients_own_ladder(
+    make_app, openapi, sevenio: FakeSevenio, termii: FakeTermii, tmp_path
+):
+    from tests.conftest import KEY_B
+
+    path = tmp_path / "clients.toml"
+    path.write_text('[clients.client-a]\nladder = "voice:termii/30,voice:sevenio"\n')
+    app = make_app(OTPSVC_PROVIDERS="termii,sevenio", OTPSVC_CLIENTS_FILE=str(path))
+    a, b = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    assert a.start(DE).get_json()["ladder"]["next_step_at"] is not None
+    assert "ladder" not in b.start(DE).get_json()
+
+
+def test_a_step_whose_worker_died_mid_call_is_not_placed_twice_and_the_ladder_goes_on(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
+):
+    """The worker took step 2 (the record says so, as reserve.lua marks it) and was killed before
+    recording its call: after the lease, step 2 is not placed again; step 3 follows after step
+    2's wait."""
+    app, seven = ladder_app()
+    started = seven.api.start(DE).get_json()
+    clock.advance(31)
+    runtime = app.extensions["otpsvc"]
+    store = runtime.store
+    assert store.claim_step(started["id"], now_ms=int(clock() * 1000), lease_ms=LEASE_MS)
+    runtime.redis.hset(store.record_key(started["id"]), "lt", 1)
+    clock.advance(LEASE_MS / 1000 + 1)
+    assert run(runner(app)) == 1
+    assert termii.calls == []
+    clock.advance(61)
+    assert run(runner(app)) == 1
+    assert len(sevenio.calls) == 2  # step 3
+    assert termii.calls == []

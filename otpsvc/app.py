@@ -20,6 +20,7 @@ from otpsvc.api.proxies import TrustedProxies
 from otpsvc.config import Settings, load_settings
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
+from otpsvc.core.ladder import lease_ms_for
 from otpsvc.core.phones import mask_e164 as mask
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
@@ -134,6 +135,11 @@ def create_app(
             name: AbusePolicy.for_client(settings, own, settings.client_keys[name])
             for name, own in settings.client_settings.items()
         },
+    )
+    service.ladder_lease_ms = lease_ms_for(
+        settings.provider_connect_timeout,
+        settings.provider_read_timeout,
+        len(settings.all_providers),
     )
     events = EventQueue(client, settings.redis_prefix, event_settings)
     app.extensions["otpsvc"] = Runtime(

@@ -198,7 +198,13 @@ def test_the_schema_rejects_what_the_loader_rejects(redis_url, tmp_path, key, va
 
 @pytest.mark.parametrize(
     ("template", "kind"),
-    [("Your code.", "code"), ("Press 1 for {code}.", "keypress"), ("x" * 501 + "{code}", "code")],
+    [
+        ("Your code.", "code"),
+        ("Press 1 for {code}.", "keypress"),
+        ("x" * 501 + "{code}", "code"),
+        ("Your code is ready.", "sms"),
+        ("{code} " + "x" * 160, "sms"),
+    ],
 )
 def test_the_schema_rejects_the_templates_the_loader_rejects(redis_url, tmp_path, template, kind):
     document = copy.deepcopy(example())

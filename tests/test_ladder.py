@@ -277,8 +277,12 @@ def test_the_worker_process_runs_the_due_steps(
         mid = started["delivery"]["provider_message_id"]
         seven.hook("voice_status", {"id": mid, "status": "busy"})
         wait_for(lambda: len(termii.calls) == 1, timeout=20)
-        steps = seven.api.get(started["id"]).get_json()["ladder"]["steps"]
-        assert steps[0]["status"] == "busy"
+
+        def steps() -> list[dict]:
+            return seven.api.get(started["id"]).get_json()["ladder"]["steps"]
+
+        wait_for(lambda: len(steps()) == 2, timeout=10)  # the worker recorded its call
+        assert steps()[0]["status"] == "busy"
     finally:
         worker.terminate()
         worker.wait(20)
@@ -287,7 +291,7 @@ def test_the_worker_process_runs_the_due_steps(
 @pytest.mark.parametrize(
     ("ladder", "extra", "problem"),
     [
-        ("sms:termii", {}, "the channel is voice"),
+        ("fax:termii", {}, "the channel is voice or sms"),
         ("voice:nobody", {}, "nobody"),
         ("voice:termii/2,voice:sevenio", {}, "the wait is 5 to 3600 seconds"),
         ("voice:termii/20,voice:sevenio", {}, "step 1 waits 20 s, but the resend cooldown"),
@@ -331,23 +335,204 @@ def test_a_clients_own_ladder(
     assert "ladder" not in b.start(DE).get_json()
 
 
-def test_a_step_whose_worker_died_mid_call_is_not_placed_twice_and_the_ladder_goes_on(
-    ladder_app, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
-):
-    """The worker took step 2 (the record says so, as reserve.lua marks it) and was killed before
-    recording its call: after the lease, step 2 is not placed again; step 3 follows after step
-    2's wait."""
-    app, seven = ladder_app()
+def died_holding_step_2(app, seven: Seven, clock: FakeClock, *, with_its_call_out: bool) -> None:  # type: ignore[no-untyped-def]
+    """A verification whose step 2 a worker claimed and took (as reserve.lua marks it), with
+    its call marked placing or not, and then died; its lease has run out."""
     started = seven.api.start(DE).get_json()
     clock.advance(31)
     runtime = app.extensions["otpsvc"]
     store = runtime.store
     assert store.claim_step(started["id"], now_ms=int(clock() * 1000), lease_ms=LEASE_MS)
-    runtime.redis.hset(store.record_key(started["id"]), "lt", 1)
+    record = store.record_key(started["id"])
+    runtime.redis.hset(record, "lt", 1)
+    if with_its_call_out:
+        runtime.redis.hset(record, "lp", runtime.redis.hget(record, "g"))
     clock.advance(LEASE_MS / 1000 + 1)
+
+
+def test_a_step_whose_worker_died_mid_call_is_not_placed_twice_and_the_ladder_goes_on(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
+):
+    """The worker took step 2 and was killed while its call was with the provider (the record
+    says so, as reserve.lua and mark_placing leave it): after the lease, step 2 is not placed
+    again; step 3 follows after step 2's wait."""
+    app, seven = ladder_app()
+    died_holding_step_2(app, seven, clock, with_its_call_out=True)
     assert run(runner(app)) == 1
     assert termii.calls == []
     clock.advance(61)
     assert run(runner(app)) == 1
     assert len(sevenio.calls) == 2  # step 3
     assert termii.calls == []
+
+
+def test_a_step_whose_worker_died_before_its_call_is_taken_again(
+    ladder_app, clock: FakeClock, termii: FakeTermii
+):
+    """Taken, but killed before the call went to the provider (no 'placing' mark): the next
+    worker places it; the step is not lost."""
+    app, seven = ladder_app()
+    died_holding_step_2(app, seven, clock, with_its_call_out=False)
+    assert run(runner(app)) == 1
+    assert len(termii.calls) == 1
+
+
+# SMS as the last step -------------------------------------------------------------------------
+
+
+def test_an_unanswered_call_ends_with_an_sms_in_the_clients_words(
+    make_app, openapi, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii, tmp_path
+):
+    """voice:sevenio then sms:termii: the call is not answered, the code goes by SMS through
+    Termii's "Send message", in the client's German SMS template, and that code approves."""
+    path = tmp_path / "clients.toml"
+    path.write_text(
+        '[clients.client-a.templates.de]\nsms = "{brand}-Code: {code} ({minutes} Min.)"\n'
+    )
+    app = make_app(
+        OTPSVC_PROVIDERS="sevenio,termii",
+        OTPSVC_LADDER="voice:sevenio/30,sms:termii",
+        OTPSVC_TERMII_SENDER="Acme",
+        OTPSVC_CLIENTS_FILE=str(path),
+    )
+    seven = Seven(Api(app, KEY_A, openapi), clock)
+    started = seven.api.start(DE).get_json()
+    seven.hook(
+        "voice_status", {"id": started["delivery"]["provider_message_id"], "status": "no-answer"}
+    )
+    assert run(runner(app)) == 1
+    assert termii.calls == []
+    [sms] = termii.messages
+    assert sms.json["from"] == "Acme"
+    assert sms.json["to"] == DE.lstrip("+")
+    text = sms.json["sms"]
+    assert text.startswith("otpsvc-Code: ")
+    assert text.endswith("(5 Min.)")
+    code = text.split(": ", 1)[1].split(" ", 1)[0]
+    assert code.isdigit()
+    assert len(code) == 6
+    view = seven.api.get(started["id"]).get_json()
+    assert [(s["channel"], s["provider"]) for s in view["ladder"]["steps"]] == [
+        ("voice", "sevenio"),
+        ("sms", "termii"),
+    ]
+    assert seven.api.check(started["id"], code).get_json()["valid"] is True
+
+
+def test_sevenio_sends_the_sms_in_the_built_in_words(
+    make_app, openapi, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii
+):
+    app = make_app(OTPSVC_PROVIDERS="termii,sevenio", OTPSVC_LADDER="voice:termii/30,sms:sevenio")
+    api = Api(app, KEY_A, openapi)
+    started = api.start("+2348031234567").get_json()
+    clock.advance(31)
+    assert run(runner(app)) == 1
+    [sms] = sevenio.messages
+    assert sms.form["to"] == "+2348031234567"
+    assert sms.form["foreign_id"] == started["id"]
+    text = sms.form["text"]
+    assert text.startswith("otpsvc: your verification code is ")
+    code = text.removeprefix("otpsvc: your verification code is ").split(".", 1)[0]
+    assert api.check(started["id"], code).get_json()["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"OTPSVC_LADDER": "voice:termii/30,sms:cequens"}, "cequens sends no SMS here"),
+        ({"OTPSVC_LADDER": "voice:sevenio/30,sms:termii"}, "OTPSVC_TERMII_SENDER: required"),
+        ({"OTPSVC_LADDER": "voice:sevenio/30,sms:alphasms"}, "OTPSVC_ALPHASMS_SENDER: required"),
+    ],
+)
+def test_an_sms_step_needs_a_provider_that_sends_sms(redis_url, extra, problem):
+    from otpsvc.config import load_settings
+    from otpsvc.errors import ConfigError
+    from tests.conftest import termii_env
+
+    env = termii_env(
+        redis_url,
+        OTPSVC_PROVIDERS="termii,sevenio,alphasms,cequens",
+        OTPSVC_CEQUENS_USERNAME="cequens-user",
+        OTPSVC_CEQUENS_API_KEY="cequens-test-key",
+        OTPSVC_PUBLIC_URL="https://otp.example.com",
+        OTPSVC_SEVENIO_API_KEY="sevenio-test-api-key",
+        OTPSVC_ALPHASMS_API_KEY="alphasms-test-key",
+        **extra,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert any(problem in p for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [("Your code is ready.", "must read {code}"), ("{code} " + "x" * 160, "at most 160")],
+)
+def test_an_sms_template_must_read_the_code_and_stay_one_message(
+    redis_url, tmp_path, template, problem
+):
+    from otpsvc.config import load_settings
+    from otpsvc.errors import ConfigError
+    from tests.conftest import termii_env
+
+    path = tmp_path / "clients.toml"
+    path.write_text(f"[templates.en]\nsms = {json.dumps(template)}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(termii_env(redis_url, OTPSVC_CLIENTS_FILE=str(path)))
+    assert any(p.startswith("templates.en.sms:") and problem in p for p in info.value.problems)
+
+
+def test_the_dev_inbox_shows_a_call_that_escalates_to_an_sms(make_app):
+    """Dev mode with a ladder of console steps: a no-answer fault on the first call, its report
+    through the console webhook, then the SMS, both in the inbox the dev page shows (``otpsvc
+    dev`` runs the steps as this test's runner does)."""
+    import requests
+
+    from tests.test_dev_page import _poll_delivery, served
+    from tests.test_events import wait_for
+
+    apps = []
+
+    def capture(**env: str):  # type: ignore[no-untyped-def]
+        apps.append(make_app(**env))
+        return apps[-1]
+
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    calls: list[dict] = []
+    with served(capture, OTPSVC_LADDER="voice:console/30,sms:console") as base:
+        ladder = runner(apps[0])
+        requests.post(base + "/dev/faults", json={"fault": "no-answer"}, headers=auth, timeout=10)
+        started = requests.post(base + "/otp/start", json={"phone": DE}, headers=auth, timeout=10)
+        assert _poll_delivery(base, started.json()["id"], "no-answer") == "no-answer"
+
+        def inbox() -> int:
+            run(ladder)
+            calls[:] = requests.get(base + "/dev/calls", headers=auth, timeout=10).json()["calls"]
+            return len(calls)
+
+        wait_for(lambda: inbox() == 2, timeout=15)
+    sms, call = calls
+    assert (call["channel"], sms["channel"]) == ("voice", "sms")
+    assert sms["text"].startswith("otpsvc: Ihr Bestätigungscode lautet ")
+    assert sms["code"] in sms["text"]
+
+
+def test_alphasms_sends_the_sms_under_its_alpha_name(
+    make_app, openapi, clock: FakeClock, termii: FakeTermii, alphasms
+):
+    app = make_app(
+        OTPSVC_PROVIDERS="termii,alphasms",
+        OTPSVC_LADDER="voice:termii/30,sms:alphasms",
+        OTPSVC_ALPHASMS_SENDER="Acme",
+    )
+    api = Api(app, KEY_A, openapi)
+    started = api.start("+380971234567", locale="uk").get_json()
+    clock.advance(31)
+    assert run(runner(app)) == 1
+    [sms] = alphasms.messages
+    item = json.loads(sms.body)["data"][0]
+    assert (item["type"], item["phone"], item["sms_signature"]) == ("sms", 380971234567, "Acme")
+    assert item["sms_message"].startswith("otpsvc: ваш код підтвердження ")
+    code = item["sms_message"].removeprefix("otpsvc: ваш код підтвердження ").split(".", 1)[0]
+    assert api.check(started["id"], code).get_json()["valid"] is True
+    assert alphasms.calls == []

@@ -141,7 +141,7 @@ def verification_view(v: Verification) -> dict[str, Any]:
         view["ladder"] = {
             "steps": [
                 {
-                    "channel": "voice",
+                    "channel": call.channel,
                     "provider": call.provider,
                     "placed_at": timestamp(call.placed_at),
                     # The last call's status is the delivery's; an earlier one's, why it moved on.

@@ -75,7 +75,7 @@ SECRETS = {
     "event_webhook_secrets": "OTPSVC_EVENT_WEBHOOK_SECRETS",
     "secret_key": "OTPSVC_SECRET_KEY",
 }
-TEMPLATE_KINDS = ("code", "keypress")
+TEMPLATE_KINDS = ("code", "keypress", "sms")
 LOCALE = re.compile(r"\A[a-z]{2}\Z")
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
 
@@ -191,7 +191,7 @@ def _templates(value: Any, path: str, problems: list[str]) -> dict[str, dict[str
             continue
         for kind, text in kinds.items():
             if kind not in TEMPLATE_KINDS:
-                problems.append(f"{where}.{kind}: unknown key (code or keypress)")
+                problems.append(f"{where}.{kind}: unknown key (code, keypress or sms)")
             elif not isinstance(text, str):
                 problems.append(f"{where}.{kind}: must be a string")
             else:

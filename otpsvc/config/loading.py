@@ -68,6 +68,10 @@ def _load_the_rest(relevant: Mapping[str, Any], failed: set[str]) -> dict[str, A
     return loaded
 
 
+#: The setting that names the SMS sender of each provider that needs one.
+SMS_SENDERS = {"termii": "OTPSVC_TERMII_SENDER", "alphasms": "OTPSVC_ALPHASMS_SENDER"}
+
+
 def setting_variables() -> dict[str, str]:
     """Each setting's variable name, by the setting's attribute name."""
     return {name: str(f.data_key) for name, f in SettingsSchema().fields.items()}
@@ -124,6 +128,14 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         except ValidationError as exc:
             problems += _problems(exc.messages)
 
+    for step in core.get("ladder", ()):
+        needs = SMS_SENDERS.get(step.provider) if step.channel == "sms" else None
+        own = provider_settings.get(step.provider)
+        if needs and own is not None and own.sender is None:
+            problems.append(
+                f"{needs}: required by the ladder's sms:{step.provider} step (a sender "
+                "registered with the provider)"
+            )
     cequens = provider_settings.get("cequens")
     geography = ("OTPSVC_PROVIDERS", "OTPSVC_ROUTES", "OTPSVC_ALLOWED_COUNTRIES")
     if cequens is not None and trusted(*geography, "OTPSVC_DEFAULT_LOCALE"):

@@ -77,7 +77,7 @@ def parse_modes(value: str) -> frozenset[str]:
 
 
 #: The channels a ladder step may use.
-CHANNELS = ("voice",)
+CHANNELS = ("voice", "sms")
 DEFAULT_STEP_WAIT = 45
 
 
@@ -90,10 +90,12 @@ def parse_ladder(value: str) -> tuple[LadderStep, ...]:
         channel, colon, provider = what.partition(":")
         if not colon or channel not in CHANNELS:
             raise ValidationError(
-                f"{entry!r}: a step is channel:provider[/seconds]; the channel is voice "
-                "(sms steps are not available yet)"
+                f"{entry!r}: a step is channel:provider[/seconds]; the channel is voice or sms"
             )
         known_providers([provider])
+        if channel == "sms" and not PROVIDERS[provider].sms:
+            sms = ", ".join(name for name, spec in PROVIDERS.items() if spec.sms)
+            raise ValidationError(f"{entry!r}: {provider} sends no SMS here (SMS: {sms})")
         if slash and not (wait.isdigit() and 5 <= int(wait) <= 3600):
             raise ValidationError(f"{entry!r}: the wait is 5 to 3600 seconds")
         steps.append(LadderStep(channel, provider, int(wait) if slash else DEFAULT_STEP_WAIT))

@@ -8,12 +8,14 @@ the call outright). The next step is due when the current call's delivery report
 deny, cancel or lock a verification take its due step away in the same atomic step.
 
 Due steps live in Redis, one sorted set per event shard; the workers (``otpsvc worker``, and
-``otpsvc dev``) run them. A worker claims a due step for a lease (``ladder_claim.lua``): one
-that dies with it leaves it due again when the lease ends. Each step is a resend of the same
+``otpsvc dev``) run them. A worker claims a due step for a lease (``ladder_claim.lua``; as long
+as a start can take with the provider timeouts): one that dies with it leaves it due again when
+the lease ends. Each step is a resend of the same
 verification through the start path, so the send cap, the cooldown, every velocity limit and
-the call budget apply; the reservation marks the step taken, so no step is placed twice: a
-worker killed between taking a step and recording its call may lose that call (it may have
-rung), and the ladder goes on with the next step after that one's wait. A refusal ends the
+the call budget apply; the reservation marks the step taken, so no step is placed twice. A
+worker killed before the step's call went to the provider leaves it to be taken again; one
+killed while the call was with the provider may lose that call (it may have rung: it is never
+placed again), and the ladder goes on with the next step after that one's wait. A refusal ends the
 ladder with ``verification.escalation_stopped`` naming the limit.
 """
 
@@ -33,13 +35,22 @@ from otpsvc.store.connection import STORE_ERRORS
 
 log = logging.getLogger("otpsvc.core")
 
-#: How long a worker holds a step it claimed: longer than a start can take (every provider of
-#: the route, each up to its timeouts).
+#: How long a worker holds a step it claimed, unless the service sets its own
+#: (:func:`lease_ms_for`): longer than a start can take.
 LEASE_MS = 90_000
+
+
+def lease_ms_for(connect_timeout: float, read_timeout: float, providers: int) -> int:
+    """A lease longer than any start can take: every provider of a route, each up to its
+    timeouts, and a margin."""
+    return int(((connect_timeout + read_timeout) * max(1, providers) + 5) * 1000)
 
 
 class Escalating(Starting):
     """Place the due steps of escalation ladders."""
+
+    #: How long a claimed step is held (the app sets it from the provider timeouts).
+    ladder_lease_ms = LEASE_MS
 
     def escalate(self, verification_id: str) -> str:
         """Place the verification's due step: ``placed``, ``stopped`` (a limit or an error ended
@@ -47,7 +58,7 @@ class Escalating(Starting):
         was due), or ``later`` (no provider slot free here: the step is due again in a
         second)."""
         now_ms = self._now_ms()
-        claim = self.store.claim_step(verification_id, now_ms=now_ms, lease_ms=LEASE_MS)
+        claim = self.store.claim_step(verification_id, now_ms=now_ms, lease_ms=self.ladder_lease_ms)
         if claim is None:
             return "none"
         steps = parse_ladder(claim.ladder)

@@ -25,6 +25,8 @@ class LadderCall:
     placed_at: float
     #: What made the next step due (no-answer, busy, failed, timeout); None for the last call.
     next_because: str | None = None
+    #: ``voice`` or ``sms``.
+    channel: str = "voice"
 
 
 @dataclass(frozen=True)
@@ -118,17 +120,14 @@ def _ladder(f: Mapping[str, str], next_at: float | None) -> Ladder | None:
     a ladder."""
     if not f.get("ld"):
         return None
-    providers = [entry.split(":", 1)[-1].split("/", 1)[0] for entry in f["ld"].split(",")]
+    steps = [entry.split("/", 1)[0].split(":", 1) for entry in f["ld"].split(",")]
     created = int(f["ca"]) / 1000
     calls = []
     for entry in filter(None, (f.get("lh") or "").split(",")):
         step, offset, *why = entry.split(".")
+        channel, provider = steps[int(step)] if int(step) < len(steps) else ("voice", "?")
         calls.append(
-            LadderCall(
-                providers[int(step)] if int(step) < len(providers) else "?",
-                created + int(offset),
-                WHY.get(why[0]) if why else None,
-            )
+            LadderCall(provider, created + int(offset), WHY.get(why[0]) if why else None, channel)
         )
     return Ladder(tuple(calls), next_at, f.get("lx"))
 

@@ -230,10 +230,11 @@ class Starting(ServiceBase):
                 abuse.screen(phone, client)
                 try:
                     if len(ladder) > 1:
-                        # A ladder names its providers: this step's first, the rest of it as
-                        # failover should one refuse the call outright.
-                        names = [step.provider for step in ladder[first:]]
-                        route = self.dispatcher.route_of(names, mode)
+                        # A ladder names its providers: this step's first, the rest of its
+                        # steps on the same channel as failover should one refuse outright.
+                        channel = ladder[first].channel
+                        names = [s.provider for s in ladder[first:] if s.channel == channel]
+                        route = self.dispatcher.route_of(names, mode, channel)
                     else:
                         route = self.dispatcher.route_for(
                             phone.country_code, mode, routes=policy.routes, default=policy.providers
@@ -338,7 +339,9 @@ class Starting(ServiceBase):
                 int(record["len"]), leading_zero=not self.dispatcher.needs_numeric_code(route)
             )
             verifier = self.keyring.hash_code(reservation.id, code)
-        template, source = choose_template(policy.templates, client, mode, record["loc"])
+        channel = ladder[first].channel if len(ladder) > 1 else "voice"
+        kind = "sms" if channel == "sms" else mode
+        template, source = choose_template(policy.templates, client, kind, record["loc"])
         call = CallRequest(
             verification_id=reservation.id,
             phone=phone.e164,
@@ -354,6 +357,7 @@ class Starting(ServiceBase):
             minutes=-(-policy.code_ttl_ms // 60_000),
             template=template,
             template_source=source,
+            channel=channel,
         )
         budget = abuse.budget_counters(client)
 
@@ -363,6 +367,8 @@ class Starting(ServiceBase):
                 audit("fraud_block", id=reservation.id, client=client, reason="velocity_budget")
             return refused is None
 
+        if escalation is not None:
+            self.store.mark_placing(reservation.id, gen)
         try:
             result = self.dispatcher.place(route, call, may_retry=may_retry)
         except DeliveryError as exc:

@@ -46,6 +46,8 @@ class InboxCall:
     send: int = 1
     #: Where the spoken script came from: ``clients.NAME``, ``templates`` or ``built-in``.
     template: str = "built-in"
+    #: ``voice``, or ``sms`` for an escalation ladder's SMS step.
+    channel: str = "voice"
     #: Server side only: the keyed hash of the number, and the send's key-press token.
     phone_key: str = field(default="", repr=False)
     dtmf_token: str = field(default="", repr=False)

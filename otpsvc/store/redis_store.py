@@ -491,6 +491,12 @@ class VerificationStore:
         with store_guard():
             return bool(self._run(self._ladder_skip, keys, args))
 
+    def mark_placing(self, verification_id: str, gen: int) -> None:
+        """An escalation step's call is about to be placed: from here on a worker that dies
+        leaves the step taken (its call may have rung), never placed again."""
+        with store_guard():
+            self.redis.hset(self.record_key(verification_id), "lp", gen)
+
     def delay_step(self, verification_id: str, *, until_ms: int) -> None:
         """Make a claimed step due again at ``until_ms`` (instead of at its lease's end)."""
         with store_guard():

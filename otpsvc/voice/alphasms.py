@@ -9,6 +9,10 @@ Sources of the fields: AlphaSMS's JSON API voice-call doc (``docs/api/json/voice
 ``dtmf``, all required; the answer's ``success``, ``error`` and ``data[].data.msg_id``; the
 ``Content-Type: application/json`` requirement. The voices per locale below follow the doc's
 ``uk-UA-Standard-A`` pattern; only the Ukrainian one appears in the doc.
+
+SMS (an escalation ladder's ``sms:alphasms`` step): the same endpoint and answer, one item of
+``type: sms`` with ``id``, ``phone``, ``sms_signature`` (the sender, an alpha-name registered with
+AlphaSMS) and ``sms_message`` (AlphaSMS's JSON API send-SMS doc, ``docs/api/json/send_sms.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import Schema, post_load
+from marshmallow import Schema, fields, post_load, validate
 
 from otpsvc.voice.base import (
     CallRequest,
@@ -29,7 +33,7 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
-from otpsvc.voice.templates import render_text
+from otpsvc.voice.templates import render_sms, render_text
 
 API_PATH = "/api/json.php"
 
@@ -49,6 +53,8 @@ VOICES: dict[str, tuple[str, str]] = {
 class AlphasmsSettings:
     base_url: str
     api_key: str
+    #: The alpha-name SMS go out under (``sms_signature``); without it no SMS is sent.
+    sender: str | None = None
 
     def __repr__(self) -> str:
         return f"AlphasmsSettings(base_url={self.base_url!r})"
@@ -57,10 +63,19 @@ class AlphasmsSettings:
 class AlphasmsSettingsSchema(Schema):
     base_url = base_url_field("OTPSVC_ALPHASMS_BASE_URL", "https://alphasms.ua")
     api_key = secret_field("OTPSVC_ALPHASMS_API_KEY")
+    sender = fields.String(
+        data_key="OTPSVC_ALPHASMS_SENDER",
+        load_default=None,
+        validate=validate.Regexp(r"\A[A-Za-z0-9 .-]{2,11}\Z", error="2-11 letters and digits"),
+    )
 
     @post_load
-    def _build(self, data: dict[str, str], **_: object) -> AlphasmsSettings:
-        return AlphasmsSettings(base_url=data["base_url"].rstrip("/"), api_key=data["api_key"])
+    def _build(self, data: dict[str, Any], **_: object) -> AlphasmsSettings:
+        return AlphasmsSettings(
+            base_url=str(data["base_url"]).rstrip("/"),
+            api_key=str(data["api_key"]),
+            sender=data["sender"],
+        )
 
 
 def item_id(verification_id: str) -> int:
@@ -76,8 +91,11 @@ class AlphasmsProvider(HttpProvider):
         self.settings = settings
         self.speech = speech
         self.url = settings.base_url + API_PATH
+        self.supports_sms = settings.sender is not None
 
     def spoken_text(self, call: CallRequest) -> str:
+        if call.channel == "sms":
+            return render_sms(call.spoken(self.speech.brand), call.code)
         return str(self.body_for(call)["data"][0]["message"])
 
     def body_for(self, call: CallRequest) -> dict[str, Any]:
@@ -101,8 +119,23 @@ class AlphasmsProvider(HttpProvider):
             ],
         }
 
+    def send_sms(self, call: CallRequest) -> CallResult:
+        if self.settings.sender is None:
+            raise ProviderError(self.name, "no OTPSVC_ALPHASMS_SENDER for SMS", health=False)
+        item = {
+            "type": "sms",
+            "id": item_id(call.verification_id),
+            "phone": int(call.phone.lstrip("+")),
+            "sms_signature": self.settings.sender,
+            "sms_message": self.spoken_text(call),
+        }
+        return self._send({"auth": self.settings.api_key, "data": [item]}, "SMS")
+
     def place_call(self, call: CallRequest) -> CallResult:
-        response = self.post(self.url, json=self.body_for(call))
+        return self._send(self.body_for(call), "call")
+
+    def _send(self, body: dict[str, Any], what: str) -> CallResult:
+        response = self.post(self.url, json=body)
         payload = json_body(response)
         if response.status_code != 200 or not isinstance(payload, dict):
             raise ProviderError(
@@ -120,7 +153,7 @@ class AlphasmsProvider(HttpProvider):
         item = items[0] if isinstance(items, list) and items else None
         if not isinstance(item, dict) or not _succeeded(item.get("success")):
             error = item.get("error") if isinstance(item, dict) else "no item in the answer"
-            raise ProviderError(self.name, "call refused", provider_text=str(error)[:200])
+            raise ProviderError(self.name, f"{what} refused", provider_text=str(error)[:200])
         data = item.get("data")
         message_id = data.get("msg_id") if isinstance(data, dict) else None
         return CallResult(provider=self.name, message_id=str(message_id) if message_id else None)

@@ -63,13 +63,15 @@ class CallRequest:
     minutes: int = 0
     template: str | None = None
     template_source: str = "built-in"
+    #: ``voice`` (a call) or ``sms`` (a text message: an escalation ladder's step).
+    channel: str = "voice"
 
     def spoken(self, default_brand: str, locale: str | None = None) -> Spoken:
         """What to say, ready to render. A provider that can only speak another ``locale``
         than the call's says that locale's built-in script."""
         own = locale is None or locale == self.locale
         return Spoken(
-            mode=self.mode,
+            mode="sms" if self.channel == "sms" else self.mode,
             locale=self.locale if locale is None else locale,
             brand=self.brand or default_brand,
             minutes=self.minutes,
@@ -166,7 +168,16 @@ class VoiceProvider(Protocol):
         """True when this provider's verified webhooks name a call only by its message id."""
         ...
 
+    @property
+    def supports_sms(self) -> bool:
+        """True when the provider also sends the code by SMS (an escalation ladder's step)."""
+        ...
+
     def place_call(self, call: CallRequest) -> CallResult: ...
+
+    def send_sms(self, call: CallRequest) -> CallResult:
+        """Send the code by SMS (``call.channel == "sms"``)."""
+        ...
 
     def spoken_text(self, call: CallRequest) -> str | None:
         """The text (or SSML) this provider would be sent for ``call``; None when it speaks
@@ -219,10 +230,14 @@ class HttpProvider:
     name: ClassVar[str]
     numeric_code: ClassVar[bool] = False
     supports_dtmf: bool = False
+    supports_sms: bool = False
     reports_by_message_id: bool = False
 
     def spoken_text(self, call: CallRequest) -> str | None:
         return None
+
+    def send_sms(self, call: CallRequest) -> CallResult:
+        raise ProviderError(self.name, "this provider sends no SMS here", health=False)
 
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts

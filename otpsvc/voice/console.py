@@ -28,7 +28,7 @@ from otpsvc.core.phones import mask_e164
 from otpsvc.dev.inbox import CallInbox, InboxCall
 from otpsvc.voice.base import CallRequest, CallResult, ProviderError, Speech
 from otpsvc.voice.scripts import LANGUAGE_TAGS, language_of
-from otpsvc.voice.templates import render_text
+from otpsvc.voice.templates import render_sms, render_text
 
 log = logging.getLogger("otpsvc.voice.console")
 
@@ -40,6 +40,7 @@ class ConsoleProvider:
     name = "console"
     numeric_code = False
     supports_dtmf = True
+    supports_sms = True
     reports_by_message_id = False
 
     def __init__(self, inbox: CallInbox, speech: Speech, public_url: str | None = None) -> None:
@@ -53,7 +54,13 @@ class ConsoleProvider:
 
     def spoken_text(self, call: CallRequest) -> str:
         spoken = call.spoken(self.speech.brand, locale=language_of(call.locale))
+        if call.channel == "sms":
+            return render_sms(spoken, call.code)
         return render_text(spoken, call.code, repeats=call.repeats or self.speech.repeats)
+
+    def send_sms(self, call: CallRequest) -> CallResult:
+        """A dev SMS: in the inbox like a call, marked ``sms``; faults apply as to calls."""
+        return self.place_call(call)
 
     def place_call(self, call: CallRequest) -> CallResult:
         fault = self.inbox.take_fault(call.phone)
@@ -78,6 +85,7 @@ class ConsoleProvider:
                 mode=call.mode,
                 fault=fault,
                 template=spoken.source,
+                channel=call.channel,
                 phone_key=self.inbox.phone_key(call.phone),
                 dtmf_token=call.dtmf_token,
             )

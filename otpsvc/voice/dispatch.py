@@ -99,9 +99,19 @@ class Dispatcher:
                 raise NoRoute("no provider for this number reports key presses")
         return route
 
-    def route_of(self, names: Sequence[str], mode: str = "code") -> tuple[VoiceProvider, ...]:
-        """The named providers, in order, once each (an escalation ladder's)."""
+    def route_of(
+        self, names: Sequence[str], mode: str = "code", channel: str = "voice"
+    ) -> tuple[VoiceProvider, ...]:
+        """The named providers, in order, once each (an escalation ladder's steps of one
+        channel)."""
         route = tuple(self.providers[name] for name in dict.fromkeys(names))
+        if channel == "sms":
+            if mode != "code":
+                raise NoRoute("an SMS carries a code: no SMS step for a keypress verification")
+            route = tuple(p for p in route if p.supports_sms)
+            if not route:
+                raise NoRoute("no provider of the ladder sends SMS")
+            return route
         if mode == "keypress":
             route = tuple(p for p in route if p.supports_dtmf)
             if not route:
@@ -148,7 +158,11 @@ class Dispatcher:
                     ),
                     metrics.timed(metrics.PROVIDER_SECONDS, provider=provider.name),
                 ):
-                    placed = provider.place_call(call)
+                    placed = (
+                        provider.send_sms(call)
+                        if call.channel == "sms"
+                        else provider.place_call(call)
+                    )
                 metrics.CALLS.labels(provider.name, call.country).inc()
                 return placed
             except ProviderError as exc:

@@ -40,6 +40,8 @@ class ProviderSpec:
     dev_only: bool = False
     #: The provider calls back on URLs of this service, so OTPSVC_PUBLIC_URL is required.
     needs_public_url: bool = False
+    #: The provider sends SMS too (an escalation ladder's ``sms:`` step).
+    sms: bool = False
 
 
 def _console(_: Any, ctx: ProviderContext) -> VoiceProvider:
@@ -55,14 +57,16 @@ def _cequens(settings: Any, ctx: ProviderContext) -> VoiceProvider:
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
-    "console": ProviderSpec(settings_schema=None, factory=_console, dev_only=True),
+    "console": ProviderSpec(settings_schema=None, factory=_console, dev_only=True, sms=True),
     "termii": ProviderSpec(
         settings_schema=TermiiSettingsSchema,
         factory=lambda settings, ctx: TermiiProvider(settings, ctx.timeouts),
+        sms=True,
     ),
     "sevenio": ProviderSpec(
         settings_schema=SevenioSettingsSchema,
         factory=lambda settings, ctx: SevenioProvider(settings, ctx.timeouts, ctx.speech),
+        sms=True,
     ),
     "cequens": ProviderSpec(
         settings_schema=CequensSettingsSchema, factory=_cequens, needs_public_url=True
@@ -70,6 +74,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
     "alphasms": ProviderSpec(
         settings_schema=AlphasmsSettingsSchema,
         factory=lambda settings, ctx: AlphasmsProvider(settings, ctx.timeouts, ctx.speech),
+        sms=True,
     ),
 }
 

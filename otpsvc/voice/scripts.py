@@ -20,6 +20,9 @@ class Script:
     digits: tuple[str, ...]
     separator: str
     keypress: str
+    #: The code by SMS (an escalation ladder's last resort): short, naming the brand; the code
+    #: in numerals. {brand}, {code}, {minutes}.
+    sms: str = "{brand}: your verification code is {code}. It expires in {minutes} min."
 
 
 SCRIPTS: dict[str, Script] = {
@@ -42,6 +45,7 @@ SCRIPTS: dict[str, Script] = {
             "Quelqu'un a demandé à se connecter à {brand} avec ce numéro. "
             "Si c'est vous, appuyez sur 1. Sinon, appuyez sur 9."
         ),
+        sms="{brand} : votre code de vérification est {code}. Il expire dans {minutes} min.",
     ),
     "de": Script(
         intro="Ihr {brand} Bestätigungscode lautet",
@@ -52,6 +56,7 @@ SCRIPTS: dict[str, Script] = {
             "Jemand möchte sich mit dieser Telefonnummer bei {brand} anmelden. "
             "Wenn Sie das waren, drücken Sie die 1. Wenn nicht, drücken Sie die 9."
         ),
+        sms="{brand}: Ihr Bestätigungscode lautet {code}. Er gilt {minutes} Min.",
     ),
     "uk": Script(
         intro="Ваш код підтвердження {brand}",
@@ -73,6 +78,7 @@ SCRIPTS: dict[str, Script] = {
             "Хтось хоче увійти до {brand} з цим номером телефону. "
             "Якщо це ви, натисніть 1. Якщо ні, натисніть 9."
         ),
+        sms="{brand}: ваш код підтвердження {code}. Дійсний {minutes} хв.",
     ),
     "ar": Script(
         intro="رمز التحقق الخاص بك من {brand} هو",
@@ -83,6 +89,7 @@ SCRIPTS: dict[str, Script] = {
             "طلب شخص ما تسجيل الدخول إلى {brand} بهذا الرقم. "
             "إذا كنت أنت، اضغط 1. إذا لم تكن أنت، اضغط 9."
         ),
+        sms="{brand}: رمز التحقق الخاص بك هو {code}. صالح لمدة {minutes} دقيقة.",
     ),
     "pt": Script(
         intro="O seu código de verificação {brand} é",
@@ -93,6 +100,7 @@ SCRIPTS: dict[str, Script] = {
             "Alguém pediu para entrar em {brand} com este número. "
             "Se foi você, pressione 1. Se não foi, pressione 9."
         ),
+        sms="{brand}: o seu código de verificação é {code}. Expira em {minutes} min.",
     ),
     "es": Script(
         intro="Su código de verificación de {brand} es",
@@ -103,6 +111,7 @@ SCRIPTS: dict[str, Script] = {
             "Alguien pidió iniciar sesión en {brand} con este número. "
             "Si fue usted, pulse 1. Si no fue usted, pulse 9."
         ),
+        sms="{brand}: su código de verificación es {code}. Caduca en {minutes} min.",
     ),
 }
 DEFAULT_LOCALE = "en"

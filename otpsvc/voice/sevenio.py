@@ -39,7 +39,7 @@ from otpsvc.voice.base import (
     secret_field,
 )
 from otpsvc.voice.scripts import LANGUAGE_TAGS, language_of
-from otpsvc.voice.templates import render_ssml
+from otpsvc.voice.templates import render_sms, render_ssml
 
 MAX_TEXT = 10_000
 SENT = "100"
@@ -136,10 +136,20 @@ class SevenioProvider(HttpProvider):
         self.supports_dtmf = settings.keypress
         self.speech = speech
         self.url = settings.base_url + "/voice"
+        self.sms_url = settings.base_url + "/sms"
         self.reports_by_message_id = settings.signing_key is not None
 
+    supports_sms = True
+
     def spoken_text(self, call: CallRequest) -> str:
+        if call.channel == "sms":
+            return render_sms(call.spoken(self.speech.brand), call.code)
         return self.text_for(call)
+
+    def send_sms(self, call: CallRequest) -> CallResult:
+        """``POST {base}/sms``: the same account, key, form fields and return codes as a call
+        (``to``, ``text``, ``from``, ``json=1``, ``foreign_id``; ``success`` 100 when sent)."""
+        return self._post(self.sms_url, call, self.spoken_text(call), "SMS")
 
     def text_for(self, call: CallRequest) -> str:
         voice = self.settings.voices[language_of(call.locale)]
@@ -149,21 +159,23 @@ class SevenioProvider(HttpProvider):
         )
 
     def place_call(self, call: CallRequest) -> CallResult:
-        text = self.text_for(call)
+        return self._post(self.url, call, self.text_for(call), "call")
+
+    def _post(self, url: str, call: CallRequest, text: str, what: str) -> CallResult:
         if len(text) > MAX_TEXT:
             raise ProviderError(self.name, f"text longer than {MAX_TEXT} characters")
         form = {"to": call.phone, "text": text, "json": "1", "foreign_id": call.verification_id}
         if self.settings.sender:
             form["from"] = self.settings.sender
         response = self.post(
-            self.url,
+            url,
             data=form,
             headers={"X-Api-Key": self.settings.api_key, "Accept": "application/json"},
         )
         if response.status_code >= 400:
             raise ProviderError(
                 self.name,
-                "call refused",
+                f"{what} refused",
                 http_status=response.status_code,
                 provider_text=response.text[:200] or None,
             )

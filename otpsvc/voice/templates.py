@@ -25,7 +25,11 @@ from otpsvc.voice.scripts import PAUSE_MS, SCRIPTS, language_of, script_for, spe
 PLACEHOLDERS = {
     "code": ("brand", "code", "repeat", "minutes"),
     "keypress": ("brand", "minutes"),
+    "sms": ("brand", "code", "minutes"),
 }
+#: The longest SMS text, rendered: one message of GSM-7 characters (a text in another alphabet,
+#: UCS-2, takes 70 a part and goes out in several).
+MAX_SMS_CHARS = 160
 #: The longest template text accepted (a spoken code message is about 200 characters).
 MAX_TEMPLATE_CHARS = 500
 #: What a provider takes at most in one call's text, rendered; providers not listed document
@@ -56,6 +60,10 @@ def default_template(mode: str, locale: str, repeats: int = 2) -> str:
     script = script_for(locale)
     if mode == "keypress":
         return _literal(script.keypress)
+    if mode == "sms":
+        return (
+            _literal(script.sms).replace("{{code}}", "{code}").replace("{{minutes}}", "{minutes}")
+        )
     intro = _literal(script.intro).replace("{{brand}}", "{brand}")
     again = _literal(script.again)
     return " ".join([f"{intro}: {{code}}.", *[f"{again}: {{repeat}}."] * (repeats - 1)])
@@ -92,8 +100,14 @@ def template_problems(mode: str, template: str) -> list[str]:
             )
     if any(spec or conv for _, name, spec, conv in string.Formatter().parse(template) if name):
         problems.append("placeholders take no format spec or conversion")
-    if mode == "code" and "code" not in names:
+    if mode in ("code", "sms") and "code" not in names:
         problems.append("must read {code}")
+    if mode == "sms" and not problems:
+        longest = render_sms(Spoken("sms", "en", "W" * 40, 10, template), "8" * 8)
+        if len(longest) > MAX_SMS_CHARS:
+            problems.append(
+                f"can be {len(longest)} characters sent; an SMS step takes at most {MAX_SMS_CHARS}"
+            )
     return problems
 
 
@@ -102,16 +116,22 @@ def render_text(spoken: Spoken, code: str, repeats: int = 2) -> str:
     script = script_for(spoken.locale)
     digits = script.separator.join(script.digits[int(d)] for d in code)
     text = spoken.template or default_template(spoken.mode, spoken.locale, repeats)
-    out = []
-    for literal, name, _, _ in string.Formatter().parse(text):
-        out.append(literal)
-        if name in ("code", "repeat"):
-            out.append(digits)
-        elif name == "brand":
-            out.append(spoken.brand)
-        elif name == "minutes":
-            out.append(str(spoken.minutes))
-    return "".join(out)
+    return _fill(text, digits, spoken)
+
+
+def render_sms(spoken: Spoken, code: str) -> str:
+    """An SMS: the template's text with the code in numerals (it is typed, not heard)."""
+    return _fill(spoken.template or default_template("sms", spoken.locale), code, spoken)
+
+
+def _fill(text: str, code: str, spoken: Spoken) -> str:
+    """A template's text with ``{code}`` and ``{repeat}`` as ``code``, and the brand and
+    minutes of ``spoken``."""
+    values = {"code": code, "repeat": code, "brand": spoken.brand, "minutes": str(spoken.minutes)}
+    return "".join(
+        literal + values.get(name or "", "")
+        for literal, name, _, _ in string.Formatter().parse(text)
+    )
 
 
 def render_ssml(spoken: Spoken, code: str, repeats: int = 2, voice: str | None = None) -> str:
@@ -147,7 +167,10 @@ def render_ssml(spoken: Spoken, code: str, repeats: int = 2, voice: str | None =
 
 def fit_problems(mode: str, locale: str, template: str, providers: tuple[str, ...]) -> list[str]:
     """A template rendered at its longest (8 digits of the locale's longest digit word, a
-    40-character brand) must fit every provider on the route that speaks our text."""
+    40-character brand) must fit every provider on the route that speaks our text (an SMS
+    template's length is checked on its own)."""
+    if mode == "sms":
+        return []
     script = script_for(locale)
     longest = max(range(10), key=lambda d: len(script.digits[d]))
     spoken = Spoken(mode, locale, "W" * 40, 10, template)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marshmallow import Schema, post_load
+from marshmallow import Schema, fields, post_load, validate
 
 from otpsvc.voice.base import (
     CallRequest,
@@ -29,8 +29,14 @@ from otpsvc.voice.base import (
     json_body,
     secret_field,
 )
+from otpsvc.voice.templates import render_sms
 
 CALL_PATH = "/api/sms/otp/call"
+#: Termii's messaging endpoint ("Send message"): ``api_key``, ``to`` (digits), ``from`` (a
+#: registered sender ID), ``sms`` (the text), ``type`` ``plain``, ``channel`` ``generic`` (or
+#: ``dnd`` for numbers on the do-not-disturb list); it answers ``message_id`` and
+#: ``message`` "Successfully Sent".
+SMS_PATH = "/api/sms/send"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,10 @@ class TermiiSettings:
     base_url: str
     api_key: str
     webhook_secret: str | None = None
+    #: The sender ID of SMS steps (registered with Termii); without it no SMS is sent.
+    sender: str | None = None
+    #: ``generic``, or ``dnd`` to reach numbers on the do-not-disturb list (transactional).
+    sms_channel: str = "dnd"
 
     def __repr__(self) -> str:
         return f"TermiiSettings(base_url={self.base_url!r})"
@@ -48,6 +58,16 @@ class TermiiSettingsSchema(Schema):
     api_key = secret_field("OTPSVC_TERMII_API_KEY")
 
     webhook_secret = secret_field("OTPSVC_TERMII_WEBHOOK_SECRET", required=False)
+    sender = fields.String(
+        data_key="OTPSVC_TERMII_SENDER",
+        load_default=None,
+        validate=validate.Regexp(r"\A[A-Za-z0-9 ]{3,11}\Z", error="3-11 letters and digits"),
+    )
+    sms_channel = fields.String(
+        data_key="OTPSVC_TERMII_SMS_CHANNEL",
+        load_default="dnd",
+        validate=validate.OneOf(["dnd", "generic"]),
+    )
 
     @post_load
     def _build(self, data: dict[str, str], **_: object) -> TermiiSettings:
@@ -55,6 +75,8 @@ class TermiiSettingsSchema(Schema):
             base_url=data["base_url"].rstrip("/"),
             api_key=data["api_key"],
             webhook_secret=data["webhook_secret"],
+            sender=data["sender"],
+            sms_channel=data["sms_channel"],
         )
 
 
@@ -66,7 +88,40 @@ class TermiiProvider(HttpProvider):
         super().__init__(timeouts)
         self.settings = settings
         self.url = settings.base_url + CALL_PATH
+        self.sms_url = settings.base_url + SMS_PATH
         self.reports_by_message_id = settings.webhook_secret is not None
+        self.supports_sms = settings.sender is not None
+        self.speech_brand = "otpsvc"
+
+    def spoken_text(self, call: CallRequest) -> str | None:
+        if call.channel == "sms":
+            return render_sms(call.spoken(self.speech_brand), call.code)
+        return None
+
+    def send_sms(self, call: CallRequest) -> CallResult:
+        if self.settings.sender is None:
+            raise ProviderError(self.name, "no OTPSVC_TERMII_SENDER for SMS", health=False)
+        body = {
+            "api_key": self.settings.api_key,
+            "to": call.phone.lstrip("+"),
+            "from": self.settings.sender,
+            "sms": self.spoken_text(call),
+            "type": "plain",
+            "channel": self.settings.sms_channel,
+        }
+        response = self.post(self.sms_url, json=body)
+        payload = json_body(response)
+        info = payload if isinstance(payload, dict) else {}
+        text = str(info.get("message") or info.get("error") or "")[:200] or None
+        if response.status_code != 200 or not info.get("message_id"):
+            raise ProviderError(
+                self.name,
+                "SMS refused",
+                http_status=response.status_code,
+                provider_code=str(info["code"]) if "code" in info else None,
+                provider_text=text,
+            )
+        return CallResult(provider=self.name, message_id=str(info["message_id"]))
 
     def place_call(self, call: CallRequest) -> CallResult:
         if call.code.startswith("0"):

@@ -18,7 +18,12 @@ class FakeAlphasms(FakeServer):
 
     @property
     def calls(self) -> list[Recorded]:
-        return [r for r in self.requests if r.path == "/api/json.php"]
+        return [r for r in self.requests if r.path == "/api/json.php" and _type(r) == "voice"]
+
+    @property
+    def messages(self) -> list[Recorded]:
+        """SMS items (``type: sms``)."""
+        return [r for r in self.requests if r.path == "/api/json.php" and _type(r) == "sms"]
 
     def handle(self, request: Request, recorded: Recorded) -> Response:
         if request.method != "POST" or request.path != "/api/json.php":
@@ -33,6 +38,25 @@ class FakeAlphasms(FakeServer):
         if not isinstance(items, list) or len(items) != 1:
             return self.violation("data must hold one item")
         item = items[0]
+        if item.get("type") == "sms":
+            # docs/api/json/send_sms.md: type, id, phone, sms_signature, sms_message required.
+            if not {"type", "id", "phone", "sms_signature", "sms_message"} <= set(item):
+                return self.violation(f"sms item fields {sorted(item)}")
+            if set(item) - {"type", "id", "phone", "sms_signature", "sms_message", "short_link"}:
+                return self.violation(f"sms item fields {sorted(item)}")
+            if not isinstance(item["id"], int) or not isinstance(item["phone"], int):
+                return self.violation("id and phone must be integers")
+            return json_response(
+                {
+                    "success": True,
+                    "data": [
+                        {
+                            "success": True,
+                            "data": {"id": item["id"], "msg_id": 987654321, "data": 1, "parts": 1},
+                        }
+                    ],
+                }
+            )
         if set(item) != {"type", "id", "phone", "message", "voice", "dtmf"}:
             return self.violation(f"item fields {sorted(item)}")
         if item["type"] != "voice" or not isinstance(item["id"], int):
@@ -61,3 +85,10 @@ class FakeAlphasms(FakeServer):
                 ],
             }
         )
+
+
+def _type(recorded: Recorded) -> str:
+    try:
+        return str(json.loads(recorded.body)["data"][0]["type"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""

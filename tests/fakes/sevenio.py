@@ -26,8 +26,13 @@ class FakeSevenio(FakeServer):
     def calls(self) -> list[Recorded]:
         return [r for r in self.requests if r.path == "/voice"]
 
+    @property
+    def messages(self) -> list[Recorded]:
+        """SMS sent (``POST /sms``: the same form fields and answers as a call)."""
+        return [r for r in self.requests if r.path == "/sms"]
+
     def handle(self, request: Request, recorded: Recorded) -> Response:
-        if request.method != "POST" or request.path != "/voice":
+        if request.method != "POST" or request.path not in ("/voice", "/sms"):
             return self.violation(f"unexpected {request.method} {request.path}")
         form = recorded.form
         if request.headers.get("X-Api-Key") != self.api_key:

@@ -44,7 +44,41 @@ class FakeTermii(FakeServer):
         calls = [r for r in list(self.calls) if r.json["phone_number"] == digits]
         return str(calls[-1].json["code"])
 
+    @property
+    def messages(self) -> list[Recorded]:
+        """SMS sent through "Send message" (``POST /api/sms/send``)."""
+        return [r for r in self.requests if r.path == "/api/sms/send"]
+
+    def sms(self, request: Request, recorded: Recorded) -> Response:
+        """Termii's "Send message": api_key, to (digits), from (sender ID), sms, type plain,
+        channel generic or dnd; answers message_id and "Successfully Sent"."""
+        try:
+            body = json.loads(recorded.body)
+        except ValueError:
+            return self.violation("body is not JSON")
+        fields = {"api_key", "to", "from", "sms", "type", "channel"}
+        if not isinstance(body, dict) or set(body) != fields:
+            return self.violation(f"fields {sorted(body) if isinstance(body, dict) else body!r}")
+        if not re.fullmatch(r"[1-9][0-9]{7,14}", str(body["to"])):
+            return self.violation("to must be international digits without '+'")
+        if body["type"] != "plain" or body["channel"] not in ("generic", "dnd"):
+            return self.violation("type must be plain and channel generic or dnd")
+        if not isinstance(body["sms"], str) or not body["sms"]:
+            return self.violation("sms must be the text")
+        if body["api_key"] != self.api_key:
+            return json_response(*reversed(ERRORS["unauthorized"]))
+        return json_response(
+            {
+                "message_id": str(next(self._ids)),
+                "message": "Successfully Sent",
+                "balance": 9,
+                "user": "Termii Test",
+            }
+        )
+
     def handle(self, request: Request, recorded: Recorded) -> Response:
+        if request.path == "/api/sms/send" and request.method == "POST":
+            return self.sms(request, recorded)
         if request.path != "/api/sms/otp/call" or request.method != "POST":
             return self.violation(f"unexpected {request.method} {request.path}")
         if request.mimetype != "application/json":

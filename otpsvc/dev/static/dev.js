@@ -134,7 +134,7 @@
     if (call.delivery) head.append(element("span", "meta delivery", `delivery: ${call.delivery}`));
     const when = new Date(call.at).toLocaleTimeString();
     const language = LANGUAGES[call.locale] || call.locale;
-    head.append(element("span", "meta", `${language} · ${call.mode} · ${when} · send ${call.send} · client ${call.client} · script: ${call.template || "built-in"}`));
+    head.append(element("span", "meta", `${language} · ${call.channel === "sms" ? "SMS" : call.mode} · ${when} · send ${call.send} · client ${call.client} · script: ${call.template || "built-in"}`));
     li.append(head);
 
     const row = element("div", call.current ? "code-row" : "code-row older");

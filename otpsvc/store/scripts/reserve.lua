@@ -23,7 +23,8 @@
 -- ARGV[13] the mode asked for: 'k' (keypress) or '' (code)
 -- ARGV[14] the id of the secret this send's callback tokens are made with (field 'k')
 -- ARGV[15] an escalation ladder's step this send is ('' for a start by the app): only a resend of
---          the open verification ARGV[10] while it is pending, and each step once (field 'lt')
+--          the open verification ARGV[10] while it is pending, and each step once (field 'lt';
+--          'lp' marks the send whose call was about to be placed)
 -- ARGV[16..] field, value pairs of a new record (client, phone key, masked phone, length, locale...)
 -- Returns {outcome, id, field, value, ...}: the record's fields after this script; outcome is one of
 --   new | resend | locked (attempts used up) | max_sends | cooldown | blocked (by this client's
@@ -97,7 +98,11 @@ if open_id then
       return {'ended', open_id}
     end
     if tonumber(redis.call('HGET', rec, 'lt') or '-1') >= tonumber(step) then
-      return {'taken', open_id}
+      -- Taken by a worker that died. Its call may have gone out once the send was marked
+      -- placing ('lp' = the send): then never again. Before that it surely did not: take it.
+      if redis.call('HGET', rec, 'lp') == f[5] then
+        return {'taken', open_id}
+      end
     end
   end
   if f[1] == 'pending' and live then

@@ -51,6 +51,7 @@ from otpsvc.events import (
     block_ms_for,
     serve_worker_metrics,
 )
+from otpsvc.listen import sample_codes
 from otpsvc.logs import JsonFormatter, ReadableFormatter
 from otpsvc.serving import RedactingRequestHandler
 from otpsvc.store import VerificationStore, connect
@@ -61,7 +62,7 @@ from otpsvc.telemetry import setup_from_environment
 from otpsvc.voice.base import CallRequest, ProviderError
 from otpsvc.voice.registry import providers_for
 from otpsvc.voice.scripts import SCRIPTS
-from otpsvc.voice.templates import FORMS, choose_template
+from otpsvc.voice.templates import FORMS, Spoken, choose_template
 
 BANNER = """
 otpsvc dev mode on {base} (Redis: {redis})
@@ -358,6 +359,106 @@ def say(client_name: str | None, locale: str | None, mode: str) -> None:
             )
             click.echo(text if text is not None else "(the provider speaks the code itself)")
             click.echo()
+
+
+@main.command()
+@click.option("--locale", "locales", multiple=True, help="A locale (repeat; default: all).")
+@click.option("--codes", default=2, show_default=True, help="Random codes besides the fixed ones.")
+@click.option("--length", default=6, show_default=True, type=click.IntRange(4, 8))
+@click.option(
+    "--templates",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A client file whose code templates are checked too.",
+)
+@click.option("--client", "client_name", default=None, help="Only this client's templates.")
+@click.option("--seed", default=0, show_default=True, help="Picks the random codes (repeatable).")
+@click.option("--clean", is_flag=True, help="Clean audio, not through a telephone line.")
+@click.option(
+    "--gate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Exit 1 unless every locale has this share of checks right (0.9) and every negative "
+    "control fails.",
+)
+def listen(
+    locales: tuple[str, ...],
+    codes: int,
+    length: int,
+    templates: Path | None,
+    client_name: str | None,
+    seed: int,
+    clean: bool,
+    gate: float | None,
+) -> None:
+    """The listening test: an offline voice reads each script (plain text and SSML), a
+    telephone line degrades it, an offline recognizer writes down what it heard; per code, the
+    digits heard in every reading, the pauses, and a verdict. Needs otpsvc[speech], and Debian's
+    libttspico-utils and sox."""
+    from otpsvc.listen import NOT_CHECKABLE, VOICES, Listener, ListenError, numeral_script
+
+    sources = _listen_sources(templates, client_name)
+    try:
+        listener = Listener(telephone=not clean)
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from exc
+    failed_gate = False
+    try:
+        for locale in locales or tuple(SCRIPTS):
+            if locale not in VOICES:
+                click.echo(f"{locale}: not checkable here: {NOT_CHECKABLE.get(locale, 'no voice')}")
+                continue
+            checks = []
+            for source, template in [("built-in", None), *sources.get(locale, [])]:
+                spoken = Spoken("code", locale, "Acme", 5, template, source)
+                for code in sample_codes(length, codes, seed):
+                    for form in ("text", "ssml"):
+                        check = listener.check(spoken, code, form)
+                        checks.append(check)
+                        verdict = "ok" if check.verdict else f"FAIL: {check.reason}"
+                        click.echo(
+                            f"{locale} {form:4} {source} {code}: heard {check.heard!r}; "
+                            f"{check.pauses} pauses; {verdict}"
+                        )
+            right = sum(c.verdict for c in checks)
+            rate = right / len(checks)
+            bad = "483291"[:length]
+            control = listener.judge(
+                locale, "text", "negative control", bad, numeral_script(bad, locale), 2
+            )
+            click.echo(
+                f"{locale}: {right} of {len(checks)} checks right ({rate:.0%}"
+                + (f", gate {gate:.0%}" if gate is not None else "")
+                + "); negative control (the code as one numeral): "
+                + ("failed, as it must" if not control.verdict else "PASSED: the test is blind")
+            )
+            if gate is not None and (rate < gate or control.verdict):
+                failed_gate = True
+    finally:
+        listener.close()
+    if failed_gate:
+        raise click.ClickException("the listening gate failed")
+
+
+def _listen_sources(path: Path | None, client_name: str | None) -> dict[str, list[tuple[str, str]]]:
+    """Per locale, the code templates of a client file to check: (where from, template)."""
+    if path is None:
+        return {}
+    import tomllib
+
+    document = tomllib.loads(path.read_text(encoding="utf-8"))
+    found: dict[str, list[tuple[str, str]]] = {}
+    if client_name is None:
+        for locale, kinds in document.get("templates", {}).items():
+            if "code" in kinds:
+                found.setdefault(locale, []).append(("templates", kinds["code"]))
+    for name, table in document.get("clients", {}).items():
+        if client_name not in (None, name):
+            continue
+        for locale, kinds in table.get("templates", {}).items():
+            if "code" in kinds:
+                found.setdefault(locale, []).append((f"clients.{name}", kinds["code"]))
+    return found
 
 
 @main.command("migrate-keys")

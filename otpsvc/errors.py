@@ -113,8 +113,8 @@ class RetryLater(OtpError):
     ) -> None:
         self.retry_after = max(1, int(-(-retry_after // 1)))
         self.verification_id = verification_id
-        #: The limit that refused (as the README's limit table names it) and whose count it
-        #: was: ``client`` (this client's share), ``global`` (every client together) or
+        #: The limit that refused (as the limit table of docs/security.md names it) and whose
+        #: count it was: ``client`` (this client's share), ``global`` (every client together) or
         #: ``address`` (the connecting address).
         self.limit = limit
         self.scope = scope

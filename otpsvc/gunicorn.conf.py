@@ -7,7 +7,7 @@ overrides any setting here, as gunicorn itself defines.
 The worker is gthread: a start spends most of its time waiting for a voice provider (0.2-2 s,
 sometimes until the read timeout), and a thread waiting on a socket holds no CPU and no GIL, so
 one worker overlaps many such waits while its other threads answer checks and probes. argon2
-runs in C with the GIL released, so threads still use every core for it (README, Scaling).
+runs in C with the GIL released, so threads still use every core for it (docs/scaling.md).
 """
 
 import os

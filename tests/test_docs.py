@@ -3,7 +3,9 @@ points there."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,3 +61,100 @@ def test_the_site_builds_a_page_for_every_runbook_url(tmp_path):
     for rule in _alerts():
         path = rule["annotations"]["runbook_url"].removeprefix(site)
         assert (tmp_path / "site" / path / "index.html").exists(), path
+
+
+def test_the_readme_is_a_front_page_with_the_two_set_up_commands_first():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    blocks = re.findall(r"```sh\n(.*?)\n```", text, re.S)
+    assert blocks[:2] == [
+        "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/otpsvc dev",
+        "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest",
+    ]
+
+
+def test_every_page_of_the_guide_is_in_the_sites_navigation_and_the_readme_links_them():
+    nav = (ROOT / "mkdocs.yml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f" {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
+        if page.name != "index.md":
+            assert f"(docs/{page.name})" in readme, f"the README does not link {page.name}"
+
+
+def _blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)\n```", path.read_text(), re.S)
+
+
+@pytest.fixture
+def dev_server(tmp_path):  # type: ignore[no-untyped-def]
+    """``otpsvc dev`` as the README's first command runs it, on a free port: (base URL, key)."""
+    from otpsvc.dev.redis_server import free_port
+    from tests.test_dev_mode import wait_for
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    out = (tmp_path / "out.txt").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(base + "/healthz")
+        out.flush()
+        key = re.search(r"API key: (\S+)", Path(out.name).read_text()).group(1)  # type: ignore[union-attr]
+        yield base, key
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def _newest_code(base: str, key: str, phone: str) -> str:
+    import requests
+
+    calls = requests.get(
+        f"{base}/dev/calls", params={"phone": phone}, headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    ).json()["calls"]  # fmt: skip
+    return str(calls[0]["code"])
+
+
+def test_the_docs_backend_example_runs_against_otpsvc_dev(dev_server):
+    """The Python handler of docs/backend.md, as printed (only its URL and key filled in)."""
+    base, key = dev_server
+    [handler] = _blocks(ROOT / "docs" / "backend.md", "python")
+    namespace: dict = {}
+    exec(compile(handler, "docs/backend.md", "exec"), namespace)  # noqa: S102 - our own docs
+    namespace["OTPSVC"] = base
+    namespace["HEADERS"] = {"Authorization": f"Bearer {key}"}
+    vid = namespace["start_sign_in"]("+2348031234567", "2001:db8:1:2::17", "acct-42")
+    code = _newest_code(base, key, "+2348031234567")
+    wrong = str((int(code[0]) + 1) % 10) + code[1:]
+    assert namespace["check_code"](vid, wrong, "2001:db8:1:2::17") is False
+    assert namespace["check_code"](vid, code, "2001:db8:1:2::17") is True
+
+
+def test_the_curl_examples_of_the_readme_and_the_docs_run_against_otpsvc_dev(dev_server):
+    base, key = dev_server
+    env = {**os.environ, "KEY": key, "OTPSVC_KEY": key}
+
+    def run(command: str) -> dict:
+        command = command.replace("http://127.0.0.1:8080", base).replace(
+            "https://otp.internal.example.com", base
+        )
+        done = subprocess.run(
+            ["bash", "-c", command], env=env, capture_output=True, text=True, check=True
+        )
+        return json.loads(done.stdout)
+
+    tour = [b for b in _blocks(ROOT / "README.md", "sh") if "curl" in b]
+    started = run(tour[0].split("\n# ", 1)[0])
+    assert started["status"] == "pending"
+    code = _newest_code(base, key, "+2348031234567")
+    check = tour[1].split("\n# ", 1)[0].replace("3f2a...", started["id"]).replace("482913", code)
+    assert run(check) == {"id": started["id"], "status": "approved", "valid": True}
+    [from_docs] = _blocks(ROOT / "docs" / "backend.md", "sh")
+    assert run(from_docs)["status"] == "pending"

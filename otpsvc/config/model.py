@@ -19,7 +19,8 @@ MAX_CODE_TTL = 600
 
 @dataclass(frozen=True)
 class Argon2Params:
-    """argon2id cost. Defaults measured on a 2-core machine: about 10 ms a verify (README)."""
+    """argon2id cost. Defaults measured on a 2-core machine: about 10 ms a verify
+    (docs/scaling.md)."""
 
     memory_kib: int = 16384
     time_cost: int = 1

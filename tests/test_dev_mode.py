@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -26,20 +27,33 @@ def wait_for(url: str, timeout: float = 20) -> None:
     raise TimeoutError(url)
 
 
-def test_dev_mode_serves_a_full_verification(tmp_path: Path):
-    """Start, read the code from the dev inbox, check it: approved; Ctrl-C stops its Redis too."""
+def start_dev(output: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """``otpsvc dev`` as the README's first command runs it (no OTPSVC_* setting of this
+    environment), on a free port, its output to ``output``: (the process, its base URL) once it
+    answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
-    out = (tmp_path / "out.txt").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
-        stdout=out,
+        stdout=output,
         stderr=subprocess.STDOUT,
         env=env,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_for(base + "/healthz")
+    except BaseException:
+        process.kill()
+        process.wait(15)
+        raise
+    return process, base
+
+
+def test_dev_mode_serves_a_full_verification(tmp_path: Path):
+    """Start, read the code from the dev inbox, check it: approved; Ctrl-C stops its Redis too."""
+    out = (tmp_path / "out.txt").open("w+")
+    process, base = start_dev(out)
+    try:
         out.flush()
         printed = Path(out.name).read_text()
         key = re.search(r"API key: (\S+)", printed).group(1)
@@ -94,16 +108,8 @@ def test_dev_mode_serves_a_full_verification(tmp_path: Path):
 def test_sigterm_stops_dev_mode_and_its_redis(tmp_path: Path):
     """A process manager stops with SIGTERM, not Ctrl-C: the bundled redis-server stops too,
     instead of being left running without its parent."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    process, _ = start_dev(subprocess.DEVNULL)
     try:
-        wait_for(f"http://127.0.0.1:{port}/healthz")
         children = subprocess.run(
             ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
         ).stdout.split()

@@ -89,21 +89,11 @@ def _blocks(path: Path, language: str) -> list[str]:
 @pytest.fixture
 def dev_server(tmp_path):  # type: ignore[no-untyped-def]
     """``otpsvc dev`` as the README's first command runs it, on a free port: (base URL, key)."""
-    from otpsvc.dev.redis_server import free_port
-    from tests.test_dev_mode import wait_for
+    from tests.test_dev_mode import start_dev
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
     out = (tmp_path / "out.txt").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_dev(out)
     try:
-        wait_for(base + "/healthz")
         out.flush()
         key = re.search(r"API key: (\S+)", Path(out.name).read_text()).group(1)  # type: ignore[union-attr]
         yield base, key

@@ -222,6 +222,19 @@ class LadderStep:
     def __str__(self) -> str:
         return f"{self.channel}:{self.provider}/{self.after}"
 
+    @classmethod
+    def parse(cls, entry: str) -> LadderStep:
+        """A step as :meth:`__str__` writes it (``voice:termii/45``; without ``/seconds`` the
+        default wait). It checks nothing: settings go through ``parse_ladder``."""
+        what, slash, wait = entry.strip().partition("/")
+        channel, _, provider = what.partition(":")
+        return cls(channel, provider, int(wait)) if slash else cls(channel, provider)
+
+
+def ladder_of(spec: str) -> tuple[LadderStep, ...]:
+    """A ladder as a verification keeps it (field ``ld``: its steps, comma separated)."""
+    return tuple(LadderStep.parse(entry) for entry in spec.split(",") if entry.strip())
+
 
 def named_providers(
     default: tuple[str, ...],

@@ -78,7 +78,6 @@ def parse_modes(value: str) -> frozenset[str]:
 
 #: The channels a ladder step may use.
 CHANNELS = ("voice", "sms")
-DEFAULT_STEP_WAIT = 45
 
 
 def parse_ladder(value: str) -> tuple[LadderStep, ...]:
@@ -98,7 +97,7 @@ def parse_ladder(value: str) -> tuple[LadderStep, ...]:
             raise ValidationError(f"{entry!r}: {provider} sends no SMS here (SMS: {sms})")
         if slash and not (wait.isdigit() and 5 <= int(wait) <= 3600):
             raise ValidationError(f"{entry!r}: the wait is 5 to 3600 seconds")
-        steps.append(LadderStep(channel, provider, int(wait) if slash else DEFAULT_STEP_WAIT))
+        steps.append(LadderStep.parse(entry))
     return tuple(steps)
 
 

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from otpsvc import metrics
-from otpsvc.config.values import parse_ladder
+from otpsvc.config.model import ladder_of
 from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.core.start import Escalation, Starting, StepNotTaken
 from otpsvc.errors import OtpError, ProvidersBusy
@@ -61,7 +61,7 @@ class Escalating(Starting):
         claim = self.store.claim_step(verification_id, now_ms=now_ms, lease_ms=self.ladder_lease_ms)
         if claim is None:
             return "none"
-        steps = parse_ladder(claim.ladder)
+        steps = ladder_of(claim.ladder)
         step = claim.current + 1
         if step >= len(steps):
             self.store.stop_ladder(verification_id, now_ms=now_ms, why="no_step_left")

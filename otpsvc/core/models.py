@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from otpsvc.config.model import LadderStep, ladder_of
+
 
 class Status(StrEnum):
     PENDING = "pending"
@@ -120,14 +122,16 @@ def _ladder(f: Mapping[str, str], next_at: float | None) -> Ladder | None:
     a ladder."""
     if not f.get("ld"):
         return None
-    steps = [entry.split("/", 1)[0].split(":", 1) for entry in f["ld"].split(",")]
+    steps = ladder_of(f["ld"])
     created = int(f["ca"]) / 1000
     calls = []
     for entry in filter(None, (f.get("lh") or "").split(",")):
-        step, offset, *why = entry.split(".")
-        channel, provider = steps[int(step)] if int(step) < len(steps) else ("voice", "?")
+        index, offset, *why = entry.split(".")
+        step = steps[int(index)] if int(index) < len(steps) else LadderStep("voice", "?")
         calls.append(
-            LadderCall(provider, created + int(offset), WHY.get(why[0]) if why else None, channel)
+            LadderCall(
+                step.provider, created + int(offset), WHY.get(why[0]) if why else None, step.channel
+            )
         )
     return Ladder(tuple(calls), next_at, f.get("lx"))
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 
 from otpsvc import metrics
 from otpsvc.config import TestNumber
-from otpsvc.config.model import LadderStep
-from otpsvc.config.values import parse_ladder
+from otpsvc.config.model import LadderStep, ladder_of
 from otpsvc.core.abuse import refusal_error
 from otpsvc.core.audit import audit
 from otpsvc.core.base import Policy, ServiceBase
@@ -118,7 +117,7 @@ def _step_of(ladder: str | None, provider: str, first: int) -> int | None:
     without a ladder."""
     if not ladder:
         return None
-    steps = parse_ladder(ladder)
+    steps = ladder_of(ladder)
     return next((i for i in range(first, len(steps)) if steps[i].provider == provider), first)
 
 
@@ -219,6 +218,7 @@ class Starting(ServiceBase):
         test = self._test_number(phone, client)
         ladder = escalation.steps if escalation else policy.ladder
         first = escalation.step if escalation else 0
+        channel = ladder[first].channel if len(ladder) > 1 else "voice"
         try:
             if escalation is None:
                 self._refuse_unless_allowed(policy, mode, code_length, brand)
@@ -232,7 +232,6 @@ class Starting(ServiceBase):
                     if len(ladder) > 1:
                         # A ladder names its providers: this step's first, the rest of its
                         # steps on the same channel as failover should one refuse outright.
-                        channel = ladder[first].channel
                         names = [s.provider for s in ladder[first:] if s.channel == channel]
                         route = self.dispatcher.route_of(names, mode, channel)
                     else:
@@ -298,8 +297,9 @@ class Starting(ServiceBase):
             fields["ref"] = client_ref
         if mode == "keypress":
             fields["m"] = "k"
-        if len(ladder) > 1 and test is None:
-            # Its later steps call the number again: kept sealed until it ends.
+        if len(ladder) > 1 and test is None and escalation is None:
+            # Its later steps call the number again: kept sealed until it ends (a step is a
+            # resend: the new-record fields are not used).
             fields["ld"] = ",".join(str(step) for step in ladder)
             fields["pe"] = self.keyring.seal_phone(candidate_id, phone.e164)
         reservation = self.store.reserve(
@@ -339,7 +339,6 @@ class Starting(ServiceBase):
                 int(record["len"]), leading_zero=not self.dispatcher.needs_numeric_code(route)
             )
             verifier = self.keyring.hash_code(reservation.id, code)
-        channel = ladder[first].channel if len(ladder) > 1 else "voice"
         kind = "sms" if channel == "sms" else mode
         template, source = choose_template(policy.templates, client, kind, record["loc"])
         call = CallRequest(

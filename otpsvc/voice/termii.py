@@ -15,13 +15,16 @@ depends on them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from marshmallow import Schema, fields, post_load, validate
 
 from otpsvc.voice.base import (
     CallRequest,
     CallResult,
+    HttpAnswer,
     HttpProvider,
     ProviderError,
     Timeouts,
@@ -110,17 +113,7 @@ class TermiiProvider(HttpProvider):
             "channel": self.settings.sms_channel,
         }
         response = self.post(self.sms_url, json=body)
-        payload = json_body(response)
-        info = payload if isinstance(payload, dict) else {}
-        text = str(info.get("message") or info.get("error") or "")[:200] or None
-        if response.status_code != 200 or not info.get("message_id"):
-            raise ProviderError(
-                self.name,
-                "SMS refused",
-                http_status=response.status_code,
-                provider_code=str(info["code"]) if "code" in info else None,
-                provider_text=text,
-            )
+        info = self._answer(response, "SMS refused", ok=lambda info: bool(info.get("message_id")))
         return CallResult(provider=self.name, message_id=str(info["message_id"]))
 
     def place_call(self, call: CallRequest) -> CallResult:
@@ -133,24 +126,39 @@ class TermiiProvider(HttpProvider):
             "code": int(call.code),
         }
         response = self.post(self.url, json=body)
-        payload = json_body(response)
-        info = payload if isinstance(payload, dict) else {}
-        text = str(info.get("message") or info.get("error") or "")[:200] or None
-        if response.status_code != 200:
-            raise ProviderError(
-                self.name,
-                "call refused",
-                http_status=response.status_code,
-                provider_code=str(info["code"]) if "code" in info else None,
-                provider_text=text,
-            )
+        info = self._answer(response, "call refused")
         if info.get("code") != "ok":
             raise ProviderError(
                 self.name,
                 "call not accepted",
                 http_status=200,
                 provider_code=str(info.get("code")) if info.get("code") is not None else None,
-                provider_text=text,
+                provider_text=_text(info),
             )
         message_id = info.get("message_id") or info.get("pinId")
         return CallResult(provider=self.name, message_id=str(message_id) if message_id else None)
+
+    def _answer(
+        self,
+        response: HttpAnswer,
+        refused: str,
+        ok: Callable[[dict[str, Any]], bool] = lambda info: True,
+    ) -> dict[str, Any]:
+        """Termii's JSON answer; ProviderError ``refused`` (with Termii's code and words) for an
+        HTTP status other than 200, or an answer ``ok`` does not accept."""
+        payload = json_body(response)
+        info: dict[str, Any] = payload if isinstance(payload, dict) else {}
+        if response.status_code != 200 or not ok(info):
+            raise ProviderError(
+                self.name,
+                refused,
+                http_status=response.status_code,
+                provider_code=str(info["code"]) if "code" in info else None,
+                provider_text=_text(info),
+            )
+        return info
+
+
+def _text(info: dict[str, Any]) -> str | None:
+    """Termii's own words in an answer (``message`` or ``error``), cut short."""
+    return str(info.get("message") or info.get("error") or "")[:200] or None

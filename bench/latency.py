@@ -4,7 +4,8 @@ Real voice APIs take 0.2-2 s to accept a call and sometimes hang until the read 
 runs ``otpsvc serve`` as shipped (gunicorn.conf.py: 2 gthread workers of OTPSVC_WORKER_THREADS
 threads, OTPSVC_PROVIDER_CONCURRENCY of them for provider waits) against a Termii stand-in with
 a latency profile, and, for comparison in the same run, with gunicorn's sync worker (the former
-default). Per profile, with 16 concurrent callers placing calls:
+default). Per profile, with 16 concurrent callers placing calls (a caller refused with 503
+waits what its ``Retry-After`` says, as a well-behaved client does):
 
 - calls placed per second by the pod, and how many starts were refused ``providers_busy``;
 - ``/otp/check`` p50/p95/p99 while those starts run (wrong codes on earlier verifications, one
@@ -183,7 +184,8 @@ def run_profile(
                         else:
                             result.other[r.status_code] = result.other.get(r.status_code, 0) + 1
                     if r.status_code == 503:
-                        time.sleep(0.05)
+                        # As a well-behaved caller does: wait what Retry-After says.
+                        time.sleep(float(r.headers.get("Retry-After", "1")))
                     if pairs and r.status_code == 201:
                         code = TermiiStandIn.codes[number.lstrip("+")]
                         body = {"id": r.json()["id"], "code": code}

@@ -115,7 +115,13 @@ def create_app(
         settings.routes,
         breaker,
         clock,
-        Bulkhead(settings.provider_concurrency),
+        Bulkhead(
+            settings.provider_concurrency,
+            # Well under a provider call's own bound: at most half its read timeout.
+            wait=min(settings.provider_slot_wait, settings.provider_read_timeout / 2),
+            # One thread of the worker always stays free for checks, webhooks and probes.
+            waiters=max(0, settings.worker_threads - settings.provider_concurrency - 1),
+        ),
     )
     service = VerificationService(
         store=store,

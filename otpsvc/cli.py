@@ -71,6 +71,9 @@ otpsvc dev mode on {base} (Redis: {redis})
   API reference: {base}/docs
 
 API key: {key}
+{key_note}
+Dev limits (roomier than production's, so test runs do not lock you out): {limits}.
+Set the OTPSVC_* variable of a limit to try production's.
 
   curl -s {base}/otp/start -H 'Authorization: Bearer {key}' \\
        -H 'Content-Type: application/json' -d '{{"phone": "+2348031234567"}}'
@@ -81,6 +84,47 @@ API key: {key}
 
 #: Exit status of a configuration error, as at start-up.
 CONFIG_ERROR = 2
+
+#: glibc allocator settings of ``otpsvc serve`` (see there).
+SERVE_ALLOCATOR = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+
+#: Limits of dev mode where not set: production's would lock a developer out after a few test
+#: runs (5 calls an hour per number and per account).
+DEV_LIMITS = {
+    "OTPSVC_VELOCITY_PHONE": "60 per hour;500 per day",
+    "OTPSVC_VELOCITY_USER": "60 per hour;500 per day",
+    "OTPSVC_VELOCITY_IP": "300 per hour;3000 per day",
+    "OTPSVC_VELOCITY_PREFIX": "300 per hour;3000 per day",
+    "OTPSVC_RATE_LIMIT_START_IP": "120 per minute",
+    "OTPSVC_RATE_LIMIT_CHECK_IP": "300 per minute",
+    "OTPSVC_MAX_FAILED_CHECKS_PER_NUMBER": "100",
+    "OTPSVC_MAX_FAILED_CHECKS_ALL_CLIENTS": "300",
+}
+
+
+def dev_key_file() -> Path:
+    """Where ``otpsvc dev`` keeps its API key, so it stays the same across restarts."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "otpsvc" / "dev-api-key"
+
+
+def _dev_key(renew: bool) -> tuple[str, Path]:
+    """The dev API key from its file, made (and kept, readable by this user only) when there is
+    none or ``renew`` asks for a new one."""
+    path = dev_key_file()
+    if not renew:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            key = ""
+        if len(key) >= 24:
+            return key, path
+    key = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(key + "\n")
+    return key, path
 
 
 @click.group()
@@ -142,10 +186,14 @@ def _store_parts(settings: Settings) -> tuple[Any, VerificationStore, VelocitySt
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-def dev(host: str, port: int) -> None:
-    """Run on embedded defaults: bundled Redis, console provider, generated keys.
+@click.option("--new-key", is_flag=True, help="Make a new dev API key instead of the kept one.")
+def dev(host: str, port: int, new_key: bool) -> None:
+    """Run on embedded defaults: bundled Redis, console provider, an API key kept across
+    restarts (in $XDG_STATE_HOME/otpsvc/dev-api-key), limits roomier than production's.
 
-    Any OTPSVC_* variable already set is kept, so dev mode can also point at a real Redis.
+    Any OTPSVC_* variable already set is kept, so dev mode can also point at a real Redis or
+    try production's limits. Stops, with its Redis, on Ctrl-C or SIGTERM. More: the docs'
+    "The dev inbox" page.
     """
     handler = logging.StreamHandler()
     handler.setFormatter(ReadableFormatter())
@@ -158,9 +206,13 @@ def dev(host: str, port: int) -> None:
         server = RedisServer().start()
         env["OTPSVC_REDIS_URL"] = server.url
     api_key = None
+    key_note = ""
     if "OTPSVC_API_KEYS" not in env:
-        api_key = secrets.token_urlsafe(24)
+        api_key, key_path = _dev_key(new_key)
         env["OTPSVC_API_KEYS"] = f"dev:{api_key}"
+        key_note = f"  (kept in {key_path}: the same after a restart; --new-key makes another)\n"
+    for name, limit in DEV_LIMITS.items():
+        env.setdefault(name, limit)
     env.setdefault("OTPSVC_SECRET_KEY", secrets.token_urlsafe(32))
     env.setdefault("OTPSVC_PROVIDERS", "console")
     # The console provider's delivery reports come back here, as a provider's webhooks would.
@@ -184,6 +236,11 @@ def dev(host: str, port: int) -> None:
                 base=f"http://{host}:{port}",
                 redis="bundled" if server else "OTPSVC_REDIS_URL",
                 key=api_key or "<a key from OTPSVC_API_KEYS>",
+                key_note=key_note,
+                limits=(
+                    f"{env['OTPSVC_VELOCITY_PHONE']} calls per number, "
+                    f"{env['OTPSVC_RATE_LIMIT_START_IP']} starts per address"
+                ),
             )
         )
         run_simple(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
@@ -206,6 +263,12 @@ def serve() -> None:
     is one clear message and exit status 2 instead of a worker boot loop.
     """
     _settings()
+    # glibc reads these at start-up, so they are set before gunicorn runs. Without a fixed mmap
+    # threshold glibc raises it past argon2's 16 MiB block after the first free, and from then
+    # on keeps every freed block in the heap; one arena a core is what threads need here
+    # (bench/memory.py measures both). An operator's own value wins.
+    for name, value in SERVE_ALLOCATOR.items():
+        os.environ.setdefault(name, value)
     config = resources.files("otpsvc").joinpath("gunicorn.conf.py")
     argv = [sys.executable, "-m", "gunicorn", "--config", str(config), "otpsvc.app:create_app()"]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process, so signals reach gunicorn
@@ -254,11 +317,22 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
     ladder = LadderRunner(
         create_app().extensions["otpsvc"].service, threads=settings.provider_concurrency
     )
-    consumer = EventWorker(queue, guard=kill_switch_guard(velocity), periodic=[ladder.run_due])
+    # SIGHUP asks; the loop reloads between two of its steps (not inside a signal handler that
+    # may have interrupted a Redis call).
+    reload_asked = threading.Event()
+
+    def reload_when_asked() -> None:
+        if reload_asked.is_set():
+            reload_asked.clear()
+            _reload_worker(queue, ladder)
+
+    consumer = EventWorker(
+        queue, guard=kill_switch_guard(velocity), periodic=[reload_when_asked, ladder.run_due]
+    )
     if metrics_port is not None:
         serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
-    signal.signal(signal.SIGHUP, lambda *_: _reload_events(queue))
+    signal.signal(signal.SIGHUP, lambda *_: reload_asked.set())
     click.echo(f"event worker {consumer.name} started", err=True)
     try:
         consumer.run(block_ms_for(settings.redis_socket_timeout), heartbeat=heartbeat)
@@ -266,17 +340,33 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
         consumer.stop()
 
 
-def _reload_events(queue: EventQueue) -> None:
-    """SIGHUP: the settings (the client file's webhooks among them) read again; a bad one is
-    logged and the worker goes on with what it had."""
+def _reload_worker(queue: EventQueue, ladder: LadderRunner) -> None:
+    """SIGHUP: every setting read again, the client file included; bad ones are logged and the
+    worker goes on with what it had. The webhooks and everything a ladder step obeys (limits,
+    countries, budgets, brands, templates, routes, ladders) take effect from the next step: the
+    steps are placed by a service built from the new settings, and the old one is closed once
+    its steps in flight are done."""
     log = logging.getLogger("otpsvc.events")
     try:
-        settings = load_settings()
+        app = create_app()
     except ConfigError as exc:
         log.error("settings refused, the worker keeps its own: %s", "; ".join(exc.problems))
         return
-    queue.settings = EventSettings.from_settings(settings)
-    log.info("settings reloaded: webhooks of %s", ", ".join(sorted(queue.settings.webhooks)))
+    fresh = app.extensions["otpsvc"]
+    old = ladder.service
+    queue.settings = EventSettings.from_settings(fresh.settings)
+    ladder.service = fresh.service
+    log.info(
+        "settings reloaded: webhooks of %s; ladder steps follow the new settings",
+        ", ".join(sorted(queue.settings.webhooks)) or "no client",
+    )
+
+    def retire() -> None:
+        ladder.drain()
+        old.dispatcher.close()
+        old.store.redis.close()
+
+    threading.Thread(target=retire, name="retire-settings", daemon=True).start()
 
 
 @main.group()

@@ -47,12 +47,16 @@ from otpsvc import metrics
 from otpsvc.api.schemas import verification_view
 from otpsvc.config import Settings
 from otpsvc.core.models import Status, Verification
+from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, per_node
 from otpsvc.store.redis_store import EventOptions, script_source
 from otpsvc.store.shards import event_keys, expiring_key, stream_key, tag_of, tags
 from otpsvc.telemetry import TracedScript
 
 log = logging.getLogger("otpsvc.events")
+
+#: Redis being away, as redis-py raises it or as the store's guard wraps it.
+OUTAGES: tuple[type[Exception], ...] = (*STORE_ERRORS, StoreUnavailable)
 
 GROUP = "senders"
 #: Deliveries in flight at once per API client, per worker.
@@ -205,11 +209,19 @@ class EventQueue:
         return waiting, max(0.0, now - oldest_ms / 1000)
 
     def trim(self, now: float, max_age: float) -> int:
-        """Drop events older than ``max_age`` from the streams (no worker ran for that long, or
-        their receiver never answered): a bound on what a missing worker leaves in Redis."""
-        oldest = f"{int((now - max_age) * 1000)}-0"
+        """Drop what the streams still hold of events older than ``max_age`` that are done
+        with: delivered, or given up (kept in ``events failed``). An event still pending (in its
+        retries, or waiting for a worker that knows its client) or not yet read is never
+        trimmed: each stream is cut only below its oldest such entry."""
+        cutoff = f"{int((now - max_age) * 1000)}-0"
+        pending = self.each(self.streams, lambda pipe, key: pipe.xpending(key, GROUP))
+        groups = self.each(self.streams, lambda pipe, key: pipe.xinfo_groups(key))
+        bounds = {
+            key: _keep_from(cutoff, pending.get(key), groups.get(key)) for key in self.streams
+        }
         answers = self.each(
-            self.streams, lambda pipe, key: pipe.xtrim(key, minid=oldest, approximate=False)
+            self.streams,
+            lambda pipe, key: pipe.xtrim(key, minid=bounds[key], approximate=False),
         )
         trimmed = 0
         for answer in answers.values():
@@ -234,6 +246,26 @@ class EventQueue:
         self.add(message_id, event["client"], event["body"])
         self.redis.hdel(self.failed_key, message_id)
         return True
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _keep_from(cutoff: str, pending: Any, groups: Any) -> str:
+    """The lowest entry id a stream must keep: the age cutoff, unless an older entry is still
+    pending (its oldest) or not yet read by the group (just after the last one it read)."""
+    keep = _stream_id(cutoff)
+    if isinstance(pending, dict) and pending.get("pending") and pending.get("min"):
+        keep = min(keep, _stream_id(str(pending["min"])))
+    if isinstance(groups, list):
+        for group in groups:
+            if group.get("name") != GROUP:
+                continue
+            ms, seq = _stream_id(str(group.get("last-delivered-id") or "0-0"))
+            keep = min(keep, (ms, seq + 1))
+    return f"{keep[0]}-{keep[1]}"
 
 
 def _rfc3339(at: float) -> str:
@@ -313,7 +345,7 @@ class EventWorker:
     ) -> None:
         try:
             self.deliver(stream, entry_id, fields, tries)
-        except STORE_ERRORS as exc:
+        except OUTAGES as exc:
             # The event stays pending: the orphan scan (or another worker) tries it again.
             log.warning("event worker: redis unavailable: %s", type(exc).__name__)
         except Exception:
@@ -337,7 +369,7 @@ class EventWorker:
     def _ensure_group_when_up(self) -> None:
         try:
             self.ensure_group()
-        except STORE_ERRORS as exc:
+        except OUTAGES as exc:
             log.warning("event worker: redis unavailable: %s", type(exc).__name__)
             self._stop.wait(1.0)
 
@@ -377,8 +409,11 @@ class EventWorker:
                 )
                 self._ensure_group_when_up()
                 continue
-            except STORE_ERRORS as exc:
-                log.warning("event worker: redis unavailable: %s", type(exc).__name__)
+            except OUTAGES as exc:
+                # Wherever in the loop Redis went away (the guard, the ladder, a read), the
+                # worker waits and goes on: its whole job is to carry on.
+                cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+                log.warning("event worker: redis unavailable: %s", type(cause).__name__)
                 self._stop.wait(1.0)
                 continue
             if heartbeat is not None:
@@ -486,8 +521,20 @@ class EventWorker:
         name = f"{entry_id}@{stream}"
         url = settings.webhooks.get(client)
         secrets = settings.secrets.get(client)
-        if url is None or not secrets or time.time() - queued > settings.retry_window:
+        if time.time() - queued > settings.retry_window:
             self._give_up(stream, entry_id, message_id, client, body, event_type)
+            return
+        if url is None or not secrets:
+            # The API wrote it, so the client has a webhook there: this worker's settings are
+            # older or newer (a rollout, a HUP not yet sent). It stays pending for a worker that
+            # knows the client, or for this one after its reload; never given up at once.
+            self._retry(name, tries, "no webhook for this client in this worker's settings")
+            log.warning(
+                "event %s (%s) for %s: this worker has no webhook for the client; left pending",
+                message_id,
+                event_type,
+                client,
+            )
             return
         sent_at = datetime.now(UTC)
         headers = {
@@ -526,9 +573,7 @@ class EventWorker:
         else:
             metrics.EVENTS.labels(event_type, "retry").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "retry").inc()
-            next_try = self.backoff(entry_id, tries)
-            queue.redis.zadd(queue.due_key, {name: int((time.time() + next_try) * 1000)})
-            queue.redis.hset(queue.last_key, name, answer)
+            next_try = self._retry(name, tries, answer)
             log.warning(
                 "event %s (%s) for %s: try %d failed (%s); next try in about %.0f s",
                 message_id,
@@ -538,6 +583,14 @@ class EventWorker:
                 answer,
                 next_try,
             )
+
+    def _retry(self, name: str, tries: int, answer: str) -> float:
+        """Make the event due again after its backoff, with what this try got; the seconds."""
+        queue = self.queue
+        next_try = self.backoff(name.partition("@")[0], tries)
+        queue.redis.zadd(queue.due_key, {name: int((time.time() + next_try) * 1000)})
+        queue.redis.hset(queue.last_key, name, answer)
+        return next_try
 
     def _give_up(
         self, stream: str, entry_id: str, message_id: str, client: str, body: str, event_type: str

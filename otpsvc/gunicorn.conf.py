@@ -54,37 +54,49 @@ def child_exit(server: object, worker: object) -> None:
 
 
 def on_starting(server: object) -> None:
-    """The client file as the workers will read it (see on_reload)."""
-    _accept_client_file(server, reloading=False)
+    """Every setting as the workers will load it (see on_reload)."""
+    _accept_settings(server, reloading=False)
 
 
 def on_reload(server: object) -> None:
-    """SIGHUP: the client file is read again and checked here, in the master, before any new
-    worker starts. A good one is what the new workers load (gunicorn then stops the old ones
-    gracefully); a bad one is logged, and the new workers load the last good one, so the
-    service keeps serving with it."""
-    _accept_client_file(server, reloading=True)
+    """SIGHUP: every setting is read again here, in the master, before any new worker starts:
+    the environment, each ``*_FILE`` secret (a Kubernetes Secret volume updates in place) and
+    the client file. A good set is what the new workers load (gunicorn then stops the old ones
+    gracefully); a bad one is logged with its problems, and new workers (these, and any that
+    replaces a worker that died) load the last good set, so the service keeps serving."""
+    _accept_settings(server, reloading=True)
 
 
-def _accept_client_file(server: object, *, reloading: bool) -> None:
-    from otpsvc.config import clients, load_settings
+def _accept_settings(server: object, *, reloading: bool) -> None:
+    from otpsvc.config import clients, load_settings, loading
+    from otpsvc.config.secrets import read_secret_files
     from otpsvc.errors import ConfigError
 
     log = server.log  # type: ignore[attr-defined]
-    path = os.environ.get("OTPSVC_CLIENTS_FILE")
-    if not path:
-        if reloading:
-            log.info("reloaded: no client file (OTPSVC_CLIENTS_FILE) to read again")
-        return
-    previous = clients.accepted_text
+    previous = (loading.accepted_environment, clients.accepted_text)
+    problems: list[str] = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            clients.accepted_text = handle.read()
-        load_settings()
+        loading.accepted_environment = None
+        env = read_secret_files(loading.environment(), problems)
+        if problems:
+            raise ConfigError(problems)
+        path = env.get("OTPSVC_CLIENTS_FILE")
+        if path:
+            with open(path, encoding="utf-8") as handle:
+                clients.accepted_text = handle.read()
+        load_settings(env)
     except (OSError, ConfigError) as exc:
-        clients.accepted_text = previous
-        problems = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
-        log.error("client file %s refused, the workers keep the last good one: %s", path, problems)
+        loading.accepted_environment, clients.accepted_text = previous
+        said = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        log.error(
+            "settings refused%s, the workers keep the last good ones: %s",
+            " on reload" if reloading else "",
+            "; ".join(said),
+        )
         return
+    loading.accepted_environment = env
     if reloading:
-        log.info("client file %s reloaded; the workers are being replaced", path)
+        log.info(
+            "settings reloaded (environment, secret files, client file); "
+            "the workers are being replaced"
+        )

@@ -132,7 +132,9 @@ class Listener:
             text = re.sub(r"</?(speak|voice)\b[^>]*>", "", text)
         name = secrets.token_hex(4)
         clean, line, back = (self.work / f"{name}{suffix}.wav" for suffix in ("", "-8k", "-16k"))
-        run(["pico2wave", "-l", VOICES[locale], "-w", str(clean), text])
+        # "--" ends the options: a text that starts with "-" (a template's) is read, never taken
+        # for an option such as --wave=FILE.
+        run(["pico2wave", "-l", VOICES[locale], "-w", str(clean), "--", text])
         if self.telephone:
             run(["sox", "-D", str(clean), "-r", "8000", "-c", "1", "-e", "mu-law", str(line)])
         else:

@@ -73,6 +73,7 @@ def dev_server(tmp_path_factory) -> Iterator[str]:
     """``otpsvc dev`` as a developer starts it: nothing set, the bundled Redis."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    env["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
     log = (tmp_path_factory.mktemp("dev") / "dev.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
@@ -85,7 +86,7 @@ def dev_server(tmp_path_factory) -> Iterator[str]:
         wait_for(base + "/healthz")
         yield base
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         process.wait(15)
 
 

@@ -478,3 +478,26 @@ test_numbers = ["+2348000000001=482913@{last_day}"]
     assert len(termii.calls) + len(sevenio.calls) == calls  # no call for a test number
     assert test["provider"] == "test"
     assert b.start("+2348000000001").get_json().get("provider") != "test"  # not b's
+
+
+@pytest.mark.parametrize(
+    ("brand", "accepted"),
+    [
+        ("Acme 24", True),
+        ("Кав'ярня", True),
+        ("متجر", True),
+        ("Acme ٢٤٦٨", False),  # Arabic-Indic digits: read out as a number beside the code
+        ("Acme １２３", False),  # full-width digits
+    ],
+)
+def test_a_brand_takes_letters_of_any_script_but_only_ascii_digits(
+    make_app, openapi, termii: FakeTermii, brand, accepted
+):
+    """A brand is spoken with the code: letters of any script are fine, digits only 0-9."""
+    api = Api(make_app(OTPSVC_REQUEST_BRAND="true"), KEY_A, openapi)
+    answer = api.request("POST", "/otp/start", json={"phone": "+2348031234567", "brand": brand})
+    if accepted:
+        assert answer.status_code == 201, answer.get_json()
+    else:
+        assert answer.status_code == 422
+        assert list(answer.get_json()["errors"]) == ["brand"]

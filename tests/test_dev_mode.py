@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,17 @@ def wait_for(url: str, timeout: float = 20) -> None:
     raise TimeoutError(url)
 
 
-def start_dev(output: Any) -> tuple[subprocess.Popen[bytes], str]:
+def start_dev(
+    output: Any, state: Path | None = None, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
     """``otpsvc dev`` as the README's first command runs it (no OTPSVC_* setting of this
     environment), on a free port, its output to ``output``: (the process, its base URL) once it
-    answers."""
+    answers. ``state`` is its state directory (where it keeps its key; a new one by default)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    env["XDG_STATE_HOME"] = str(state or tempfile.mkdtemp(prefix="otpsvc-dev-state-"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
+        [sys.executable, "-m", "otpsvc", "dev", "--port", str(port), *args],
         stdout=output,
         stderr=subprocess.STDOUT,
         env=env,
@@ -50,7 +54,7 @@ def start_dev(output: Any) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def test_dev_mode_serves_a_full_verification(tmp_path: Path):
-    """Start, read the code from the dev inbox, check it: approved; Ctrl-C stops its Redis too."""
+    """Start, read the code from the dev inbox, check it: approved; SIGTERM stops its Redis too."""
     out = (tmp_path / "out.txt").open("w+")
     process, base = start_dev(out)
     try:
@@ -90,7 +94,7 @@ def test_dev_mode_serves_a_full_verification(tmp_path: Path):
         ).stdout.split()
         assert len(children) == 1  # the bundled redis-server
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         process.wait(15)
     printed = Path(out.name).read_text()
     assert code not in printed
@@ -127,3 +131,60 @@ def test_sigterm_stops_dev_mode_and_its_redis(tmp_path: Path):
     while not stopped() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert stopped()
+
+
+def _key_of(path: Path) -> str:
+    found = re.search(r"API key: (\S+)", path.read_text())
+    assert found, path.read_text()
+    return found.group(1)
+
+
+def test_the_dev_key_stays_the_same_across_restarts(tmp_path: Path):
+    """A developer's scripts keep working after a restart: the key is kept (readable by its
+    user only) and printed again; --new-key makes another."""
+    keys = []
+    for args in ((), (), ("--new-key",)):
+        out = tmp_path / f"out{len(keys)}.txt"
+        with out.open("w+") as sink:
+            process, base = start_dev(sink, tmp_path, *args)
+            try:
+                sink.flush()
+                keys.append(_key_of(out))
+                auth = {"Authorization": f"Bearer {keys[-1]}"}
+                assert requests.get(base + "/dev/calls", headers=auth, timeout=10).ok
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(15)
+    assert keys[0] == keys[1] != keys[2]
+    kept = tmp_path / "otpsvc" / "dev-api-key"
+    assert kept.read_text().strip() == keys[2]
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_dev_mode_limits_suit_a_developer_and_an_answered_call_completes(tmp_path: Path):
+    """Eight test runs with one account in a row are not refused (production's limits allow
+    five calls an hour per account), the banner says the limits are dev ones, and an answered call's
+    delivery becomes completed instead of staying queued."""
+    out = tmp_path / "out.txt"
+    with out.open("w+") as sink:
+        process, base = start_dev(sink, tmp_path)
+        try:
+            sink.flush()
+            printed = out.read_text()
+            assert "Dev limits" in printed
+            auth = {"Authorization": f"Bearer {_key_of(out)}"}
+            for i in range(8):
+                body = {"phone": f"+23480312345{i:02d}", "end_user": {"user_id": "me"}}
+                started = requests.post(base + "/otp/start", json=body, headers=auth, timeout=10)
+                assert started.status_code == 201, started.text
+                vid = started.json()["id"]
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                view = requests.get(base + f"/otp/{vid}", headers=auth, timeout=10).json()
+                if view["delivery"]["status"] == "completed":
+                    break
+                time.sleep(0.1)
+            assert view["delivery"]["status"] == "completed"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)

@@ -358,25 +358,33 @@ def test_the_worker_serves_its_metrics_and_logs_each_failed_try(
         failing.close()
 
 
-def test_old_events_are_trimmed_and_counted(make_app, openapi, termii, receiver: Receiver):
-    """Events older than the streams' age bound (twice the retry window) are dropped by the
-    worker, from every shard, and counted in otpsvc_events_trimmed_total: a missing worker
-    cannot fill Redis."""
+def test_only_events_done_with_are_trimmed(make_app, openapi, termii, receiver: Receiver):
+    """The worker's age bound (twice the retry window) drops only what is done with: an old
+    entry that was acknowledged is trimmed and counted in otpsvc_events_trimmed_total, while an
+    old one still pending (in its retries) or not yet read is kept, to be delivered or given up
+    into ``events failed``, never dropped unseen."""
     from otpsvc import metrics
+    from otpsvc.events import GROUP
 
     app = make_app(**event_env(a=receiver), OTPSVC_EVENT_RETRY_WINDOW="60")
     events = app.extensions["otpsvc"].events
+    r = events.redis
     now = time.time()
-    ancient = f"{int((now - 500) * 1000)}-0"
-    for stream in (events.streams[0], events.streams[200], events.replay_stream):
-        events.redis.xadd(stream, {"id": "msg_ancient"}, id=ancient)
+    acked, pending, unread = events.streams[0], events.streams[200], events.streams[201]
+    for stream in (acked, pending, unread):
+        r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    for stream, age in ((acked, 500), (pending, 400), (unread, 300)):
+        r.xadd(stream, {"id": f"msg_{age}"}, id=f"{int((now - age) * 1000)}-0")
+    for stream in (acked, pending):
+        [(_, [(entry_id, _)])] = r.xreadgroup(GROUP, "test", {stream: ">"}, count=1)
+        if stream == acked:
+            r.xack(stream, GROUP, entry_id)
     before = metrics.EVENTS_TRIMMED._value.get()
-    assert events.trim(now, events.settings.max_age) == 3
-    assert metrics.EVENTS_TRIMMED._value.get() == before + 3
-    api = Api(app, KEY_A, openapi)
-    api.cancel(api.start().get_json()["id"])
-    assert events.trim(time.time(), events.settings.max_age) == 0
-    assert events.backlog(time.time())[0] == 1
+    assert events.trim(now, events.settings.max_age) == 1
+    assert metrics.EVENTS_TRIMMED._value.get() == before + 1
+    assert r.xlen(acked) == 0
+    assert r.xlen(pending) == 1
+    assert r.xlen(unread) == 1
 
 
 def test_a_hanging_receiver_does_not_delay_another_clients_events(
@@ -452,3 +460,59 @@ def test_a_suspension_outlives_a_redis_that_lost_its_data(own_stack, termii: Fak
     assert refused.get_json()["code"] == "calls_suspended"
     assert "the kill switch is set again" in caplog.text
     assert termii.calls == []
+
+
+def test_the_worker_process_rides_out_a_redis_restart(own_stack, receiver: Receiver, tmp_path):
+    """``otpsvc worker`` (with its kill-switch guard and ladder) keeps running while Redis is
+    away for a second and comes back, and delivers the next event: it logs and carries on
+    wherever in its loop Redis went away, instead of exiting with a traceback."""
+    server, api, env, _ = own_stack
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "otpsvc", "worker"],
+            env={**os.environ, **env},
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        api.cancel(api.start().get_json()["id"])
+        wait_for(lambda: len(receiver.events()) == 1, timeout=30)
+        for _ in range(3):
+            server.stop()
+            time.sleep(1.0)
+            server.start()
+            time.sleep(0.5)
+        assert process.poll() is None, log_path.read_text()
+        second = api.start("+2348031234998").get_json()["id"]
+        api.cancel(second)
+        wait_for(lambda: len(receiver.events()) == 2, timeout=30)
+        assert receiver.events()[1]["data"]["id"] == second
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(15)
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
+    assert "redis unavailable" in text
+
+
+def test_a_worker_without_the_clients_webhook_leaves_its_events_pending(
+    make_app, openapi, termii: FakeTermii, receiver: Receiver, worker_for
+):
+    """During a rollout a worker may not know a client's webhook yet: that client's events stay
+    pending (not given up at once), and are delivered once a worker knows the client."""
+    app = make_app(**event_env(a=receiver))
+    stale = make_app(OTPSVC_EVENT_RETRY_BASE="0.1")  # no webhooks in its settings
+    worker = worker_for(stale)
+    api = Api(app, KEY_A, openapi)
+    api.cancel(api.start().get_json()["id"])
+    events = stale.extensions["otpsvc"].events
+    wait_for(lambda: events.redis.hlen(events.last_key) == 1, timeout=15)
+    assert events.failed() == {}
+    assert receiver.events() == []
+    # The worker's reload brings the client's webhook: the event goes out.
+    worker.queue.settings = app.extensions["otpsvc"].events.settings
+    wait_for(lambda: len(receiver.events()) == 1, timeout=30)
+    assert receiver.events()[0]["type"] == "verification.canceled"
+    assert events.failed() == {}

@@ -12,7 +12,7 @@ import pytest
 
 from otpsvc.core.ladder import LEASE_MS, LadderRunner
 from otpsvc.store.shards import stream_key, tag_of
-from tests.conftest import KEY_A, Api, FakeClock
+from tests.conftest import KEY_A, KEY_B, Api, FakeClock
 from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
 from tests.test_providers import DE_WORDS, spoken_code
@@ -301,6 +301,11 @@ def test_the_worker_process_runs_the_due_steps(
             "step 2 waits 45 s, but the resend cooldown after call 2 is 60 s",
         ),
         ("voice:termii/30,voice:sevenio", {"OTPSVC_MAX_SENDS": "1"}, "allows 1 calls"),
+        (
+            "voice:termii/60,voice:sevenio/90,voice:termii",
+            {"OTPSVC_CODE_TTL": "120"},
+            "step 3 is due 150 s after the start, but a code lives 120 s",
+        ),
     ],
 )
 def test_a_ladder_the_rules_would_cut_short_is_refused(redis_url, ladder, extra, problem):
@@ -536,3 +541,179 @@ def test_alphasms_sends_the_sms_under_its_alpha_name(
     code = item["sms_message"].removeprefix("otpsvc: ваш код підтвердження ").split(".", 1)[0]
     assert api.check(started["id"], code).get_json()["valid"] is True
     assert alphasms.calls == []
+
+
+def test_every_persons_ladder_counts_against_their_own_limits(
+    ladder_app, clock: FakeClock, termii: FakeTermii
+):
+    """Twelve people of one client, each with their own address, who miss their first call all
+    get their second under the shipped per-address limit (10 calls an hour): a step counts
+    against its own person, not against one "unknown" address every step shared."""
+    app, seven = ladder_app(OTPSVC_VELOCITY_IP="10 per hour;30 per day")
+    for i in range(12):
+        answer = seven.api.start(f"+49151234567{i:02d}", end_user={"ip": f"198.51.100.{i + 1}"})
+        assert answer.status_code == 201
+    clock.advance(31)
+    ladder = runner(app)
+    assert run(ladder) == 12
+    assert len(termii.calls) == 12
+    # A newcomer's ladder is not stopped by the others' steps either.
+    newcomer = seven.api.start("+4915123456799", end_user={"ip": "198.51.100.99"}).get_json()
+    clock.advance(31)
+    assert run(ladder) == 1
+    assert seven.api.get(newcomer["id"]).get_json()["sends"] == 2
+
+
+def test_a_step_counts_against_its_persons_own_address_and_account(
+    ladder_app, clock: FakeClock, termii: FakeTermii
+):
+    """A step does not escape the person's limits: one whose address and account have used
+    their calls this hour has the ladder stopped, by the per-address or per-account limit."""
+    app, seven = ladder_app(
+        OTPSVC_VELOCITY_IP="3 per hour;30 per day", OTPSVC_VELOCITY_USER="20 per hour"
+    )
+    person = {"ip": "203.0.113.9", "user_id": "acct-9"}
+    laddered = seven.api.start("+4915123456780", end_user=person).get_json()
+    for i in range(2):
+        assert seven.api.start(f"+491512345678{i + 1}", end_user=person).status_code == 201
+    clock.advance(31)
+    assert run(runner(app)) == 3
+    assert termii.calls == []
+    steps = seven.api.get(laddered["id"]).get_json()["ladder"]
+    assert steps["stopped"] == "velocity_ip"
+
+
+def test_a_ladder_survives_a_rotation_of_the_secret_key(
+    ladder_app, clock: FakeClock, termii: FakeTermii
+):
+    """A verification started under the old secret takes its next step after the rotation
+    (the old one kept as a fallback): the step finds it by its own number key, not the new
+    secret's, and counts against its own person."""
+    from tests.conftest import SECRET
+    from tests.test_rotation import NEW_SECRET
+
+    _, seven = ladder_app()
+    started = seven.api.start(DE, end_user={"ip": "198.51.100.77"}).get_json()
+    rotated, _ = ladder_app(OTPSVC_SECRET_KEY=NEW_SECRET, OTPSVC_SECRET_KEY_FALLBACKS=SECRET)
+    clock.advance(31)
+    assert run(runner(rotated)) == 1
+    assert len(termii.calls) == 1
+    view = seven.api.get(started["id"]).get_json()
+    assert view["sends"] == 2
+    assert view["ladder"]["stopped"] is None
+
+
+def test_a_policy_change_and_hup_are_obeyed_by_the_workers_next_step(
+    make_app, openapi, clock: FakeClock, redis_url, sevenio: FakeSevenio, termii: FakeTermii,
+    tmp_path,
+):  # fmt: skip
+    """``kill -HUP`` of ``otpsvc worker`` reloads what its ladder steps obey: a country removed
+    from the client's table stops the next step (no call placed there), where the stale worker
+    used to call it anyway."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import PUBLIC_URL, SEVENIO_KEY, SEVENIO_SIGNING_KEY, fake_termii_env
+    from tests.test_events import wait_for
+
+    clients = tmp_path / "clients.toml"
+    clients.write_text('[clients.client-a]\nallowed_countries = ["NG", "DE"]\n')
+    overrides = {
+        "OTPSVC_PROVIDERS": "sevenio,termii",
+        "OTPSVC_LADDER": LADDER,
+        "OTPSVC_CLIENTS_FILE": str(clients),
+    }
+    app = make_app(**overrides)
+    seven = Seven(Api(app, KEY_A, openapi), clock)
+    env = {
+        **os.environ,
+        **fake_termii_env(redis_url, termii),
+        **overrides,
+        "OTPSVC_PUBLIC_URL": PUBLIC_URL,
+        "OTPSVC_SEVENIO_BASE_URL": sevenio.url,
+        "OTPSVC_SEVENIO_API_KEY": SEVENIO_KEY,
+        "OTPSVC_SEVENIO_SIGNING_KEY": SEVENIO_SIGNING_KEY,
+    }
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as sink:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "otpsvc", "worker"], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        wait_for(lambda: "started" in log_path.read_text(), timeout=20)
+        started = seven.api.start(DE).get_json()
+        assert started["provider"] == "sevenio"
+        clients.write_text('[clients.client-a]\nallowed_countries = ["NG"]\n')
+        worker.send_signal(signal.SIGHUP)
+        wait_for(lambda: "settings reloaded" in log_path.read_text(), timeout=20)
+        seven.hook("voice_status", {"id": started["delivery"]["provider_message_id"],
+                                    "status": "busy"})  # fmt: skip
+        wait_for(
+            lambda: seven.api.get(started["id"]).get_json()["ladder"]["stopped"] is not None,
+            timeout=20,
+        )
+        assert seven.api.get(started["id"]).get_json()["ladder"]["stopped"] == (
+            "country_not_allowed"
+        )
+        assert termii.calls == []
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
+def test_a_noisy_tenants_due_steps_do_not_hold_back_another_tenants_step(
+    make_app, openapi, clock: FakeClock, termii: FakeTermii
+):
+    """30 steps of client-a and one of client-b fall due together on a worker with two
+    threads: client-b's step is among the first steps handed out (the tenants take turns),
+    not behind client-a's backlog."""
+    app = make_app(OTPSVC_PROVIDERS="termii", OTPSVC_LADDER="voice:termii/30,voice:termii")
+    noisy, quiet = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    for i in range(30):
+        assert noisy.start(f"+49151234567{i:02d}").status_code == 201
+    assert quiet.start("+4915123456799").status_code == 201
+    termii.delay = 0.05
+    before = len(termii.calls)
+    clock.advance(31)
+    ladder = LadderRunner(app.extensions["otpsvc"].service, threads=2)
+    assert run(ladder) == 31
+    order = [r.json["phone_number"] for r in termii.calls[before:]]
+    assert len(order) == 31
+    assert order.index("4915123456799") < 3, order.index("4915123456799")
+
+
+def test_the_sealed_number_goes_when_the_ladder_ends_and_never_into_events(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio
+):
+    """The number kept sealed for the next steps is deleted when the verification ends (here,
+    approved), and no event ever carries it."""
+    app, seven = ladder_app(
+        OTPSVC_EVENT_WEBHOOKS="client-a=https://app.example.com/hooks",
+        OTPSVC_EVENT_WEBHOOK_SECRETS="client-a=" + _secret(),
+    )
+    started = seven.api.start(DE).get_json()
+    runtime = app.extensions["otpsvc"]
+    record = runtime.store.record_key(started["id"])
+    assert runtime.redis.hget(record, "pe")
+    assert seven.api.check(started["id"], code_of(sevenio)).get_json()["valid"] is True
+    assert runtime.redis.hget(record, "pe") is None
+    for event in events_of(app, started["id"]):
+        assert "pe" not in json.loads(event["rec"])
+
+
+def test_a_resellers_brand_is_spoken_by_every_step(
+    ladder_app, clock: FakeClock, sevenio: FakeSevenio
+):
+    """The brand a reseller names in its start is spoken by the ladder's later calls too, not
+    only by the first."""
+    app, seven = ladder_app(
+        OTPSVC_REQUEST_BRAND="true", OTPSVC_LADDER="voice:sevenio/30,voice:sevenio"
+    )
+    assert seven.api.start(DE, brand="Partner Shop").status_code == 201
+    clock.advance(31)
+    assert run(runner(app)) == 1
+    assert len(sevenio.calls) == 2
+    assert all("Partner Shop" in call.form["text"] for call in sevenio.calls)

@@ -92,3 +92,19 @@ def test_a_model_whose_hash_does_not_match_is_refused(tmp_path):
         handle.write(b"\x00\x01\x02")
     with pytest.raises(ListenError, match="not the pinned model"):
         model_dir(tmp_path / "model")
+
+
+@speech
+def test_a_script_that_looks_like_an_option_is_read_not_obeyed(tmp_path):
+    """A template's text is handed to pico2wave after "--": text such as "--wave=FILE" is read
+    out, never taken for an option that writes a file of its choosing."""
+    from otpsvc.listen import Listener
+
+    listener = Listener(telephone=False)
+    target = tmp_path / "chosen.wav"
+    try:
+        audio = listener.audio(f"--wave={target} your code is 1 2 3 4", "en", "text")
+        assert audio.exists()
+        assert not target.exists()
+    finally:
+        listener.close()

@@ -141,8 +141,8 @@ def test_the_bulkhead_refuses_a_start_past_its_limit_fast_and_checks_go_on(
     serve, termii: FakeTermii
 ):
     """One worker, OTPSVC_PROVIDER_CONCURRENCY=2, the provider hanging: two starts wait on it,
-    the third is refused at once with 503 providers_busy and Retry-After (no call, no queue),
-    and a check still passes."""
+    the third waits for a slot no longer than OTPSVC_PROVIDER_SLOT_WAIT (2 s) and is refused
+    with 503 providers_busy and Retry-After (no call), and a check still passes."""
     served = serve(WEB_CONCURRENCY="1", OTPSVC_PROVIDER_CONCURRENCY="2")
     first = served.start(phone(0)).json()
     code = termii.last_code()
@@ -156,7 +156,7 @@ def test_the_bulkhead_refuses_a_start_past_its_limit_fast_and_checks_go_on(
         assert refused.status_code == 503
         assert refused.json()["code"] == "providers_busy"
         assert refused.headers["Retry-After"] == "1"
-        # Refused at once, not after the provider's 10 s read timeout.
+        # Refused after the slot wait, not after the provider's 10 s read timeout.
         assert refused_after < 5
         assert len(termii.calls) == 3
         assert served.check(first["id"], wrong_code(code)).json()["valid"] is False
@@ -169,6 +169,18 @@ def test_the_bulkhead_refuses_a_start_past_its_limit_fast_and_checks_go_on(
         f"start past the limit refused in {refused_after * 1000:.0f} ms (503 providers_busy); "
         "checks and /healthz answered meanwhile"
     )
+
+
+def test_a_start_waits_briefly_for_a_slot_instead_of_being_refused(serve, termii: FakeTermii):
+    """One worker with two provider slots and a provider that takes 0.5 s: four starts at once
+    all place their call; the two that found the slots taken waited for one to free instead of
+    being refused while the provider was about to answer."""
+    served = serve(WEB_CONCURRENCY="1", OTPSVC_PROVIDER_CONCURRENCY="2")
+    termii.delay = 0.5
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(served.start, [phone(40 + i) for i in range(4)]))
+    assert [a.status_code for a in answers] == [201] * 4
+    assert len(termii.calls) == 4
 
 
 def test_slow_clients_do_not_starve_the_probes(serve):
@@ -204,3 +216,43 @@ def test_sigterm_lets_a_start_waiting_on_the_provider_finish(serve, termii: Fake
         served.process.send_signal(signal.SIGTERM)
         assert in_flight.result().status_code == 201
     assert served.process.wait(40) == 0
+
+
+def _limit_mib(manifest: str) -> int:
+    """The API container's memory limit in the shipped Deployment, in MiB."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / manifest).read_text()
+    limits = text.split("limits:", 1)[1]
+    found = re.search(r"memory:\s*(\d+)Mi", limits)
+    assert found, "no memory limit in the Deployment"
+    return int(found.group(1))
+
+
+def test_a_burst_of_checks_stays_under_the_pods_memory_limit(serve):
+    """24 concurrent wrong checks (each an argon2 run of 16 MiB) against the shipped server,
+    three times: the peak resident memory of the master and its workers together stays under
+    the Deployment's memory limit, and the server gives most of it back afterwards (argon2 runs
+    bounded per process, glibc's mmap threshold fixed by ``otpsvc serve``)."""
+    from otpsvc.dev.monitor import process_tree_memory
+
+    served = serve(OTPSVC_MAX_CHECK_ATTEMPTS="10")
+    ids = [served.start(phone(80 + i)).json()["id"] for i in range(24)]
+    for _ in range(3):
+        together = threading.Barrier(24)
+
+        def wrong_check(vid: str, together: threading.Barrier = together) -> int:
+            together.wait()
+            return served.check(vid, "000000").status_code
+
+        with ThreadPoolExecutor(24) as pool:
+            assert set(pool.map(wrong_check, ids)) == {200}
+    time.sleep(1)
+    peak, held = process_tree_memory(served.process.pid)
+    limit = _limit_mib("deploy/kubernetes/deployment.yaml")
+    assert peak / 1024 < limit, f"peak {peak / 1024:.0f} MiB, limit {limit} MiB"
+    assert held / 1024 < 0.8 * limit
+    pytest.FIGURES["memory, 24 concurrent checks"] = (  # type: ignore[attr-defined]
+        f"peak {peak / 1024:.0f} MiB, {held / 1024:.0f} MiB held after (limit {limit} MiB)"
+    )

@@ -362,3 +362,36 @@ def test_termii_report_words_in_any_case_and_older_form(
     ).encode()
     assert post_termii(api, body).get_json()["result"] == "applied"
     assert api.get(data["id"]).get_json()["delivery"]["status"] == shown
+
+
+def test_wrong_cequens_tokens_count_as_failed_authentications(cequens_api: Api):
+    """A callback token is the endpoint's only credential: guessing one is limited per address
+    like guessing an API key (429 once past OTPSVC_RATE_LIMIT_AUTH_FAILURES, 10 a minute)."""
+    hooks = Api(cequens_api.app, None, cequens_api.openapi)
+    statuses = [
+        hooks.request(
+            "POST",
+            f"/webhooks/cequens/{'0' * 36}.{i:032d}/status",
+            json={"status": "failed"},
+            environ_base={"REMOTE_ADDR": "192.0.2.44"},
+        ).status_code
+        for i in range(12)
+    ]
+    assert statuses[:10] == [401] * 10
+    assert statuses[10:] == [429, 429]
+
+
+def test_a_sevenio_status_report_without_its_call_id_is_ignored(make_app, openapi, clock):
+    """A signed voice_status naming the verification (foreign_id) but not the call (id) changes
+    nothing: it could be about an earlier send, and must not move a ladder on."""
+    app = make_app(
+        OTPSVC_PROVIDERS="sevenio",
+        OTPSVC_LADDER="voice:sevenio/30,voice:sevenio",
+    )
+    seven = Seven(Api(app, KEY_A, openapi), clock)
+    started = seven.api.start(DE).get_json()
+    answer = seven.hook("voice_status", {"foreign_id": started["id"], "status": "no-answer"})
+    assert answer.get_json()["result"] == "ignored"
+    view = seven.api.get(started["id"]).get_json()
+    assert view["delivery"]["status"] == "queued"
+    assert view["ladder"]["steps"][0]["status"] == "queued"

@@ -26,7 +26,13 @@ from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from marshmallow import Schema, fields, validate
 
 from otpsvc.api import otp
-from otpsvc.api.context import authenticate, current_client, limit_request, runtime
+from otpsvc.api.context import (
+    authenticate,
+    count_failed_authentication,
+    current_client,
+    limit_request,
+    runtime,
+)
 from otpsvc.api.docs import html_page
 from otpsvc.api.schemas import VERIFICATION_ID, PhoneField, load
 from otpsvc.api.webhooks import received
@@ -308,6 +314,7 @@ def console_status(token: str) -> Response:
     rt = runtime()
     named = rt.service.keyring.verify_callback_token(token, "status")
     if named is None:
+        count_failed_authentication()
         raise Unauthorized("unknown callback token")
     body = request.get_json(silent=True)
     status = body.get("status") if isinstance(body, dict) else None

@@ -9,7 +9,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from otpsvc import metrics
 from otpsvc.api.context import count_failed_authentication, runtime
-from otpsvc.errors import StoreUnavailable, Unauthorized
+from otpsvc.api.proxies import VIA_TRUSTED_PROXY
+from otpsvc.errors import NotFound, StoreUnavailable, Unauthorized
 
 bp = Blueprint("health", __name__)
 
@@ -71,9 +72,15 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics_view() -> Response:
-    """Prometheus text format; behind a bearer token when OTPSVC_METRICS_TOKEN is set."""
+    """Prometheus text format; behind a bearer token when OTPSVC_METRICS_TOKEN is set.
+
+    Without a token it answers only a scraper that connects directly (Prometheus scrapes each
+    pod): a request that a gateway or ingress forwarded (from a trusted proxy) gets 404, so an
+    operator surface never shows on the public port by default."""
     rt = runtime()
     token = rt.settings.metrics_token
+    if not token and request.environ.get(VIA_TRUSTED_PROXY):
+        raise NotFound("/metrics is not served through a proxy without OTPSVC_METRICS_TOKEN")
     if token:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
         expected = token.encode()

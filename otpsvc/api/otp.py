@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -19,6 +20,7 @@ from otpsvc.api.context import (
 )
 from otpsvc.api.limits import Meet
 from otpsvc.api.problems import PROBLEM_JSON, render
+from otpsvc.api.proxies import VIA_TRUSTED_PROXY
 from otpsvc.api.schemas import (
     VERIFICATION_ID,
     CheckRequest,
@@ -68,12 +70,72 @@ def _checked_id(verification_id: str) -> str:
     return verification_id
 
 
-def _person_address(data: dict[str, Any]) -> str:
-    """What per-IP limits count: ``end_user.ip`` when given, else the connecting address."""
-    ip = (data.get("end_user") or {}).get("ip")
-    if ip is None:
-        return client_ip()
-    return address_bucket(ip, runtime().settings.ipv6_prefix)
+#: A gateway's end-user id: what ``end_user.user_id`` may hold.
+END_USER_ID = re.compile(r"[\x20-\x7e]{1,128}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Person:
+    """The end user a request is for: the address per-person limits count, and their id."""
+
+    address: str
+    user_id: str | None
+    #: Named by a gateway (``caller = "gateway"``), not vouched for by a backend.
+    via_gateway: bool = False
+
+    @property
+    def scope(self) -> str | None:
+        """Who a gateway's end user is, by id or else by address: what their Idempotency-Keys
+        and open verifications belong to. None for a backend's: its keys and its users' open
+        verifications are the client's (the backend makes the keys and speaks for all)."""
+        if not self.via_gateway:
+            return None
+        return f"user:{self.user_id}" if self.user_id is not None else f"ip:{self.address}"
+
+    def idempotency_key(self, key: str) -> str:
+        """An ``Idempotency-Key`` in its scope: behind a gateway every person sends keys under
+        the one client, so two people never share a record."""
+        return key if self.scope is None else f"{self.scope}\0{key}"
+
+
+def _person(data: dict[str, Any]) -> Person:
+    """Who the request is for, by the client's kind of caller.
+
+    A backend vouches for its end user: ``end_user.ip`` and ``end_user.user_id`` are its word
+    (without ``end_user.ip``, the connecting address). A gateway passes the end user's own
+    request through, so nothing in the body names anyone: ``end_user`` is refused, the address
+    is the connection's through the trusted proxies, and the id is the header the gateway sets,
+    believed only from a trusted proxy.
+    """
+    settings = runtime().settings.for_client(current_client())
+    if settings.caller == "gateway":
+        if "end_user" in data:
+            raise InvalidRequest(
+                {
+                    "end_user": [
+                        "not accepted from a gateway client: the end user is the forwarded "
+                        f"address and the {settings.end_user_id_header} header the gateway sets"
+                    ]
+                }
+            )
+        return Person(client_ip(), _gateway_user_id(settings.end_user_id_header), via_gateway=True)
+    end_user = data.get("end_user") or {}
+    ip = end_user.get("ip")
+    address = client_ip() if ip is None else address_bucket(ip, runtime().settings.ipv6_prefix)
+    return Person(address, end_user.get("user_id"))
+
+
+def _gateway_user_id(header: str) -> str | None:
+    """The end-user id a trusted gateway set; from anyone else the header is ignored, as a
+    forged ``X-Forwarded-For`` is."""
+    value = request.headers.get(header)
+    if value is None or not request.environ.get(VIA_TRUSTED_PROXY):
+        return None
+    if not END_USER_ID.fullmatch(value):
+        raise InvalidRequest(
+            {header: ["must be 1 to 128 printable ASCII characters"]}, f"invalid header: {header}"
+        )
+    return value
 
 
 def _per_person(scope: str, address: str) -> Meet:
@@ -102,16 +164,18 @@ def start() -> Response:
     key = _idempotency_key()
     data = load(START_SCHEMA, body)
     rt = runtime()
-    address = _person_address(data)
+    person = _person(data)
     if key is None:
         # The request limits go in the round trip of the call limits (see VerificationService).
-        return _start(rt, data, address, request_gate(_per_person("start_ip", address)))
+        return _start(rt, data, person, request_gate(_per_person("start_ip", person.address)))
     try:
-        limit_request(_per_person("start_ip", address))
+        limit_request(_per_person("start_ip", person.address))
     except RateLimited:
         rt.service.count_refused(data["phone"], data["mode"])
         raise
-    claim_key, claim = rt.idempotency.claim(current_client(), key, fingerprint(body))
+    claim_key, claim = rt.idempotency.claim(
+        current_client(), person.idempotency_key(key), fingerprint(body)
+    )
     if claim.outcome == "reused":
         raise IdempotencyKeyReused(
             f"this {IDEMPOTENCY_HEADER} was used with another request body; use a new key"
@@ -131,7 +195,7 @@ def start() -> Response:
         replay.headers["Idempotent-Replayed"] = "true"
         return replay
     try:
-        response = _start(rt, data, address)
+        response = _start(rt, data, person)
     except OtpError as exc:
         response = render(exc)
     except BaseException:
@@ -151,8 +215,7 @@ def start() -> Response:
     return response
 
 
-def _start(rt: Runtime, data: dict[str, Any], address: str, gate: Gate | None = None) -> Response:
-    end_user = data.get("end_user") or {}
+def _start(rt: Runtime, data: dict[str, Any], person: Person, gate: Gate | None = None) -> Response:
     outcome = rt.service.start(
         client=current_client(),
         phone=data["phone"],
@@ -160,10 +223,11 @@ def _start(rt: Runtime, data: dict[str, Any], address: str, gate: Gate | None = 
         locale=data.get("locale"),
         client_ref=data.get("client_ref"),
         mode=data["mode"],
-        end_user_ip=address,
-        end_user_id=end_user.get("user_id"),
+        end_user_ip=person.address,
+        end_user_id=person.user_id,
         gate=gate,
         brand=data.get("brand"),
+        person=person.scope,
     )
     response = jsonify(verification_view(outcome.verification))
     response.status_code = 201 if outcome.created else 200
@@ -177,7 +241,7 @@ def check() -> Response:
         client=current_client(),
         verification_id=data["id"],
         code=data["code"],
-        gate=request_gate(_per_person("check_ip", _person_address(data))),
+        gate=request_gate(_per_person("check_ip", _person(data).address)),
     )
     return jsonify(check_view(outcome))
 

@@ -12,6 +12,10 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+#: The WSGI environ key that says whether the connection came from a trusted proxy: only then
+#: does a header the proxy sets (``X-Forwarded-For``, a gateway's end-user id) name anyone.
+VIA_TRUSTED_PROXY = "otpsvc.via_trusted_proxy"
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -34,7 +38,8 @@ class TrustedProxies:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         peer = str(environ.get("REMOTE_ADDR") or "")
-        if self.trusted(peer):
+        environ[VIA_TRUSTED_PROXY] = self.trusted(peer)
+        if environ[VIA_TRUSTED_PROXY]:
             header = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
             chain = [part.strip() for part in header.split(",") if part.strip()]
             client = peer

@@ -9,6 +9,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from otpsvc.config.model import BRAND
 from otpsvc.core.models import CheckOutcome, Verification
 from otpsvc.core.phones import InvalidPhone, Phone, parse_phone
 from otpsvc.errors import InvalidRequest
@@ -71,9 +72,7 @@ class StartRequest(Schema):
     end_user = fields.Nested(EndUser)
     #: The brand this call speaks (resellers), where the client is allowed one.
     brand = fields.String(
-        validate=validate.Regexp(
-            r"\A[\w .&'-]{1,40}\Z", error="1-40 letters, digits, spaces and . & ' -"
-        )
+        validate=validate.Regexp(BRAND, error="1-40 letters, digits (0-9), spaces and . & ' -")
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from otpsvc.api.context import runtime
+from otpsvc.api.context import count_failed_authentication, runtime
 from otpsvc.errors import NotFound, Unauthorized
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -118,6 +118,10 @@ def sevenio() -> Response:
         return received("ignored")
     event = payload.get("webhook_event")
     message_id = str(data.get("id", "")) or None
+    if message_id is None:
+        # A report must name its call: by the verification alone (foreign_id) it could be
+        # about an earlier send, and move a ladder on past the code the person was just given.
+        return received("ignored")
     verification_id = _known_id(data.get("foreign_id"))
     if event == "voice_dtmf":
         result = rt.service.keypress(
@@ -164,6 +168,9 @@ def _cequens_send(token: str, kind: str) -> tuple[str, int, str]:
     id of the secret that made it."""
     named = runtime().service.keyring.verify_callback_token(token, kind)
     if named is None:
+        # The token is the endpoint's only credential: a wrong one is a guess, limited per
+        # address like a wrong API key.
+        count_failed_authentication()
         raise Unauthorized("unknown callback token")
     return named
 

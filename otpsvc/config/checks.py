@@ -149,9 +149,10 @@ def redis_tls_problems(core: Mapping[str, Any]) -> list[str]:
 
 
 def ladder_problems(core: Mapping[str, Any]) -> list[str]:
-    """A ladder the resend rules would cut short: each step is a resend, so it needs a send
-    left, and a step reached by its wait (not a failed call, which lifts the cooldown) must
-    wait out the cooldown, which doubles after every call."""
+    """A ladder the resend rules or the code's life would cut short: each step is a resend, so
+    it needs a send left; a step reached by its wait (not a failed call, which lifts the
+    cooldown) must wait out the cooldown, which doubles after every call; and every step must
+    be due while the code lives."""
     steps = core.get("ladder", ())
     problems = []
     if len(steps) > core["max_sends"]:
@@ -159,7 +160,16 @@ def ladder_problems(core: Mapping[str, Any]) -> list[str]:
             f"OTPSVC_LADDER: {len(steps)} steps, but OTPSVC_MAX_SENDS allows "
             f"{core['max_sends']} calls per verification"
         )
+    due = 0
     for index, step in enumerate(steps[:-1]):
+        due += step.after
+        if due >= core["code_ttl"]:
+            # The step would come after the code expired: nothing left to call about.
+            problems.append(
+                f"OTPSVC_LADDER: step {index + 2} is due {due} s after the start, but a code "
+                f"lives {core['code_ttl']} s (OTPSVC_CODE_TTL): shorten the waits or lengthen "
+                "the code's life"
+            )
         cooldown = core["resend_cooldown"] * 2**index
         if step.after < cooldown:
             problems.append(

@@ -64,6 +64,8 @@ CLIENT_KEYS: dict[str, str] = {
     "call_budget": "string",
     "event_webhook": "string",
     "test_numbers": "list",
+    "caller": "string",
+    "end_user_id_header": "string",
 }
 #: The variable a key sets where it is not simply ``OTPSVC_`` + the key in upper case.
 VARIABLES = {"event_webhook": "OTPSVC_EVENT_WEBHOOKS"}

@@ -77,8 +77,17 @@ def setting_variables() -> dict[str, str]:
     return {name: str(f.data_key) for name, f in SettingsSchema().fields.items()}
 
 
+#: The ``OTPSVC_*`` variables as the gunicorn master last accepted them, every ``*_FILE`` secret
+#: already read into its value (see ``gunicorn.conf.py``): workers forked after a reload, or to
+#: replace one that died, load exactly these, so a file broken since never reaches them.
+accepted_environment: dict[str, str] | None = None
+
+
 def environment() -> dict[str, str]:
-    """The ``OTPSVC_*`` variables of the process environment."""
+    """The ``OTPSVC_*`` variables of the process environment (as the master accepted them,
+    under ``otpsvc serve``)."""
+    if accepted_environment is not None:
+        return dict(accepted_environment)
     return {k: v for k, v in os.environ.items() if k.startswith("OTPSVC_")}
 
 
@@ -151,7 +160,7 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         )
     if trusted("OTPSVC_REDIS_URL"):
         problems += redis_tls_problems(core)
-    if trusted("OTPSVC_LADDER", "OTPSVC_RESEND_COOLDOWN", "OTPSVC_MAX_SENDS"):
+    if trusted("OTPSVC_LADDER", "OTPSVC_RESEND_COOLDOWN", "OTPSVC_MAX_SENDS", "OTPSVC_CODE_TTL"):
         problems += ladder_problems(core)
     if (
         trusted("OTPSVC_PROVIDER_CONCURRENCY", "OTPSVC_WORKER_THREADS")
@@ -170,6 +179,16 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         problems.append(
             "OTPSVC_TRUSTED_PROXY_NETWORKS: required with OTPSVC_TRUSTED_PROXIES; list the "
             "networks your proxies connect from, or anyone reaching the port picks their own IP"
+        )
+    if (
+        trusted("OTPSVC_CALLER", "OTPSVC_TRUSTED_PROXIES", "OTPSVC_TRUSTED_PROXY_NETWORKS")
+        and core.get("caller") == "gateway"
+        and not (core.get("trusted_proxies") and core.get("trusted_proxy_networks"))
+    ):
+        problems.append(
+            "OTPSVC_CALLER: 'gateway' needs OTPSVC_TRUSTED_PROXIES (the gateway's hops) and "
+            "OTPSVC_TRUSTED_PROXY_NETWORKS (where it connects from): without them every person "
+            "behind the gateway counts as its one address, and one person's limits stop all"
         )
     if trusted(
         "OTPSVC_API_KEYS",

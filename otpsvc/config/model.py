@@ -12,6 +12,10 @@ from typing import Any
 import phonenumbers
 
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
+#: A brand a call speaks: letters of any script, ASCII digits, spaces and . & ' -. Not other
+#: scripts' digits: a brand of Arabic-Indic or full-width digits would be read out as a number
+#: beside the code.
+BRAND = r"\A(?:[^\W\d]|[0-9 .&'-]){1,40}\Z"
 
 
 MAX_CODE_TTL = 600
@@ -25,6 +29,9 @@ class Argon2Params:
     memory_kib: int = 16384
     time_cost: int = 1
     parallelism: int = 1
+    #: argon2 runs one process makes at once; more wait their turn. argon2 is CPU-bound, so
+    #: more runs than cores gain nothing, while each holds ``memory_kib`` of memory.
+    concurrency: int = 2
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,13 @@ class Settings:
     #: Settings that work but are probably not what the operator meant (logged at start-up,
     #: printed by ``otpsvc check-config``).
     warnings: tuple[str, ...] = ()
+    #: Who calls with the API key: ``backend`` (the app's server, which vouches for its end
+    #: user in ``end_user``) or ``gateway`` (which passes the end user's own request through, so
+    #: nothing in the body names the person: their address is the connection's through the
+    #: trusted proxies, their id the ``end_user_id_header`` the gateway sets).
+    caller: str = "backend"
+    #: The header a gateway client's gateway names the authenticated end user in.
+    end_user_id_header: str = "X-End-User-Id"
     trusted_proxies: int = 0
     #: Where those proxies connect from; X-Forwarded-For from anywhere else is ignored.
     trusted_proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -169,6 +183,10 @@ class Settings:
     #: Of those, how many may wait on a voice provider at once; a start past it is refused at
     #: once (503 providers_busy) so that checks, webhooks and probes always find a thread.
     provider_concurrency: int = 8
+    #: How long a start may wait for a provider slot of its worker when all are taken (the
+    #: other worker's may be free): a slot frees when a provider call ends. At most half of
+    #: ``provider_read_timeout`` is used.
+    provider_slot_wait: float = 2.0
     brand: str = "otpsvc"
     default_locale: str = "en"
     call_repeats: int = 2

@@ -8,7 +8,7 @@ import limits
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
 from otpsvc.config.checks import CEILING_FACTOR, SHARED_LIMITS, scaled_limit
-from otpsvc.config.model import MAX_CODE_TTL, Argon2Params, RedisTls, Settings
+from otpsvc.config.model import BRAND, MAX_CODE_TTL, Argon2Params, RedisTls, Settings
 from otpsvc.config.secrets import MIN_SECRET_BITS, MIN_SECRET_LENGTH, weakness
 from otpsvc.config.values import (
     known_providers,
@@ -120,6 +120,9 @@ class SettingsSchema(Schema):
     argon2_parallelism = fields.Integer(
         data_key="OTPSVC_ARGON2_PARALLELISM", load_default=1, validate=validate.Range(1, 8)
     )
+    argon2_concurrency = fields.Integer(
+        data_key="OTPSVC_ARGON2_CONCURRENCY", load_default=2, validate=validate.Range(1, 64)
+    )
     rate_limit_start_ip = fields.String(
         data_key="OTPSVC_RATE_LIMIT_START_IP",
         load_default=Settings.rate_limit_start_ip,
@@ -221,6 +224,18 @@ class SettingsSchema(Schema):
         load_default=600,
         validate=validate.Range(1, 86400),
     )
+    caller = fields.String(
+        data_key="OTPSVC_CALLER",
+        load_default="backend",
+        validate=validate.OneOf(["backend", "gateway"], error="must be 'backend' or 'gateway'"),
+    )
+    end_user_id_header = fields.String(
+        data_key="OTPSVC_END_USER_ID_HEADER",
+        load_default="X-End-User-Id",
+        validate=validate.Regexp(
+            r"\A[A-Za-z0-9-]{1,64}\Z", error="a header name: letters, digits and '-'"
+        ),
+    )
     trusted_proxies = fields.Integer(
         data_key="OTPSVC_TRUSTED_PROXIES", load_default=0, validate=validate.Range(0, 5)
     )
@@ -241,10 +256,13 @@ class SettingsSchema(Schema):
     provider_concurrency = fields.Integer(
         data_key="OTPSVC_PROVIDER_CONCURRENCY", load_default=8, validate=validate.Range(1, 255)
     )
+    provider_slot_wait = fields.Float(
+        data_key="OTPSVC_PROVIDER_SLOT_WAIT", load_default=2.0, validate=validate.Range(0, 10)
+    )
     brand = fields.String(
         data_key="OTPSVC_BRAND",
         load_default="otpsvc",
-        validate=validate.Regexp(r"\A[\w .&'-]{1,40}\Z", error="1-40 letters, digits, spaces"),
+        validate=validate.Regexp(BRAND, error="1-40 letters, digits (0-9), spaces and . & ' -"),
     )
     default_locale = fields.String(
         data_key="OTPSVC_DEFAULT_LOCALE",
@@ -340,6 +358,7 @@ class SettingsSchema(Schema):
             memory_kib=data.pop("argon2_memory_kib"),
             time_cost=data.pop("argon2_time_cost"),
             parallelism=data.pop("argon2_parallelism"),
+            concurrency=data.pop("argon2_concurrency"),
         )
         if "api_keys" in data:  # absent only from a partial load (see _load_the_rest)
             data["clients"] = parse_api_keys(data.pop("api_keys"))

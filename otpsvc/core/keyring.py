@@ -18,6 +18,8 @@ import binascii
 import hashlib
 import hmac
 import secrets
+import threading
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -43,6 +45,16 @@ def key_id(secret: bytes) -> str:
     return _subkey(secret, "id").hex()[: 2 * KEY_ID_BYTES]
 
 
+@dataclass(frozen=True)
+class Person:
+    """Whom a verification was started for: their address (as its limit bucket) and the app's
+    id for their account. Sealed with a ladder's number, so that its later steps count against
+    that person's limits as the first call did."""
+
+    ip: str
+    user_id: str | None = None
+
+
 class _Keys:
     def __init__(self, secret: bytes) -> None:
         self.id = key_id(secret)
@@ -61,6 +73,9 @@ class Keyring:
         self._current = self._keys[0]
         self._by_id = {k.id: k for k in reversed(self._keys)}
         self._argon2 = argon2
+        #: At most ``argon2.concurrency`` runs at once in this process: a burst of checks
+        #: queues here instead of holding a 16 MiB block per thread (docs/deploying.md).
+        self._argon2_slots = threading.BoundedSemaphore(argon2.concurrency)
         self._hasher = PasswordHasher(
             time_cost=argon2.time_cost,
             memory_cost=argon2.memory_kib,
@@ -69,20 +84,23 @@ class Keyring:
             salt_len=SALT_BYTES,
         )
 
-    def seal_phone(self, verification_id: str, e164: str) -> str:
-        """The number, encrypted (AES-256-GCM, bound to the verification's id) under the current
-        secret: ``<secret id>.<base64 nonce + ciphertext>``. A verification with an escalation
-        ladder keeps it until it ends, to place its later steps; without the secret, which never
-        reaches Redis, it gives nothing back."""
+    def seal_phone(self, verification_id: str, e164: str, person: Person) -> str:
+        """The number and the person it was started for, encrypted (AES-256-GCM, bound to the
+        verification's id) under the current secret: ``<secret id>.<base64 nonce + ciphertext>``.
+        A verification with an escalation ladder keeps it until it ends, so that its later
+        steps call the number and count against that person's own limits; without the secret,
+        which never reaches Redis, it gives nothing back."""
+        text = "\n".join([e164, person.ip, person.user_id or ""])
         nonce = secrets.token_bytes(12)
-        sealed = AESGCM(self._current.seal).encrypt(nonce, e164.encode(), verification_id.encode())
+        sealed = AESGCM(self._current.seal).encrypt(nonce, text.encode(), verification_id.encode())
         # Unpadded: the field stays under 64 bytes, so Redis keeps the record's hash compact.
         body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
         return f"{self._current.id}.{body}"
 
-    def open_phone(self, verification_id: str, sealed: str) -> str | None:
-        """The number :meth:`seal_phone` sealed for this verification; None when it cannot be
-        opened (another verification's, a removed secret, tampered)."""
+    def open_phone(self, verification_id: str, sealed: str) -> tuple[str, Person] | None:
+        """The number and the person :meth:`seal_phone` sealed for this verification; None when
+        it cannot be opened (another verification's, a removed secret, tampered). A number sealed
+        before the person was (otpsvc 0.1) opens with an unknown person."""
         secret_id, _, body = sealed.partition(".")
         keys = self._by_id.get(secret_id)
         if keys is None:
@@ -92,7 +110,9 @@ class Keyring:
             plain = AESGCM(keys.seal).decrypt(raw[:12], raw[12:], verification_id.encode())
         except (binascii.Error, ValueError, InvalidTag):
             return None
-        return plain.decode()
+        e164, _, rest = plain.decode().partition("\n")
+        ip, _, user_id = rest.partition("\n")
+        return e164, Person(ip or "unknown", user_id or None)
 
     @staticmethod
     def _key_id_of(verifier: str) -> str:
@@ -174,7 +194,7 @@ class Keyring:
         # The salt: the current secret's id, then 112 random bits (unique per verifier).
         salt = bytes.fromhex(self._current.id) + secrets.token_bytes(SALT_BYTES - KEY_ID_BYTES)
         params = self._argon2
-        with span("argon2 hash"), metrics.argon2_run("hash"):
+        with self._argon2_slots, span("argon2 hash"), metrics.argon2_run("hash"):
             encoded = hash_secret(
                 digest, salt, params.time_cost, params.memory_kib, params.parallelism, 16, Type.ID
             ).decode()
@@ -192,7 +212,7 @@ class Keyring:
         keys = self._by_id.get(self._key_id_of(verifier), self._current)
         digest = self._code_digest(keys, verification_id, code)
         try:
-            with span("argon2 verify"), metrics.argon2_run("verify"):
+            with self._argon2_slots, span("argon2 verify"), metrics.argon2_run("verify"):
                 return bool(self._hasher.verify(ARGON2_HEAD + verifier, digest))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False

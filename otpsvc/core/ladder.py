@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from otpsvc import metrics
@@ -66,21 +67,31 @@ class Escalating(Starting):
         if step >= len(steps):
             self.store.stop_ladder(verification_id, now_ms=now_ms, why="no_step_left")
             return "stopped"
-        e164 = self.keyring.open_phone(verification_id, claim.sealed)
+        opened = self.keyring.open_phone(verification_id, claim.sealed)
         try:
-            phone = parse_phone(e164 or "")
+            phone = parse_phone(opened[0] if opened else "")
         except InvalidPhone:
             # Sealed under a secret that is no longer configured, or not this verification's.
             self.store.stop_ladder(verification_id, now_ms=now_ms, why="number_unreadable")
             return "stopped"
         metrics.LADDER_STEPS.labels(claim.why).inc()
+        assert opened is not None
+        person = opened[1]
         try:
+            # The step counts against the person the verification was started for (their
+            # address and account limits), as the first call did: never against a shared
+            # "unknown" that one person could fill for everyone.
             self.start(
                 client=claim.client,
                 phone=phone,
+                end_user_ip=person.ip,
+                end_user_id=person.user_id,
                 locale=claim.locale,
+                brand=claim.brand or None,
                 mode="keypress" if claim.mode == "k" else "code",
-                escalation=Escalation(verification_id, step, steps),
+                escalation=Escalation(
+                    verification_id, step, steps, claim.owner or claim.client, claim.phone_key
+                ),
             )
         except StepNotTaken as exc:
             log.info("escalation step %d of %s not placed: %s", step + 1, verification_id, exc)
@@ -103,27 +114,55 @@ class Escalating(Starting):
 
 class LadderRunner:
     """Runs the due escalation steps, in a pool of its own threads (a step waits on a provider
-    like a start does): what ``otpsvc worker`` and ``otpsvc dev`` do between their other work."""
+    like a start does): what ``otpsvc worker`` and ``otpsvc dev`` do between their other work.
+
+    Due steps wait here in one queue per API client and are handed to the threads in turn,
+    client by client, never more than there are threads: one tenant's backlog of due steps
+    delays another tenant's step by one step's time at most, not by the whole backlog."""
 
     def __init__(self, service: Escalating, threads: int = 8) -> None:
         """``threads``: steps placed at once (best the process's provider slots,
         ``OTPSVC_PROVIDER_CONCURRENCY``)."""
         self.service = service
+        self.threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ladder")
         self._in_flight: set[str] = set()
+        #: Per client, its due steps not yet handed to a thread, oldest first; and the clients
+        #: in the order their turn comes.
+        self._waiting: dict[str, deque[str]] = {}
+        self._turns: deque[str] = deque()
         self._lock = threading.Lock()
 
     def run_due(self) -> int:
-        """Hand every due step (not already running here) to the pool; how many."""
-        handed = 0
-        for verification_id in self.service.store.due_steps(self.service._now_ms()):
-            with self._lock:
-                if verification_id in self._in_flight:
-                    continue
-                self._in_flight.add(verification_id)
+        """Take in every due step not already here, and hand steps to the free threads, client
+        by client; how many steps were taken in."""
+        due = self.service.store.due_steps(self.service._now_ms())
+        with self._lock:
+            here = self._in_flight.union(*self._waiting.values())
+            new = [verification_id for verification_id in due if verification_id not in here]
+        clients = self.service.store.clients_of(new) if new else {}
+        with self._lock:
+            for verification_id in new:
+                client = clients.get(verification_id, "")
+                if client not in self._waiting:
+                    self._waiting[client] = deque()
+                    self._turns.append(client)
+                self._waiting[client].append(verification_id)
+            self._hand_out()
+        return len(new)
+
+    def _hand_out(self) -> None:
+        """Fill the free threads, one step of each waiting client in turn (under the lock)."""
+        while len(self._in_flight) < self.threads and self._turns:
+            client = self._turns.popleft()
+            waiting = self._waiting[client]
+            verification_id = waiting.popleft()
+            if waiting:
+                self._turns.append(client)
+            else:
+                del self._waiting[client]
+            self._in_flight.add(verification_id)
             self._pool.submit(self._run, verification_id)
-            handed += 1
-        return handed
 
     def _run(self, verification_id: str) -> None:
         try:
@@ -138,11 +177,12 @@ class LadderRunner:
         finally:
             with self._lock:
                 self._in_flight.discard(verification_id)
+                self._hand_out()
 
     def drain(self, timeout: float = 30.0) -> None:
-        """Wait until the steps in flight are done (tests; a stopping worker)."""
+        """Wait until the steps taken in are done (tests; a stopping worker)."""
         deadline = time.monotonic() + timeout
-        while self._in_flight and time.monotonic() < deadline:
+        while (self._in_flight or self._waiting) and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def close(self) -> None:

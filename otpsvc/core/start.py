@@ -14,6 +14,7 @@ from otpsvc.core.abuse import refusal_error
 from otpsvc.core.audit import audit
 from otpsvc.core.base import Policy, ServiceBase
 from otpsvc.core.codes import generate_code, new_verification_id
+from otpsvc.core.keyring import Person
 from otpsvc.core.models import StartOutcome
 from otpsvc.core.phones import Phone
 from otpsvc.errors import (
@@ -110,6 +111,11 @@ class Escalation:
     step: int
     #: The ladder the verification was started with.
     steps: tuple[LadderStep, ...]
+    #: Whose open verification it is (:meth:`Starting.owner_of`).
+    owner: str
+    #: The number's key the verification was started under (under an earlier secret, when the
+    #: secret was rotated since): the step's keys are the verification's own.
+    phone_key: str
 
 
 def _step_of(ladder: str | None, provider: str, first: int) -> int | None:
@@ -138,10 +144,11 @@ class Starting(ServiceBase):
         gate: Gate | None = None,
         brand: str | None = None,
         escalation: Escalation | None = None,
+        person: str | None = None,
     ) -> StartOutcome:
         """:meth:`_start` in a slot of the worker's bulkhead, counted in
-        ``otpsvc_verifications_started_total``. Without a free slot the start is refused at once
-        (``providers_busy``), counting only its request limits."""
+        ``otpsvc_verifications_started_total``. Without a slot within the bulkhead's wait the
+        start is refused (``providers_busy``), counting only its request limits."""
         country = metrics.country_label(phone.region, self.allowed_countries)
         with self.dispatcher.bulkhead.slot() as held:
             if not held:
@@ -166,6 +173,7 @@ class Starting(ServiceBase):
                     country=country,
                     brand=brand,
                     escalation=escalation,
+                    person=person,
                 )
             except DeliveryFailed as exc:
                 # Labelled with the provider that failed last, so a dashboard shows whose.
@@ -180,6 +188,15 @@ class Starting(ServiceBase):
         result = "created" if outcome.created else "escalated" if escalation else "resent"
         metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
         return outcome
+
+    def owner_of(self, client: str, person: str | None) -> str:
+        """Whose open verification a start resends: the client's (a backend speaks for all its
+        users), or behind a gateway the person's, as a keyed hash: one person's start must never
+        resend, or learn the id of, another person's verification for the same number."""
+        if person is None:
+            return client
+        digest = self.keyring.subject_key("owner", client + "\0" + person)
+        return f"{client}~{digest}"
 
     def count_refused(self, phone: Phone, mode: str) -> None:
         """A refused start, in ``otpsvc_verifications_started_total``: also one that its request
@@ -202,13 +219,16 @@ class Starting(ServiceBase):
         country: str = "other",
         brand: str | None = None,
         escalation: Escalation | None = None,
+        person: str | None = None,
     ) -> StartOutcome:
         """Open a verification and call the phone, or resend the client's open one for it; or,
         with ``escalation``, place that step of its ladder (a resend of it and nothing else:
         :class:`StepNotTaken` when it ended, or another worker took the step).
 
         ``end_user_ip`` is the person's address (as its limit bucket) and ``end_user_id`` the
-        app's id for their account; both are counted only as keyed hashes.
+        app's id for their account; both are counted only as keyed hashes. ``person`` names the
+        end user behind a gateway client, whose open verification for a number is their own
+        (:meth:`owner_of`); None for a backend, whose open verification is the client's.
 
         Order matters: screening (no state), then velocity and budget counting, then the
         reservation in the number's own slot; a reservation that refuses hands the count back.
@@ -241,7 +261,7 @@ class Starting(ServiceBase):
                 except NoRoute as exc:
                     raise InvalidRequest({"mode": [str(exc)]}) from exc
             now_ms = self._now_ms()
-            phone_key = self.keyring.phone_key(phone.e164)
+            phone_key = escalation.phone_key if escalation else self.keyring.phone_key(phone.e164)
             earlier = self.store.earlier_blocks(
                 self.keyring.earlier_phone_keys(phone.e164),
                 client=client,
@@ -262,7 +282,8 @@ class Starting(ServiceBase):
         # a counter to a verification record (and so to its masked number).
         member = secrets.token_hex(8)
         counted = []
-        open_key = self.store.open_key(client, phone_key)
+        owner = escalation.owner if escalation else self.owner_of(client, person)
+        open_key = self.store.open_key(owner, phone_key)
         if test is None:
             counted = abuse.counters(
                 phone=phone,
@@ -283,7 +304,7 @@ class Starting(ServiceBase):
         else:
             if gate is not None:
                 gate.run()
-            open_id = self.store.open_id(client, phone_key)
+            open_id = self.store.open_id(owner, phone_key)
         fields: dict[str, str | int] = {
             "c": client,
             "pk": phone_key,
@@ -295,13 +316,20 @@ class Starting(ServiceBase):
         }
         if client_ref:
             fields["ref"] = client_ref
+        if owner != client:
+            fields["ow"] = owner
         if mode == "keypress":
             fields["m"] = "k"
         if len(ladder) > 1 and test is None and escalation is None:
             # Its later steps call the number again: kept sealed until it ends (a step is a
             # resend: the new-record fields are not used).
             fields["ld"] = ",".join(str(step) for step in ladder)
-            fields["pe"] = self.keyring.seal_phone(candidate_id, phone.e164)
+            fields["pe"] = self.keyring.seal_phone(
+                candidate_id, phone.e164, Person(end_user_ip, end_user_id)
+            )
+            if brand:
+                # A reseller's brand is spoken by every step, not only the first call.
+                fields["br"] = brand
         reservation = self.store.reserve(
             now_ms=now_ms,
             candidate_id=candidate_id,
@@ -319,6 +347,7 @@ class Starting(ServiceBase):
             key_id=self.keyring.current_id,
             fields=fields,
             open_id=open_id,
+            owner=owner,
             mode=mode,
             ladder_step=escalation.step if escalation else None,
         )
@@ -357,6 +386,7 @@ class Starting(ServiceBase):
             template=template,
             template_source=source,
             channel=channel,
+            send=gen,
         )
         budget = abuse.budget_counters(client)
 

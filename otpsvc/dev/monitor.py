@@ -1,13 +1,16 @@
-"""Counting the commands a piece of work sends to Redis, with MONITOR.
+"""What a piece of work costs, for the tests and the benchmarks: the commands it sends to Redis
+(MONITOR), and the memory of a server's processes.
 
 Commands that Lua scripts run inside Redis are not counted: one EVALSHA is one round trip.
-Used by the tests and the benchmark; MONITOR slows a server down, so never point it at production.
+MONITOR slows a server down, so never point it at production.
 """
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
@@ -56,3 +59,24 @@ def round_trips(redis_url: str, action: Callable[[], object]) -> int:
         action()
         after = int(probe.info("stats")["total_reads_processed"])
     return after - before - 1
+
+
+def process_tree_memory(root: int) -> tuple[int, int]:
+    """(peak, now) resident KiB of process ``root`` and its children (a gunicorn master and its
+    workers), summed: each process's high-water mark (``VmHWM``) and current size (``VmRSS``)."""
+    children = subprocess.run(  # noqa: S603 - a fixed command on a pid of ours
+        ["pgrep", "-P", str(root)],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    peak = now = 0
+    for pid in [str(root), *children]:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        peak += int(fields.get("VmHWM", "0 kB").split()[0])
+        now += int(fields.get("VmRSS", "0 kB").split()[0])
+    return peak, now

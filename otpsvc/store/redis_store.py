@@ -78,6 +78,14 @@ class LadderClaim:
     locale: str
     #: What made the step due: the last call's failed status, or ``timeout``.
     why: str
+    #: Whose open verification it is, behind a gateway ('' for the client's own): see
+    #: :meth:`VerificationStore.open_key`.
+    owner: str
+    #: The number's key the verification was started under: a step uses it (not the key of the
+    #: secret current now), so a rotated secret does not lose the verification.
+    phone_key: str
+    #: The brand the start named (a reseller's), '' for the client's own.
+    brand: str
 
 
 @dataclass(frozen=True)
@@ -198,8 +206,11 @@ class VerificationStore:
             [*args, *self.events.args()],
         )
 
-    def open_key(self, client: str, phone_key: str) -> str:
-        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:o:{client}:{phone_key}"
+    def open_key(self, owner: str, phone_key: str) -> str:
+        """The index of the open verification ``owner`` has for the number: the client's name, or
+        behind a gateway the client's name and a keyed hash of the person
+        (:meth:`Starting.owner_of <otpsvc.core.start.Starting.owner_of>`)."""
+        return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:o:{owner}:{phone_key}"
 
     def deny_key(self, client: str, phone_key: str) -> str:
         return f"{self.prefix}:{{{self.tag_of(phone_key)}}}:d:{client}:{phone_key}"
@@ -260,10 +271,10 @@ class VerificationStore:
 
     # Operations ----------------------------------------------------------------------------
 
-    def open_id(self, client: str, phone_key: str) -> str | None:
-        """The client's open verification for the number, as the index says now."""
+    def open_id(self, owner: str, phone_key: str) -> str | None:
+        """The owner's open verification for the number, as the index says now."""
         with store_guard():
-            found = self.redis.get(self.open_key(client, phone_key))
+            found = self.redis.get(self.open_key(owner, phone_key))
         return str(found) if found else None
 
     def reserve(
@@ -285,6 +296,7 @@ class VerificationStore:
         key_id: str,
         fields: Mapping[str, str | int],
         open_id: str | None,
+        owner: str,
         mode: str = "code",
         ladder_step: int | None = None,
     ) -> Reservation:
@@ -300,7 +312,7 @@ class VerificationStore:
                 raw = self._run(
                     self._reserve,
                     [
-                        self.open_key(client, phone_key),
+                        self.open_key(owner, phone_key),
                         self.record_key(open_id or candidate_id),
                         self.record_key(candidate_id),
                         self.deny_key(client, phone_key),
@@ -335,7 +347,7 @@ class VerificationStore:
                 return Reservation(
                     str(outcome), str(vid), dict(zip(flat[::2], flat[1::2], strict=True))
                 )
-            open_id = self.open_id(client, phone_key)
+            open_id = self.open_id(owner, phone_key)
         raise StoreUnavailable("the verification changed under three starts in a row")
 
     def finalize(
@@ -471,8 +483,12 @@ class VerificationStore:
             answer = self._run(self._ladder_claim, keys, args)
         if not answer:
             return None
-        ladder, current, sealed, client, mode, locale, why = (str(a) for a in answer)
-        return LadderClaim(ladder, int(current), sealed, client, mode, locale, why)
+        ladder, current, sealed, client, mode, locale, why, owner, pk, brand = (
+            str(a) for a in answer
+        )
+        return LadderClaim(
+            ladder, int(current), sealed, client, mode, locale, why, owner, pk, brand
+        )
 
     def stop_ladder(self, verification_id: str, *, now_ms: int, why: str) -> bool:
         """End the verification's ladder, telling its client why; False when it had ended."""
@@ -526,6 +542,17 @@ class VerificationStore:
                 raise answer
             due += [str(vid) for vid in answer]
         return due
+
+    def clients_of(self, verification_ids: list[str]) -> dict[str, str]:
+        """Each verification's API client, read in one pipeline per server ('' for one that is
+        gone)."""
+        keys = {self.record_key(v): v for v in verification_ids}
+        with store_guard():
+            answers = per_node(self.redis, list(keys), lambda pipe, key: pipe.hget(key, "c"))
+        return {
+            keys[key]: "" if isinstance(answer, Exception) or answer is None else str(answer)
+            for key, answer in answers.items()
+        }
 
     def verification_for_message(self, provider: str, message_id: str) -> str | None:
         with store_guard():

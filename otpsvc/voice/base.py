@@ -65,6 +65,8 @@ class CallRequest:
     template_source: str = "built-in"
     #: ``voice`` (a call) or ``sms`` (a text message: an escalation ladder's step).
     channel: str = "voice"
+    #: Which send of the verification this is (1 for the first call).
+    send: int = 1
 
     def spoken(self, default_brand: str, locale: str | None = None) -> Spoken:
         """What to say, ready to render. A provider that can only speak another ``locale``

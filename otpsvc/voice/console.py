@@ -1,7 +1,8 @@
 """The dev-mode provider: it places no call, it puts what would be said into the local inbox.
 
-It can be told (``/dev/faults``, or the dev page) to treat the next call, or every call to a
-number, as a real provider's call could go:
+A call with no fault is reported ``completed`` a moment later (picked up and heard), as a
+provider's status webhook would. It can be told (``/dev/faults``, or the dev page) to treat the
+next call, or every call to a number, as a real provider's call could go otherwise:
 
 - ``no-answer``, ``busy``, ``failed``: the call is accepted, then a delivery report with that
   status arrives as a real provider's webhook would, a moment later, at
@@ -86,6 +87,7 @@ class ConsoleProvider:
                 fault=fault,
                 template=spoken.source,
                 channel=call.channel,
+                send=call.send,
                 phone_key=self.inbox.phone_key(call.phone),
                 dtmf_token=call.dtmf_token,
             )
@@ -96,6 +98,10 @@ class ConsoleProvider:
         message_id = f"console-{next(self._ids)}"
         if fault is not None:
             self._report_later(call.status_token, fault)
+        elif call.channel == "voice":
+            # Picked up and heard to the end, as a real provider then reports: the inbox and
+            # GET /otp/{id} show the call completed, not queued forever.
+            self._report_later(call.status_token, "completed")
         # The line says where to look, never what was said.
         log.info(
             "dev call %s for verification %s is in the inbox: /dev",

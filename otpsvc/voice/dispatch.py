@@ -38,18 +38,29 @@ class NoRoute(Exception):
 
 
 class Bulkhead:
-    """At most ``size`` calls of one worker waiting on providers at once; past it, a start is
-    refused at once instead of queueing behind the others (the worker's remaining threads stay
-    free for checks, webhooks and probes)."""
+    """At most ``size`` calls of one worker waiting on providers at once.
 
-    def __init__(self, size: int) -> None:
+    Past it, a start may wait up to ``wait`` seconds for a slot, but only ``waiters`` starts at
+    once: a provider call ends within a second or two, so a worker whose slots are full for a
+    moment (connections stick to one worker while another has slots free) does not refuse what
+    it could serve, and the threads left over stay free for checks, webhooks and probes. A start
+    that finds no slot in time, or no room to wait, is refused."""
+
+    def __init__(self, size: int, *, wait: float = 0.0, waiters: int = 0) -> None:
         self.size = size
+        self.wait = wait
         self._slots = threading.BoundedSemaphore(size)
+        self._waiting = threading.BoundedSemaphore(waiters) if waiters > 0 else None
 
     @contextmanager
     def slot(self) -> Iterator[bool]:
-        """Yields True holding a slot, False when none is free (nothing is held then)."""
+        """Yields True holding a slot, False when none came (nothing is held then)."""
         held = self._slots.acquire(blocking=False)
+        if not held and self._waiting is not None and self._waiting.acquire(blocking=False):
+            try:
+                held = self._slots.acquire(timeout=self.wait)
+            finally:
+                self._waiting.release()
         try:
             yield held
         finally:

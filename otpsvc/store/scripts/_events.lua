@@ -9,12 +9,16 @@ local EV_STREAM, EV_EXPIRING = KEYS[#KEYS - 3], KEYS[#KEYS - 2]
 local EV_SNAPSHOTS, EV_LADDER = KEYS[#KEYS - 1], KEYS[#KEYS]
 local EV_ID, EV_MAX_AGE, EV_WANTED = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
 
--- The record's fields but its code verifier, as a table.
+-- What an event never carries: the code verifier, the sealed number and person of a ladder,
+-- and the person a gateway's verification belongs to.
+local EV_PRIVATE = {h = true, pe = true, ow = true}
+
+-- The record's fields but the private ones, as a table.
 local function ev_snapshot(record)
   local fields = redis.call('HGETALL', record)
   local snap = {}
   for i = 1, #fields, 2 do
-    if fields[i] ~= 'h' then
+    if not EV_PRIVATE[fields[i]] then
       snap[fields[i]] = fields[i + 1]
     end
   end
@@ -50,6 +54,8 @@ local function ev_emit(record, event_type, now, ended, extra)
     redis.call('ZREM', EV_EXPIRING, vid)
     redis.call('HDEL', EV_SNAPSHOTS, vid)
     redis.call('ZREM', EV_LADDER, vid)
+    -- No step follows: the sealed number (and person) has no more use.
+    redis.call('HDEL', record, 'pe')
   end
   local snap = ev_snapshot(record)
   if ev_wanted(snap.c) then

@@ -64,7 +64,9 @@ if ladder and ARGV[8] ~= '' then
   if step + 1 < #steps then
     redis.call('ZADD', EV_LADDER, tonumber(ARGV[7]) + steps[step + 1][2] * 1000, vid)
   else
+    -- The last step: the sealed number has no more use.
     redis.call('ZREM', EV_LADDER, vid)
+    redis.call('HDEL', KEYS[1], 'pe')
   end
   if escalated then
     local from = steps[was + 1] and steps[was + 1][1] or ''

@@ -6,6 +6,8 @@
 -- Returns 1 when the ladder of a pending verification ended here, 0 otherwise.
 local vid = ev_vid(KEYS[1])
 redis.call('ZREM', EV_LADDER, vid)
+-- No step follows: the sealed number has no more use.
+redis.call('HDEL', KEYS[1], 'pe')
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   return 0
 end

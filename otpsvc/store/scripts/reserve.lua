@@ -1,7 +1,9 @@
 -- Reserve one send: open a new verification, or take the client's open one for this phone (a resend).
 -- Every key is declared here and shares the phone's hash tag: one Redis Cluster slot, by the rules.
 -- KEYS[1]  the client's open-verification index for this phone, whatever the mode: one cooldown and
---          one send count per client and number; its value is a verification id
+--          one send count per client and number (behind a gateway, per client, person and number:
+--          one person's start never resends, or learns the id of, another's); its value is a
+--          verification id
 -- KEYS[2]  the record of the verification the caller read in KEYS[1] (ARGV[10]); when there was
 --          none, the candidate's record again
 -- KEYS[3]  the record of the candidate new verification (id ARGV[2])

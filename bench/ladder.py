@@ -1,4 +1,4 @@
-"""The escalation ladder's cost and timing: ``.venv/bin/python bench/ladder.py`` (about 30 s).
+"""The escalation ladder's cost and timing: ``.venv/bin/python bench/ladder.py`` (about 40 s).
 
 1. The extra Redis work per verification with a three-step ladder (both later steps taken by
    their wait): round trips and bytes of the record, against the same verification without a
@@ -7,6 +7,9 @@
    while a ``LadderRunner`` (the worker's, as many threads as its provider slots) runs them against
    a provider stand-in that takes 0.2 s per call; lateness is the time from a step's due time
    to its call reaching the provider (target: p99 under 1 s).
+3. Fairness between tenants: 200 steps of one client and one of another fall due together on a
+   worker with the shipped provider slots (8), against the 0.2 s provider; how long the other
+   client's step waited for its call (target: under 2 s).
 
 Loopback only: a bundled redis-server and the Termii stand-in of ``bench/bench.py``.
 """
@@ -110,6 +113,51 @@ def cost(redis_url: str, provider_url: str) -> None:
           f"record {laddered[1]} B")  # fmt: skip
 
 
+def record_placements(runtime: Any) -> dict[str, float]:
+    """When each verification's call reached the provider (filled in as calls are placed)."""
+    placed: dict[str, float] = {}
+    original = runtime.dispatcher.place
+
+    def place(route: Any, call: Any, **kwargs: Any) -> Any:
+        placed[call.verification_id] = time.time()
+        return original(route, call, **kwargs)
+
+    runtime.dispatcher.place = place
+    return placed
+
+
+def make_due(runtime: Any, due: dict[str, float]) -> None:
+    """Each verification's next step due at its time, as a no-answer report leaves it: the step
+    due, the resend cooldown lifted."""
+    pipe = runtime.redis.pipeline(transaction=False)
+    prefix = runtime.settings.redis_prefix
+    for vid, at in due.items():
+        pipe.zadd(ladder_key(prefix, tag_of(vid)), {vid: int(at * 1000)})
+        pipe.hset(runtime.store.record_key(vid), "ra", int(time.time() * 1000))
+    pipe.execute()
+
+
+def run_worker_until(runtime: Any, placed: dict[str, float], calls: int, seconds: float) -> None:
+    """A ``LadderRunner`` as the worker runs it (its provider slots; ``run_due`` every 0.25 s at
+    most) until ``calls`` calls were placed or ``seconds`` passed."""
+    runner = LadderRunner(runtime.service, threads=runtime.settings.provider_concurrency)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            runner.run_due()
+            stop.wait(0.25)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    deadline = time.time() + seconds
+    while len(placed) < calls and time.time() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    thread.join()
+    runner.drain()
+
+
 def timing(redis_url: str, provider_url: str) -> None:
     """500 steps due at 100 a second; one runner fires them; how late each call was."""
     TermiiStandIn.latency = staticmethod(lambda: 0.2)
@@ -117,7 +165,7 @@ def timing(redis_url: str, provider_url: str) -> None:
         env(
             redis_url,
             provider_url,
-            OTPSVC_LADDER="voice:termii/3600,voice:termii",
+            OTPSVC_LADDER="voice:termii/500,voice:termii",
             OTPSVC_CODE_TTL="600",
             OTPSVC_WORKER_THREADS="48",
             OTPSVC_PROVIDER_CONCURRENCY="32",
@@ -132,31 +180,10 @@ def timing(redis_url: str, provider_url: str) -> None:
         answer = client.post("/otp/start", json={"phone": f"+2348041{i:06d}"}, headers=headers)
         ids.append(answer.get_json()["id"])
     TermiiStandIn.latency = staticmethod(lambda: 0.2)
-    placed: dict[str, float] = {}
-    original = runtime.dispatcher.place
-
-    def place(route: Any, call: Any, **kwargs: Any) -> Any:
-        placed[call.verification_id] = time.time()
-        return original(route, call, **kwargs)
-
-    runtime.dispatcher.place = place  # type: ignore[method-assign]
+    placed = record_placements(runtime)
     start = time.time() + 1.0
     due = {vid: start + i / 100 for i, vid in enumerate(ids)}
-    pipe = runtime.redis.pipeline(transaction=False)
-    prefix = runtime.settings.redis_prefix
-    for vid, at in due.items():
-        # As a no-answer report leaves it: the step due, the resend cooldown lifted.
-        pipe.zadd(ladder_key(prefix, tag_of(vid)), {vid: int(at * 1000)})
-        pipe.hset(runtime.store.record_key(vid), "ra", int(time.time() * 1000))
-    pipe.execute()
-    runner = LadderRunner(runtime.service, threads=runtime.settings.provider_concurrency)
-    stop = threading.Event()
-
-    def loop() -> None:  # what the worker does between its other work, every 0.25 s at most
-        while not stop.is_set():
-            runner.run_due()
-            stop.wait(0.25)
-
+    make_due(runtime, due)
     outcomes: dict[str, int] = {}
     escalate = runtime.service.escalate
 
@@ -166,14 +193,7 @@ def timing(redis_url: str, provider_url: str) -> None:
         return outcome
 
     runtime.service.escalate = counted  # type: ignore[method-assign]
-    thread = threading.Thread(target=loop)
-    thread.start()
-    deadline = time.time() + 30
-    while len(placed) < len(ids) and time.time() < deadline:
-        time.sleep(0.1)
-    stop.set()
-    thread.join()
-    runner.drain()
+    run_worker_until(runtime, placed, len(ids), 30)
     if not placed:
         print(f"no step placed: {outcomes}")
         return
@@ -185,6 +205,41 @@ def timing(redis_url: str, provider_url: str) -> None:
           f"p99 {p99:.2f} s, max {late[-1]:.2f} s")  # fmt: skip
 
 
+def fairness(redis_url: str, provider_url: str) -> None:
+    """200 due steps of a noisy client and one of a quiet one, at the same moment."""
+    quiet_key = "bench-quiet-key-0123456789abcdefgh"
+    app = create_app(
+        env(
+            redis_url,
+            provider_url,
+            OTPSVC_API_KEYS=f"noisy:{KEY},quiet:{quiet_key}",
+            OTPSVC_LADDER="voice:termii/500,voice:termii",
+            OTPSVC_CODE_TTL="600",
+        )
+    )
+    runtime = app.extensions["otpsvc"]
+    client = app.test_client()
+    TermiiStandIn.latency = staticmethod(lambda: 0.0)
+    ids = []
+    for i, key in enumerate([KEY] * 200 + [quiet_key]):
+        answer = client.post(
+            "/otp/start",
+            json={"phone": f"+2348051{i:06d}"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        ids.append(answer.get_json()["id"])
+    quiet = ids[-1]
+    TermiiStandIn.latency = staticmethod(lambda: 0.2)
+    placed = record_placements(runtime)
+    due_at = time.time()
+    make_due(runtime, dict.fromkeys(ids, due_at))
+    run_worker_until(runtime, placed, len(ids), 60)
+    noisy = sorted(at - due_at for vid, at in placed.items() if vid != quiet)
+    print(f"fairness: the quiet client's step placed {placed[quiet] - due_at:.2f} s after it fell "
+          f"due, behind 200 of the noisy client's (theirs took {noisy[-1]:.1f} s in all, "
+          f"{runtime.settings.provider_concurrency} slots, 0.2 s a call)")  # fmt: skip
+
+
 def main() -> None:
     with RedisServer() as redis_server:
         port = free_port()
@@ -193,6 +248,7 @@ def main() -> None:
         provider_url = f"http://127.0.0.1:{port}"
         cost(redis_server.url, provider_url)
         timing(redis_server.url, provider_url)
+        fairness(redis_server.url, provider_url)
         server.shutdown()
 
 

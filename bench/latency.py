@@ -91,7 +91,8 @@ class Result:
 
 
 class Server:
-    """``otpsvc serve`` on a free port; ``worker`` 'gthread' (shipped) or 'sync'."""
+    """``otpsvc serve`` on a free port; ``worker`` 'gthread' (shipped), 'gthread-nowait' (no
+    wait for a provider slot, as before 0.2) or 'sync'."""
 
     def __init__(self, redis_url: str, termii_port: int, worker: str, profile: str) -> None:
         self.port = free_port()
@@ -106,6 +107,9 @@ class Server:
         if worker == "sync":
             # gunicorn turns sync into gthread when threads > 1: both are set.
             env["GUNICORN_CMD_ARGS"] = "--worker-class sync --threads 1"
+        if worker == "gthread-nowait":
+            # The bulkhead as it was: a start finding its worker's slots taken is refused at once.
+            env["OTPSVC_PROVIDER_SLOT_WAIT"] = "0"
         if profile == "hang":
             # Timeouts would open the provider's circuit, and then no start would wait on it at
             # all: kept closed, so that 8 starts do wait while checks and probes are measured.

@@ -561,7 +561,8 @@ def migrate_keys_command() -> None:
     with _redis_errors(), store_guard():
         done = migrate_keys(client, settings.redis_prefix, settings.event_webhooks)
     click.echo(
-        f"moved {done.moved} keys ({done.superseded} already newer in the new layout); "
+        f"moved {done.moved} keys ({done.merged} merged into what the new layout counted, "
+        f"{done.superseded} already newer in the new layout); "
         f"{done.watched} pending verifications watched for expiry"
     )
 

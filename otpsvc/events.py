@@ -49,6 +49,7 @@ from otpsvc.config import Settings
 from otpsvc.core.models import Status, Verification
 from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, per_node
+from otpsvc.store.due import DueIndex, due_channel
 from otpsvc.store.redis_store import EventOptions, script_source
 from otpsvc.store.shards import event_keys, expiring_key, stream_key, tag_of, tags
 from otpsvc.telemetry import TracedScript
@@ -61,8 +62,10 @@ OUTAGES: tuple[type[Exception], ...] = (*STORE_ERRORS, StoreUnavailable)
 GROUP = "senders"
 #: Deliveries in flight at once per API client, per worker.
 PER_CLIENT = 4
-#: How often a worker looks for events a dead worker left pending.
-ORPHAN_SCAN_SECONDS = 5.0
+#: How often a worker looks for events a dead worker left pending (one XPENDING a stream: the
+#: largest part of an idle worker's cost). An orphan is taken over only after the webhook
+#: timeouts anyway (about 14 s), so looking more often would gain little.
+ORPHAN_SCAN_SECONDS = 10.0
 #: How often a worker looks for verifications that expired pending.
 EXPIRY_SCAN_SECONDS = 1.0
 #: The longest wait between two tries of one event.
@@ -89,6 +92,8 @@ class EventSettings:
     read_timeout: float = 10.0
     #: The check attempts a verification has (its view shows what is left).
     max_attempts: int = 5
+    #: How long an event given up is kept for ``events failed`` and ``events replay``.
+    failed_ttl: float = 14 * 86400.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventSettings:
@@ -99,6 +104,7 @@ class EventSettings:
             retry_window=settings.event_retry_window,
             max_age=2.0 * settings.event_retry_window,
             max_attempts=settings.max_check_attempts,
+            failed_ttl=settings.event_failed_days * 86400.0,
         )
 
     def options(self) -> EventOptions:
@@ -144,6 +150,8 @@ class EventQueue:
         #: What the receiver answered to each event's last failed try (HTTP status or error).
         self.last_key = f"{prefix}:{{{prefix}:events}}:last"
         self._expire = TracedScript("expire", client.register_script(script_source("expire")))
+        #: The expiry watch's due index, made on the first look (workers only).
+        self._expiry_due: DueIndex | None = None
 
     def wanted(self, client: str) -> bool:
         return client in self.settings.webhooks
@@ -156,7 +164,12 @@ class EventQueue:
         """Tell every watched verification that expired while pending; each once, whichever
         worker gets it (the script's ZREM decides)."""
         now_ms = int(now * 1000)
-        shards = [expiring_key(self.prefix, tag) for tag in tags()]
+        if self._expiry_due is None:
+            shards = [expiring_key(self.prefix, tag) for tag in tags()]
+            self._expiry_due = DueIndex(self.redis, shards, due_channel(self.prefix))
+        shards = self._expiry_due.due(now_ms)
+        if not shards:
+            return 0
         due = self.each(shards, lambda pipe, key: pipe.zrangebyscore(key, "-inf", now_ms, 0, limit))
         told = 0
         for key in shards:
@@ -208,20 +221,19 @@ class EventQueue:
             return waiting, 0.0
         return waiting, max(0.0, now - oldest_ms / 1000)
 
-    def trim(self, now: float, max_age: float) -> int:
-        """Drop what the streams still hold of events older than ``max_age`` that are done
-        with: delivered, or given up (kept in ``events failed``). An event still pending (in its
-        retries, or waiting for a worker that knows its client) or not yet read is never
-        trimmed: each stream is cut only below its oldest such entry."""
-        cutoff = f"{int((now - max_age) * 1000)}-0"
+    def trim(self) -> int:
+        """Drop what the streams still hold of events that are done with: acknowledged
+        (delivered, or given up and kept in ``events failed``) but left in the stream. An event
+        still pending (in its retries, or waiting for a worker that knows its client) or not yet
+        read is never trimmed: each stream is cut only below its oldest such entry, and a stream
+        whose consumer group cannot be read is left alone. (A stream no worker reads is bounded
+        by age, by every add.)"""
         pending = self.each(self.streams, lambda pipe, key: pipe.xpending(key, GROUP))
         groups = self.each(self.streams, lambda pipe, key: pipe.xinfo_groups(key))
-        bounds = {
-            key: _keep_from(cutoff, pending.get(key), groups.get(key)) for key in self.streams
-        }
+        bounds = {key: _keep_from(pending.get(key), groups.get(key)) for key in self.streams}
+        kept = [key for key in self.streams if bounds[key] is not None]
         answers = self.each(
-            self.streams,
-            lambda pipe, key: pipe.xtrim(key, minid=bounds[key], approximate=False),
+            kept, lambda pipe, key: pipe.xtrim(key, minid=bounds[key], approximate=False)
         )
         trimmed = 0
         for answer in answers.values():
@@ -230,8 +242,39 @@ class EventQueue:
             trimmed += int(answer)
         if trimmed:
             metrics.EVENTS_TRIMMED.inc(trimmed)
-            log.warning("dropped %d events older than %.0f s from the streams", trimmed, max_age)
+            log.info("dropped %d delivered events left in the streams", trimmed)
         return trimmed
+
+    def done_with(self, stream: str, entry_id: str) -> None:
+        """An event delivered or given up: acknowledged and deleted in one step (a worker killed
+        between the two would leave an acknowledged entry in the stream), then its retry
+        bookkeeping dropped."""
+        name = f"{entry_id}@{stream}"
+        transaction = self.redis.pipeline(transaction=True)
+        transaction.xack(stream, GROUP, entry_id)
+        transaction.xdel(stream, entry_id)
+        transaction.execute()
+        self.redis.zrem(self.due_key, name)
+        self.redis.hdel(self.last_key, name)
+
+    def prune_failed(self, now: float) -> int:
+        """Forget the events given up more than ``failed_ttl`` ago (they were kept for
+        ``events failed`` and ``events replay``); how many."""
+        cutoff = _rfc3339(now - self.settings.failed_ttl)
+        r: Any = self.redis
+        old = [
+            message_id
+            for message_id, raw in r.hscan_iter(self.failed_key, count=500)
+            if json.loads(raw).get("failed_at", "") < cutoff
+        ]
+        if old:
+            r.hdel(self.failed_key, *old)
+            log.warning(
+                "forgot %d failed events kept longer than %.0f days",
+                len(old),
+                self.settings.failed_ttl / 86400,
+            )
+        return len(old)
 
     def failed(self) -> dict[str, dict[str, Any]]:
         r: Any = self.redis
@@ -253,18 +296,17 @@ def _stream_id(text: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _keep_from(cutoff: str, pending: Any, groups: Any) -> str:
-    """The lowest entry id a stream must keep: the age cutoff, unless an older entry is still
-    pending (its oldest) or not yet read by the group (just after the last one it read)."""
-    keep = _stream_id(cutoff)
-    if isinstance(pending, dict) and pending.get("pending") and pending.get("min"):
+def _keep_from(pending: Any, groups: Any) -> str | None:
+    """The lowest entry id a stream must keep: just after the last one the group read, or its
+    oldest pending entry if that is older. None when the group cannot be read (keep it all)."""
+    mine = [g for g in groups if g.get("name") == GROUP] if isinstance(groups, list) else []
+    group = mine[0] if mine else None
+    if group is None or not isinstance(pending, dict):
+        return None
+    ms, seq = _stream_id(str(group.get("last-delivered-id") or "0-0"))
+    keep = (ms, seq + 1)
+    if pending.get("pending") and pending.get("min"):
         keep = min(keep, _stream_id(str(pending["min"])))
-    if isinstance(groups, list):
-        for group in groups:
-            if group.get("name") != GROUP:
-                continue
-            ms, seq = _stream_id(str(group.get("last-delivered-id") or "0-0"))
-            keep = min(keep, (ms, seq + 1))
     return f"{keep[0]}-{keep[1]}"
 
 
@@ -390,7 +432,8 @@ class EventWorker:
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_trim:
-                    self.queue.trim(time.time(), self.queue.settings.max_age)
+                    self.queue.trim()
+                    self.queue.prune_failed(time.time())
                     next_trim = time.monotonic() + 60
                 if self.guard is not None:
                     self.guard()
@@ -564,10 +607,7 @@ class EventWorker:
             answer = type(exc).__name__
         metrics.EVENT_DELIVERY_SECONDS.labels(client).observe(time.perf_counter() - began)
         if accepted:
-            queue.redis.xack(stream, GROUP, entry_id)
-            queue.redis.xdel(stream, entry_id)
-            queue.redis.zrem(queue.due_key, name)
-            queue.redis.hdel(queue.last_key, name)
+            queue.done_with(stream, entry_id)
             metrics.EVENTS.labels(event_type, "delivered").inc()
             metrics.EVENT_DELIVERIES.labels(client, event_type, "delivered").inc()
         else:
@@ -605,10 +645,7 @@ class EventWorker:
             "last_answer": str(last) if last else "never tried",
         }
         queue.redis.hset(queue.failed_key, message_id, json.dumps(record))
-        queue.redis.xack(stream, GROUP, entry_id)
-        queue.redis.xdel(stream, entry_id)
-        queue.redis.zrem(queue.due_key, name)
-        queue.redis.hdel(queue.last_key, name)
+        queue.done_with(stream, entry_id)
         metrics.EVENTS.labels(event_type, "failed").inc()
         metrics.EVENT_DELIVERIES.labels(client, event_type, "failed").inc()
         log.warning("event %s (%s) for %s kept as failed", message_id, event_type, client)

@@ -501,3 +501,28 @@ def test_a_brand_takes_letters_of_any_script_but_only_ascii_digits(
     else:
         assert answer.status_code == 422
         assert list(answer.get_json()["errors"]) == ["brand"]
+
+
+def test_a_clients_velocity_above_the_global_budget_is_warned_of(redis_url, tmp_path):
+    """A client's own velocity_client above the call budget of every client together gets the
+    warning the same value in the environment gets, named by its TOML path."""
+    text = '[clients.client-a]\nvelocity_client = "5000 per hour;50000 per day"\n'
+    settings = load_settings(termii_env(redis_url, OTPSVC_CLIENTS_FILE=write(tmp_path, text)))
+    found = [w for w in settings.warnings if "clients.client-a.velocity_client" in w]
+    assert len(found) >= 1, settings.warnings
+    assert "OTPSVC_CALL_BUDGET" in found[0]
+    quiet = '[clients.client-a]\nvelocity_client = "100 per hour;1000 per day"\n'
+    settings = load_settings(termii_env(redis_url, OTPSVC_CLIENTS_FILE=write(tmp_path, quiet)))
+    assert not [w for w in settings.warnings if "velocity_client" in w]
+
+
+def test_the_ssml_length_check_counts_a_brand_as_escaped():
+    """A brand is escaped in SSML ("&" becomes "&amp;"): the length check renders the longest
+    brand at its most escaped, so a template of many {brand}s cannot pass under seven.io's
+    10,000 characters and then exceed them."""
+    from otpsvc.voice.templates import fit_problems
+
+    template = "{code} " + "{brand}" * 70
+    problems = fit_problems("code", "en", template, ("sevenio",))
+    assert problems
+    assert "sevenio takes at most 10000" in problems[0]

@@ -359,10 +359,10 @@ def test_the_worker_serves_its_metrics_and_logs_each_failed_try(
 
 
 def test_only_events_done_with_are_trimmed(make_app, openapi, termii, receiver: Receiver):
-    """The worker's age bound (twice the retry window) drops only what is done with: an old
-    entry that was acknowledged is trimmed and counted in otpsvc_events_trimmed_total, while an
-    old one still pending (in its retries) or not yet read is kept, to be delivered or given up
-    into ``events failed``, never dropped unseen."""
+    """The worker's trim drops only what is done with: an entry that was acknowledged but left
+    in its stream (a worker killed between the two steps, before they were one) is trimmed and
+    counted in otpsvc_events_trimmed_total, while one still pending (in its retries) or not yet
+    read is kept, to be delivered or given up into ``events failed``, never dropped unseen."""
     from otpsvc import metrics
     from otpsvc.events import GROUP
 
@@ -380,7 +380,7 @@ def test_only_events_done_with_are_trimmed(make_app, openapi, termii, receiver: 
         if stream == acked:
             r.xack(stream, GROUP, entry_id)
     before = metrics.EVENTS_TRIMMED._value.get()
-    assert events.trim(now, events.settings.max_age) == 1
+    assert events.trim() == 1
     assert metrics.EVENTS_TRIMMED._value.get() == before + 1
     assert r.xlen(acked) == 0
     assert r.xlen(pending) == 1
@@ -516,3 +516,44 @@ def test_a_worker_without_the_clients_webhook_leaves_its_events_pending(
     wait_for(lambda: len(receiver.events()) == 1, timeout=30)
     assert receiver.events()[0]["type"] == "verification.canceled"
     assert events.failed() == {}
+
+
+def test_failed_events_are_kept_for_their_days_then_forgotten(make_app, receiver: Receiver):
+    """A given-up event is kept for ``events failed``/``events replay`` OTPSVC_EVENT_FAILED_DAYS
+    (14) days, then forgotten by the worker's trim: the failed set does not grow for ever."""
+    import json as json_module
+
+    app = make_app(**event_env(a=receiver), OTPSVC_EVENT_FAILED_DAYS="2")
+    events = app.extensions["otpsvc"].events
+    now = time.time()
+    for message_id, days in (("msg_old", 3), ("msg_recent", 1)):
+        record = {"client": "client-a", "body": "{}", "failed_at": _rfc3339(now - days * 86400)}
+        events.redis.hset(events.failed_key, message_id, json_module.dumps(record))
+    assert events.prune_failed(now) == 1
+    assert set(events.failed()) == {"msg_recent"}
+
+
+def _rfc3339(at: float) -> str:
+    from otpsvc.events import _rfc3339 as rfc3339
+
+    return rfc3339(at)
+
+
+def test_an_api_process_that_saw_a_suspension_keeps_it_when_redis_loses_its_data(
+    own_stack, termii: FakeTermii
+):
+    """No worker runs: calls are suspended, the API process refuses a start (and so has seen
+    the suspension), then Redis restarts without its data. The next start is refused and the
+    switch is set again, instead of a call being placed."""
+    server, api, env, _ = own_stack
+    suspended = CliRunner().invoke(main, ["calls", "suspend", "--reason", "pumping"], env=env)
+    assert suspended.exit_code == 0, suspended.output
+    assert api.start().status_code == 503
+    server.stop()
+    server.start()
+    refused = api.start("+2348031234997")
+    assert refused.status_code == 503
+    assert refused.get_json()["code"] == "calls_suspended"
+    velocity = api.app.extensions["otpsvc"].service.velocity
+    assert velocity.kill_state()["reason"] == "pumping"
+    assert termii.calls == []

@@ -471,11 +471,24 @@ def test_an_sms_step_needs_a_provider_that_sends_sms(redis_url, extra, problem):
 
 @pytest.mark.parametrize(
     ("template", "problem"),
-    [("Your code is ready.", "must read {code}"), ("{code} " + "x" * 160, "at most 160")],
+    [
+        ("Your code is ready.", "must read {code}"),
+        ("{code} " + "x" * 160, "one SMS holds 160"),
+        # Within 160 characters, but Cyrillic goes out as UCS-2: 70 a message.
+        (
+            "Ваш код {code}. " + "Не повідомляйте його нікому, навіть співробітникам " * 2,
+            "holds 70",
+        ),
+        # GSM-7's extension characters take two places each.
+        ("{code} " + "[]" * 38, "can be 161 characters"),
+    ],
 )
 def test_an_sms_template_must_read_the_code_and_stay_one_message(
     redis_url, tmp_path, template, problem
 ):
+    """An SMS step's template must read the code and fit one message, counted as the message
+    goes out: GSM-7 characters (extension ones twice) up to 160, any other text as UCS-2 up
+    to 70."""
     from otpsvc.config import load_settings
     from otpsvc.errors import ConfigError
     from tests.conftest import termii_env
@@ -717,3 +730,19 @@ def test_a_resellers_brand_is_spoken_by_every_step(
     assert run(runner(app)) == 1
     assert len(sevenio.calls) == 2
     assert all("Partner Shop" in call.form["text"] for call in sevenio.calls)
+
+
+def test_an_idle_look_for_due_steps_asks_redis_nothing(make_app, openapi, redis_url, clock):
+    """Once the due index has read every shard, a look for due steps with nothing due sends no
+    command to Redis (it used to ask all 256 shards on every turn of the worker's loop); a step
+    filed afterwards is announced, and found when it falls due."""
+    from otpsvc.dev.monitor import commands_sent
+
+    app = make_app(OTPSVC_LADDER="voice:termii/30,voice:termii")
+    store = app.extensions["otpsvc"].store
+    now = int(clock() * 1000)
+    assert store.due_steps(now) == []  # subscribes and reads every shard once
+    assert commands_sent(redis_url, lambda: store.due_steps(now)) == []
+    vid = Api(app, KEY_A, openapi).start().get_json()["id"]
+    assert store.due_steps(now) == []
+    assert store.due_steps(now + 31_000) == [vid]

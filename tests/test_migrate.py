@@ -77,3 +77,31 @@ def test_what_0_1_stored_is_found_again_after_migrate_keys(
     deliver_all(app)
     told = [(e["type"], e["data"]["id"]) for e in receiver.events()]
     assert ("verification.expired", pending) in told
+
+
+def test_counts_both_layouts_hold_are_merged_not_dropped(
+    make_app, openapi, termii: FakeTermii, redis_url, redis_client
+):
+    """Where a process of the new version already counted under the new key (failed checks,
+    "not me" denials), migrate-keys adds what 0.1 counted instead of dropping it."""
+    app = make_app()
+    keyring = app.extensions["otpsvc"].service.keyring
+    store = app.extensions["otpsvc"].store
+    key = keyring.phone_key(PHONE)
+    failures, denials = store.failure_key("client-a", key), store.denials_key(key)
+    redis_client.set(failures, 3, px=80_000_000)
+    redis_client.zadd(denials, {"client-a": 1000})
+    assert back_to_the_old_layout(redis_client) == 2
+    # The new version wrote meanwhile.
+    redis_client.set(failures, 4, px=60_000_000)
+    redis_client.zadd(denials, {"client-b": 2000})
+    env = fake_termii_env(redis_url, termii)
+    result = CliRunner().invoke(main, ["migrate-keys"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "2 merged" in result.output
+    assert redis_client.get(failures) == "7"
+    assert redis_client.pttl(failures) > 70_000_000
+    assert dict(redis_client.zrange(denials, 0, -1, withscores=True)) == {
+        "client-a": 1000,
+        "client-b": 2000,
+    }

@@ -109,3 +109,31 @@ def test_limits_are_shared_by_app_instances(make_app, openapi):
     assert one.start(PHONES[0]).status_code == 201
     assert two.start(PHONES[1]).status_code == 201
     assert one.start(PHONES[2]).status_code == 429
+
+
+def test_a_client_inventing_addresses_cannot_fill_redis(make_app, openapi, redis_client):
+    """A client naming a new end_user.ip on every start makes per-person windows (about 540
+    bytes each for the hour) only up to OTPSVC_END_USER_ADDRESSES_MAX a clock hour; past it a
+    request for a new end user is 429 and leaves nothing in Redis, while the addresses already
+    seen, and another client, go on."""
+    from tests.conftest import KEY_A, KEY_B, Api
+
+    app = make_app(OTPSVC_END_USER_ADDRESSES_MAX="100")
+    hostile, other = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+
+    def start(api: Api, i: int, address: str):
+        return api.request(
+            "POST",
+            "/otp/start",
+            json={"phone": f"+2348032{i:06d}", "end_user": {"ip": address}},
+        )
+
+    for i in range(100):
+        assert start(hostile, i, f"10.1.{i // 250}.{i % 250}").status_code == 201
+    windows = len(redis_client.keys("*:start_ip:*"))
+    refused = [start(hostile, 1000 + i, f"10.2.0.{i}") for i in range(20)]
+    assert {r.status_code for r in refused} == {429}
+    assert refused[0].get_json()["limit"] == "end_user_addresses"
+    assert len(redis_client.keys("*:start_ip:*")) == windows
+    assert start(hostile, 2000, "10.1.0.7").status_code == 201  # seen this hour
+    assert start(other, 3000, "10.2.0.1").status_code == 201  # another client's own count

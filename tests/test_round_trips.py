@@ -14,9 +14,12 @@ from tests.fakes.termii import FakeTermii
 
 @pytest.fixture(autouse=True)
 def breaker_state_cached(api: Api) -> None:
-    """A worker reads the breaker state at most once a second; on a slow machine that read could
-    land inside a measured request. Kept for the test, so every count is the request's own."""
-    api.app.extensions["otpsvc"].dispatcher.breaker.cache_seconds = 3600.0
+    """A worker reads the breaker state, and looks at the kill switch and the data's epoch, at
+    most once a second; on a slow machine that read could land inside a measured request. Kept
+    for the test, so every count is the request's own."""
+    runtime = api.app.extensions["otpsvc"]
+    runtime.dispatcher.breaker.cache_seconds = 3600.0
+    runtime.service.velocity.guard_seconds = 3600.0
 
 
 def test_start_takes_three_round_trips(api: Api, termii: FakeTermii, redis_url):

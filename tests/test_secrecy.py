@@ -14,7 +14,10 @@ def redis_dump(client) -> str:
     for key in client.scan_iter("*"):
         parts.append(key)
         kind = client.type(key)
-        if kind == "string":
+        if kind == "string" and ":persons:" in key:
+            # A HyperLogLog of keyed end-user names (registers, no text): its count only.
+            parts.append(str(client.pfcount(key)))
+        elif kind == "string":
             parts.append(client.get(key))
         elif kind == "hash":
             parts.extend(f"{k}={v}" for k, v in client.hgetall(key).items())

@@ -33,6 +33,11 @@ class Window:
     text: str
 
 
+#: The limits kept per end user (their address), each in windows of its own: what a client
+#: that invents addresses could multiply, so they are capped per client and hour.
+PERSONAL = frozenset({"start_ip", "check_ip"})
+
+
 @dataclass(frozen=True)
 class Meet:
     """One limit a request meets, and ``who`` it counts."""
@@ -60,6 +65,10 @@ class RequestLimits:
         self._client_windows = {
             name: self._windows_of(own) for name, own in settings.client_settings.items()
         }
+        self._persons_max = {
+            name: own.end_user_addresses_max for name, own in settings.client_settings.items()
+        }
+        self._persons_max_default = settings.end_user_addresses_max
 
     @staticmethod
     def _windows_of(settings: Settings) -> dict[str, list[Window]]:
@@ -96,22 +105,41 @@ class RequestLimits:
     ) -> Gate:
         """:meth:`meet` as a gate, for a store script to run first in its own round trip."""
         table = self._client_windows.get(client or "", self._windows)
+        now_ms = int(self.clock() * 1000)
         keys: list[str] = []
         spec: list[str] = []
         windows: list[Window] = []
+        person = ""
         for item in items:
             who = self.name_of(item.scope, item.who)
+            personal = client is not None and item.scope in PERSONAL
+            person = who if personal and not person else person
             for window in table[item.scope]:
                 keys.append(f"{self.tag}:{item.scope}:{who}:{window.window_ms}")
-                spec.append(f"{window.limit} {window.window_ms} h")
+                spec.append(f"{window.limit} {window.window_ms} {'p' if personal else 'h'}")
                 windows.append(window)
-        args: list[int | str] = [int(self.clock() * 1000), secrets.token_hex(8), 0, " ".join(spec)]
+        args: list[int | str] = [now_ms, secrets.token_hex(8), 0, " ".join(spec)]
+        if person:
+            # The client's end users of this clock hour: a cap on the windows it can make.
+            keys.append(f"{self.tag}:persons:{client}:{now_ms // 3_600_000}")
+            cap = self._persons_max.get(client or "", self._persons_max_default)
+            args += ["", "", cap, person]
 
         def settle(result: Any) -> None:
             index = int(result[0])
             if index == 0:
                 return
             window = windows[index - 1]
+            if len(result) > 2:
+                audit("limit_hit", limit="end_user_addresses", **(audit_fields or {}))
+                metrics.REFUSALS.labels("limit_end_user_addresses").inc()
+                raise RateLimited(
+                    int(result[1]) / 1000,
+                    "too many different end users from this client this hour "
+                    "(OTPSVC_END_USER_ADDRESSES_MAX)",
+                    limit="end_user_addresses",
+                    scope="client",
+                )
             audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
             metrics.REFUSALS.labels(f"limit_{window.scope}").inc()
             raise RateLimited(

@@ -227,7 +227,7 @@ def _start(rt: Runtime, data: dict[str, Any], person: Person, gate: Gate | None 
         end_user_id=person.user_id,
         gate=gate,
         brand=data.get("brand"),
-        person=person.scope,
+        end_user_scope=person.scope,
     )
     response = jsonify(verification_view(outcome.verification))
     response.status_code = 201 if outcome.created else 200

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from otpsvc.config.checks import ceiling_problems
 from otpsvc.config.model import Settings
 from otpsvc.config.model import variable as setting_variable
 from otpsvc.errors import ConfigError
@@ -66,6 +67,7 @@ CLIENT_KEYS: dict[str, str] = {
     "test_numbers": "list",
     "caller": "string",
     "end_user_id_header": "string",
+    "end_user_addresses_max": "integer",
 }
 #: The variable a key sets where it is not simply ``OTPSVC_`` + the key in upper case.
 VARIABLES = {"event_webhook": "OTPSVC_EVENT_WEBHOOKS"}
@@ -276,7 +278,16 @@ def with_clients(
     # A provider only a client's routes name is set up (and checked) by its settings' load.
     providers = dict(settings.provider_settings)
     problems = []
+    warnings = list(settings.warnings)
     for name, own in client_settings.items():
+        if "velocity_client" in file.tables[name]:
+            # Above the budget of every client together, this client alone could spend it for
+            # all: said, as for the environment's own velocity_client.
+            shares = {"velocity_client": own.velocity_client, "call_budget": settings.call_budget}
+            warnings += [
+                rename(warning, name, {"velocity_client": own.velocity_client})
+                for warning in ceiling_problems(shares, (("velocity_client", "call_budget"),))
+            ]
         for provider, values in own.provider_settings.items():
             providers.setdefault(provider, values)
         if "event_webhook" in file.tables[name]:
@@ -300,4 +311,5 @@ def with_clients(
         test_numbers=tuple(numbers),
         provider_settings=providers,
         templates=file.templates,
+        warnings=tuple(warnings),
     )

@@ -118,6 +118,10 @@ class Settings:
     rate_limit_client: str = "6000 per minute"
     #: Requests that fail authentication, per connecting address.
     rate_limit_auth_failures: str = "10 per minute;50 per hour"
+    #: End users (addresses) one client's per-person request limits may be kept for in an hour:
+    #: each costs about 540 bytes of Redis for the hour, so a client inventing addresses
+    #: cannot fill Redis (past it, a request for a new end user is 429 until the next hour).
+    end_user_addresses_max: int = 100_000
     #: IPv6 addresses are limited per network of this many bits (one host holds a whole /64).
     ipv6_prefix: int = 64
     idempotency_ttl: int = 86400
@@ -203,6 +207,8 @@ class Settings:
     event_webhook_secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     event_retry_base: float = 5.0
     event_retry_window: int = 86400
+    #: Days an event given up is kept for ``otpsvc events failed`` and ``events replay``.
+    event_failed_days: int = 14
     #: When set, GET /metrics needs "Authorization: Bearer <token>".
     metrics_token: str | None = field(default=None, repr=False)
 

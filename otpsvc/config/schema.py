@@ -143,6 +143,11 @@ class SettingsSchema(Schema):
         load_default=Settings.rate_limit_auth_failures,
         validate=_limit_string,
     )
+    end_user_addresses_max = fields.Integer(
+        data_key="OTPSVC_END_USER_ADDRESSES_MAX",
+        load_default=100_000,
+        validate=validate.Range(100, 100_000_000),
+    )
     ipv6_prefix = fields.Integer(
         data_key="OTPSVC_IPV6_PREFIX", load_default=64, validate=validate.Range(48, 128)
     )
@@ -278,6 +283,9 @@ class SettingsSchema(Schema):
         data_key="OTPSVC_EVENT_RETRY_WINDOW",
         load_default=86400,
         validate=validate.Range(60, 604800),
+    )
+    event_failed_days = fields.Integer(
+        data_key="OTPSVC_EVENT_FAILED_DAYS", load_default=14, validate=validate.Range(1, 365)
     )
     metrics_token = fields.String(
         data_key="OTPSVC_METRICS_TOKEN", load_default=None, validate=validate.Length(min=16)

@@ -106,7 +106,7 @@ class AbusePolicy:
         phone_key: str,
         client: str,
         ip: str,
-        user_id: str | None,
+        user_key: str | None,
         keyed: Callable[[str, str], str],
     ) -> list[Counter]:
         """Every limit one call counts against.
@@ -120,11 +120,12 @@ class AbusePolicy:
         person's.
 
         The number, its prefix, the end user's IP network and account id appear only as keyed
-        hashes (``keyed(kind, value)``): a Redis dump gives none of them back."""
+        hashes (``keyed(kind, value)``; the account's, ``user_key``, comes keyed already): a
+        Redis dump gives none of them back."""
         national = phone.e164[len(f"+{phone.country_code}") :]
         prefix = keyed("prefix", f"{phone.country_code}-{national[: self.prefix_digits]}")
         country = str(phone.country_code)
-        user = keyed("user", f"{client}\0{user_id}") if user_id else None
+        user = user_key
         return [
             *counters("phone", f"{client}:{phone_key}", self.per_phone),
             *counters("client", client, self.per_client),

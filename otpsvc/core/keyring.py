@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from otpsvc import metrics
 from otpsvc.config import Argon2Params
+from otpsvc.core.addresses import pack_bucket, unpack_bucket
 from otpsvc.telemetry import span
 
 ARGON2_HEAD = "$argon2id$v=19$"
@@ -45,14 +46,18 @@ def key_id(secret: bytes) -> str:
     return _subkey(secret, "id").hex()[: 2 * KEY_ID_BYTES]
 
 
+def _person_nonce(verification_id: str) -> bytes:
+    return hashlib.sha256(b"person\0" + verification_id.encode()).digest()[:12]
+
+
 @dataclass(frozen=True)
 class Person:
-    """Whom a verification was started for: their address (as its limit bucket) and the app's
-    id for their account. Sealed with a ladder's number, so that its later steps count against
-    that person's limits as the first call did."""
+    """Whom a verification with a ladder was started for, as its later steps count them: their
+    address (its limit bucket) and the keyed name of their account (``subject_key("user",
+    ...)``, what the per-account limit counts), None without one."""
 
     ip: str
-    user_id: str | None = None
+    user_key: str | None = None
 
 
 class _Keys:
@@ -84,23 +89,20 @@ class Keyring:
             salt_len=SALT_BYTES,
         )
 
-    def seal_phone(self, verification_id: str, e164: str, person: Person) -> str:
-        """The number and the person it was started for, encrypted (AES-256-GCM, bound to the
-        verification's id) under the current secret: ``<secret id>.<base64 nonce + ciphertext>``.
-        A verification with an escalation ladder keeps it until it ends, so that its later
-        steps call the number and count against that person's own limits; without the secret,
-        which never reaches Redis, it gives nothing back."""
-        text = "\n".join([e164, person.ip, person.user_id or ""])
+    def seal_phone(self, verification_id: str, e164: str) -> str:
+        """The number, encrypted (AES-256-GCM, bound to the verification's id) under the current
+        secret: ``<secret id>.<base64 nonce + ciphertext>``. A verification with an escalation
+        ladder keeps it until it ends, to place its later steps; without the secret, which never
+        reaches Redis, it gives nothing back."""
         nonce = secrets.token_bytes(12)
-        sealed = AESGCM(self._current.seal).encrypt(nonce, text.encode(), verification_id.encode())
+        sealed = AESGCM(self._current.seal).encrypt(nonce, e164.encode(), verification_id.encode())
         # Unpadded: the field stays under 64 bytes, so Redis keeps the record's hash compact.
         body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
         return f"{self._current.id}.{body}"
 
-    def open_phone(self, verification_id: str, sealed: str) -> tuple[str, Person] | None:
-        """The number and the person :meth:`seal_phone` sealed for this verification; None when
-        it cannot be opened (another verification's, a removed secret, tampered). A number sealed
-        before the person was (otpsvc 0.1) opens with an unknown person."""
+    def open_phone(self, verification_id: str, sealed: str) -> str | None:
+        """The number :meth:`seal_phone` sealed for this verification; None when it cannot be
+        opened (another verification's, a removed secret, tampered)."""
         secret_id, _, body = sealed.partition(".")
         keys = self._by_id.get(secret_id)
         if keys is None:
@@ -110,9 +112,36 @@ class Keyring:
             plain = AESGCM(keys.seal).decrypt(raw[:12], raw[12:], verification_id.encode())
         except (binascii.Error, ValueError, InvalidTag):
             return None
-        e164, _, rest = plain.decode().partition("\n")
-        ip, _, user_id = rest.partition("\n")
-        return e164, Person(ip or "unknown", user_id or None)
+        return plain.decode()
+
+    def seal_person(self, verification_id: str, person: Person) -> str:
+        """The person a ladder's verification was started for, sealed like the number, in a
+        field of its own that stays under Redis's 64 bytes for a compact hash: the bucket
+        packed, the account's keyed name as bytes, and no nonce stored (it is derived from the
+        verification id, which is sealed once: a nonce is never used twice under one key)."""
+        account = bytes.fromhex(person.user_key) if person.user_key else b""
+        plain = pack_bucket(person.ip) + account
+        sealed = AESGCM(self._current.seal).encrypt(
+            _person_nonce(verification_id), plain, verification_id.encode()
+        )
+        return f"{self._current.id}.{base64.urlsafe_b64encode(sealed).decode().rstrip('=')}"
+
+    def open_person(self, verification_id: str, sealed: str) -> Person:
+        """The person :meth:`seal_person` sealed; an unknown person for a verification sealed
+        without one (or under a secret no longer configured)."""
+        secret_id, _, body = sealed.partition(".")
+        keys = self._by_id.get(secret_id)
+        if keys is None:
+            return Person("unknown")
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            plain = AESGCM(keys.seal).decrypt(
+                _person_nonce(verification_id), raw, verification_id.encode()
+            )
+        except (binascii.Error, ValueError, InvalidTag):
+            return Person("unknown")
+        bucket, user = unpack_bucket(plain)
+        return Person(bucket, user.hex() if user else None)
 
     @staticmethod
     def _key_id_of(verifier: str) -> str:

@@ -67,16 +67,15 @@ class Escalating(Starting):
         if step >= len(steps):
             self.store.stop_ladder(verification_id, now_ms=now_ms, why="no_step_left")
             return "stopped"
-        opened = self.keyring.open_phone(verification_id, claim.sealed)
+        e164 = self.keyring.open_phone(verification_id, claim.sealed)
         try:
-            phone = parse_phone(opened[0] if opened else "")
+            phone = parse_phone(e164 or "")
         except InvalidPhone:
             # Sealed under a secret that is no longer configured, or not this verification's.
             self.store.stop_ladder(verification_id, now_ms=now_ms, why="number_unreadable")
             return "stopped"
         metrics.LADDER_STEPS.labels(claim.why).inc()
-        assert opened is not None
-        person = opened[1]
+        person = self.keyring.open_person(verification_id, claim.person)
         try:
             # The step counts against the person the verification was started for (their
             # address and account limits), as the first call did: never against a shared
@@ -84,13 +83,16 @@ class Escalating(Starting):
             self.start(
                 client=claim.client,
                 phone=phone,
-                end_user_ip=person.ip,
-                end_user_id=person.user_id,
                 locale=claim.locale,
                 brand=claim.brand or None,
                 mode="keypress" if claim.mode == "k" else "code",
                 escalation=Escalation(
-                    verification_id, step, steps, claim.owner or claim.client, claim.phone_key
+                    verification_id,
+                    step,
+                    steps,
+                    claim.owner or claim.client,
+                    claim.phone_key,
+                    person,
                 ),
             )
         except StepNotTaken as exc:

@@ -116,6 +116,8 @@ class Escalation:
     #: The number's key the verification was started under (under an earlier secret, when the
     #: secret was rotated since): the step's keys are the verification's own.
     phone_key: str
+    #: The person the verification was started for: the step counts against their limits.
+    person: Person
 
 
 def _step_of(ladder: str | None, provider: str, first: int) -> int | None:
@@ -144,7 +146,7 @@ class Starting(ServiceBase):
         gate: Gate | None = None,
         brand: str | None = None,
         escalation: Escalation | None = None,
-        person: str | None = None,
+        end_user_scope: str | None = None,
     ) -> StartOutcome:
         """:meth:`_start` in a slot of the worker's bulkhead, counted in
         ``otpsvc_verifications_started_total``. Without a slot within the bulkhead's wait the
@@ -173,7 +175,7 @@ class Starting(ServiceBase):
                     country=country,
                     brand=brand,
                     escalation=escalation,
-                    person=person,
+                    end_user_scope=end_user_scope,
                 )
             except DeliveryFailed as exc:
                 # Labelled with the provider that failed last, so a dashboard shows whose.
@@ -189,13 +191,17 @@ class Starting(ServiceBase):
         metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
         return outcome
 
-    def owner_of(self, client: str, person: str | None) -> str:
+    def _account_key(self, client: str, user_id: str | None) -> str | None:
+        """The keyed name the per-account limit counts ``user_id`` of ``client`` by."""
+        return self.keyring.subject_key("user", f"{client}\0{user_id}") if user_id else None
+
+    def owner_of(self, client: str, end_user_scope: str | None) -> str:
         """Whose open verification a start resends: the client's (a backend speaks for all its
         users), or behind a gateway the person's, as a keyed hash: one person's start must never
         resend, or learn the id of, another person's verification for the same number."""
-        if person is None:
+        if end_user_scope is None:
             return client
-        digest = self.keyring.subject_key("owner", client + "\0" + person)
+        digest = self.keyring.subject_key("owner", client + "\0" + end_user_scope)
         return f"{client}~{digest}"
 
     def count_refused(self, phone: Phone, mode: str) -> None:
@@ -219,16 +225,17 @@ class Starting(ServiceBase):
         country: str = "other",
         brand: str | None = None,
         escalation: Escalation | None = None,
-        person: str | None = None,
+        end_user_scope: str | None = None,
     ) -> StartOutcome:
         """Open a verification and call the phone, or resend the client's open one for it; or,
         with ``escalation``, place that step of its ladder (a resend of it and nothing else:
         :class:`StepNotTaken` when it ended, or another worker took the step).
 
         ``end_user_ip`` is the person's address (as its limit bucket) and ``end_user_id`` the
-        app's id for their account; both are counted only as keyed hashes. ``person`` names the
-        end user behind a gateway client, whose open verification for a number is their own
-        (:meth:`owner_of`); None for a backend, whose open verification is the client's.
+        app's id for their account; both are counted only as keyed hashes. ``end_user_scope``
+        names the end user behind a gateway client, whose open verification for a number is
+        their own (:meth:`owner_of`); None for a backend, whose open verification is the
+        client's.
 
         Order matters: screening (no state), then velocity and budget counting, then the
         reservation in the number's own slot; a reservation that refuses hands the count back.
@@ -282,15 +289,21 @@ class Starting(ServiceBase):
         # a counter to a verification record (and so to its masked number).
         member = secrets.token_hex(8)
         counted = []
-        owner = escalation.owner if escalation else self.owner_of(client, person)
+        owner = escalation.owner if escalation else self.owner_of(client, end_user_scope)
         open_key = self.store.open_key(owner, phone_key)
+        # Who the call counts against: the person it was started for (a ladder's step too).
+        person = (
+            escalation.person
+            if escalation
+            else Person(end_user_ip, self._account_key(client, end_user_id))
+        )
         if test is None:
             counted = abuse.counters(
                 phone=phone,
                 phone_key=phone_key,
                 client=client,
-                ip=end_user_ip,
-                user_id=end_user_id,
+                ip=person.ip,
+                user_key=person.user_key,
                 keyed=self.keyring.subject_key,
             )
             # The client's open verification is read in the same round trip, so that reserve
@@ -324,9 +337,8 @@ class Starting(ServiceBase):
             # Its later steps call the number again: kept sealed until it ends (a step is a
             # resend: the new-record fields are not used).
             fields["ld"] = ",".join(str(step) for step in ladder)
-            fields["pe"] = self.keyring.seal_phone(
-                candidate_id, phone.e164, Person(end_user_ip, end_user_id)
-            )
+            fields["pe"] = self.keyring.seal_phone(candidate_id, phone.e164)
+            fields["pp"] = self.keyring.seal_person(candidate_id, person)
             if brand:
                 # A reseller's brand is spoken by every step, not only the first call.
                 fields["br"] = brand

@@ -7,8 +7,10 @@ same hash) so that each tag can hold the event shard its changes are written to 
 number's four hex digits, so a moved record is found under its id.
 
 The move copies each key with ``DUMP``/``RESTORE`` (its remaining time to live kept), then
-deletes the old one: it works across slots on a cluster. A key the new layout already has (a
-newer write) is kept, and the old one dropped. The expiry watch of 0.1 (for
+deletes the old one: it works across slots on a cluster. Where the new layout already has the
+key (a process of the new version wrote it meanwhile), what both counted is merged: failure
+counts are added, "not me" denials and other sorted sets united, and the longer life kept; any
+other key the new layout has is newer, and the old one is dropped. The expiry watch of 0.1 (for
 ``verification.expired``) becomes each shard's. Running it twice is harmless; run it once the
 last 0.1 process is gone (and again to sweep up what a straggler wrote).
 """
@@ -30,6 +32,8 @@ from otpsvc.store.shards import TAG_LENGTH, expiring_key, snapshots_key, tag_of
 @dataclass
 class Migration:
     moved: int = 0
+    #: Old keys merged into the new layout's (counts added, sets united).
+    merged: int = 0
     #: Old keys dropped because the new layout already had a newer one.
     superseded: int = 0
     #: Pending verifications whose expiry is now watched by their shard.
@@ -55,10 +59,40 @@ def migrate_keys(client: RedisClient, prefix: str, webhook_clients: Collection[s
         except redis.ResponseError as exc:
             if "BUSYKEY" not in str(exc):
                 raise
-            done.superseded += 1
+            if _merge(r, key, new, ttl_ms):
+                done.merged += 1
+            else:
+                done.superseded += 1
         r.delete(key)
     done.watched = _watch_expiries(r, prefix, webhook_clients)
     return done
+
+
+def _merge(r: Any, old: str, new: str, ttl_ms: int) -> bool:
+    """Fold what ``old`` counted into ``new`` (both the same kind of key): integer counts are
+    added, sorted sets and sets united; the longer time to live is kept. False for any other
+    key (a record, a marker), where the new layout's is the newer one."""
+    kind = str(r.type(old))
+    if kind != str(r.type(new)):
+        return False
+    if kind == "zset":
+        members = r.zrange(old, 0, -1, withscores=True)
+        if members:
+            r.zadd(new, dict(members), gt=True)
+    elif kind == "set":
+        members = r.smembers(old)
+        if members:
+            r.sadd(new, *members)
+    elif kind == "string":
+        value = str(r.get(old) or "")
+        if not value.lstrip("-").isdigit() or not str(r.get(new) or "0").lstrip("-").isdigit():
+            return False
+        r.incrby(new, int(value))
+    else:
+        return False
+    if ttl_ms > int(r.pttl(new)) >= 0:
+        r.pexpire(new, ttl_ms)
+    return True
 
 
 def _watch_expiries(r: Any, prefix: str, webhook_clients: Collection[str]) -> int:

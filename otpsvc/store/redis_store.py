@@ -43,6 +43,7 @@ import redis
 
 from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, per_node, store_guard
+from otpsvc.store.due import DueIndex, due_channel
 from otpsvc.store.gate import Chains, Gate
 from otpsvc.store.shards import ID_PREFIX_LENGTH, event_keys, ladder_key, tag_of, tags
 from otpsvc.telemetry import TracedScript, span
@@ -86,6 +87,8 @@ class LadderClaim:
     phone_key: str
     #: The brand the start named (a reseller's), '' for the client's own.
     brand: str
+    #: The person it was started for, sealed by the keyring ('' for none).
+    person: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,8 @@ class VerificationStore:
         self.redis = client
         self.prefix = prefix
         self.wait_ms = wait_ms
+        #: The ladder's due index, made on the first look for due steps (workers only).
+        self._due: DueIndex | None = None
         self.events = events or EventOptions()
         self._reserve = self._register(client, "reserve")
         self._finalize = self._register(client, "finalize")
@@ -483,11 +488,11 @@ class VerificationStore:
             answer = self._run(self._ladder_claim, keys, args)
         if not answer:
             return None
-        ladder, current, sealed, client, mode, locale, why, owner, pk, brand = (
+        ladder, current, sealed, client, mode, locale, why, owner, pk, brand, person = (
             str(a) for a in answer
         )
         return LadderClaim(
-            ladder, int(current), sealed, client, mode, locale, why, owner, pk, brand
+            ladder, int(current), sealed, client, mode, locale, why, owner, pk, brand, person
         )
 
     def stop_ladder(self, verification_id: str, *, now_ms: int, why: str) -> bool:
@@ -518,6 +523,7 @@ class VerificationStore:
         with store_guard():
             key = ladder_key(self.prefix, tag_of(verification_id))
             self.redis.zadd(key, {verification_id: until_ms}, xx=True)
+            self.redis.publish(due_channel(self.prefix), f"{key} {until_ms}")
 
     def next_step_at(self, verification_id: str) -> float | None:
         """When the verification's next escalation step is due (epoch seconds), if one is."""
@@ -528,9 +534,15 @@ class VerificationStore:
         return None if due is None else float(due) / 1000
 
     def due_steps(self, now_ms: int, limit: int = 50) -> list[str]:
-        """Verifications with an escalation step due, across every shard."""
-        shards = [ladder_key(self.prefix, tag) for tag in tags()]
+        """Verifications with an escalation step due, across every shard (asking only the
+        shards the due index says have one)."""
+        if self._due is None:
+            shards = [ladder_key(self.prefix, tag) for tag in tags()]
+            self._due = DueIndex(self.redis, shards, due_channel(self.prefix))
         with store_guard():
+            shards = self._due.due(now_ms)
+            if not shards:
+                return []
             answers = per_node(
                 self.redis,
                 shards,

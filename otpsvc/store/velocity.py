@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -74,6 +75,12 @@ class VelocityStore:
         script = resources.files("otpsvc.store").joinpath("scripts", "windows.lua")
         self._count = TracedScript("velocity", client.register_script(script.read_text()))
         self._chains = Chains(client)
+        #: What this process last saw of the kill switch and the data's epoch (refreshed at
+        #: most once a second when calls are counted): a call counted after Redis lost its
+        #: data while this process saw calls suspended is refused, and the switch set again.
+        self.memory = KillSwitchMemory()
+        self.guard_seconds = 1.0
+        self._guarded_at = float("-inf")
 
     @property
     def kill_key(self) -> str:
@@ -139,9 +146,19 @@ class VelocityStore:
     def _call(
         self, items: Sequence[Counter], call_id: str, now_ms: int
     ) -> tuple[list[str], list[int | str]]:
+        if time.monotonic() - self._guarded_at >= self.guard_seconds:
+            self._guarded_at = time.monotonic()
+            self.guard_kill_switch(self.memory)
         keys = [self.kill_key, *(self._key(c) for c in items)]
         spec = " ".join(f"{c.limit} {c.window * 1000} h" for c in items)
-        return keys, [now_ms, call_id, 1, spec]
+        args: list[int | str] = [now_ms, call_id, 1, spec]
+        seen = self.memory
+        if seen.state is not None and seen.epoch is not None:
+            # Calls were suspended when this process last looked: the script refuses (and
+            # suspends again) should the data have been lost since.
+            keys.append(self.epoch_key)
+            args += [seen.epoch, json.dumps({**seen.state, "restored": True})]
+        return keys, args
 
     def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
         """Count a call against every counter; a reached limit refuses it and counts nothing."""

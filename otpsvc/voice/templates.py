@@ -27,9 +27,27 @@ PLACEHOLDERS = {
     "keypress": ("brand", "minutes"),
     "sms": ("brand", "code", "minutes"),
 }
-#: The longest SMS text, rendered: one message of GSM-7 characters (a text in another alphabet,
-#: UCS-2, takes 70 a part and goes out in several).
+#: One SMS holds 160 characters of the GSM 03.38 alphabet (7 bits each; the extension characters
+#: take two), or 70 of any other text (UCS-2). A longer text goes out in parts (153 or 67 each),
+#: each paid for: an SMS step must stay one message.
 MAX_SMS_CHARS = 160
+MAX_SMS_UCS2_CHARS = 70
+GSM7 = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+
+def sms_size(text: str) -> tuple[str, int, int]:
+    """(encoding, size in its units, the most one message holds): ``gsm7`` counts the
+    extension characters twice; anything outside the GSM alphabet makes the whole text
+    ``ucs2``."""
+    if all(ch in GSM7 or ch in GSM7_EXTENSION for ch in text):
+        return "gsm7", sum(2 if ch in GSM7_EXTENSION else 1 for ch in text), MAX_SMS_CHARS
+    return "ucs2", len(text.encode("utf-16-le")) // 2, MAX_SMS_UCS2_CHARS
+
+
 #: The longest template text accepted (a spoken code message is about 200 characters).
 MAX_TEMPLATE_CHARS = 500
 #: What a provider takes at most in one call's text, rendered; providers not listed document
@@ -104,9 +122,12 @@ def template_problems(mode: str, template: str) -> list[str]:
         problems.append("must read {code}")
     if mode == "sms" and not problems:
         longest = render_sms(Spoken("sms", "en", "W" * 40, 10, template), "8" * 8)
-        if len(longest) > MAX_SMS_CHARS:
+        encoding, size, most = sms_size(longest)
+        if size > most:
+            alphabet = "GSM-7" if encoding == "gsm7" else "UCS-2 (characters outside GSM-7)"
             problems.append(
-                f"can be {len(longest)} characters sent; an SMS step takes at most {MAX_SMS_CHARS}"
+                f"can be {size} characters sent in {alphabet}; one SMS holds {most}, and an "
+                "SMS step must stay one message"
             )
     return problems
 
@@ -173,7 +194,8 @@ def fit_problems(mode: str, locale: str, template: str, providers: tuple[str, ..
         return []
     script = script_for(locale)
     longest = max(range(10), key=lambda d: len(script.digits[d]))
-    spoken = Spoken(mode, locale, "W" * 40, 10, template)
+    # The longest brand as sent: 40 characters that SSML escapes the most ("&" is "&amp;").
+    spoken = Spoken(mode, locale, "&" * 40, 10, template)
     code = str(longest) * 8
     problems = []
     for provider in providers:

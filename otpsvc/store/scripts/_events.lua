@@ -11,7 +11,7 @@ local EV_ID, EV_MAX_AGE, EV_WANTED = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARG
 
 -- What an event never carries: the code verifier, the sealed number and person of a ladder,
 -- and the person a gateway's verification belongs to.
-local EV_PRIVATE = {h = true, pe = true, ow = true}
+local EV_PRIVATE = {h = true, pe = true, pp = true, ow = true}
 
 -- The record's fields but the private ones, as a table.
 local function ev_snapshot(record)
@@ -31,6 +31,15 @@ end
 
 local function ev_vid(record)
   return string.match(record, ':v:(.+)$')
+end
+
+-- File `member` in the shard's sorted set `key` (EV_EXPIRING, EV_LADDER) as due at `at` ms, and
+-- say so on the channel '<prefix>:due' ("<key> <at>"): the workers look into a shard only when
+-- something in it is due, instead of asking all 256 shards on every turn (see store/due.py).
+local function ev_due(key, at, member)
+  redis.call('ZADD', key, at, member)
+  redis.call('PUBLISH', string.match(key, '^(.*):{[^}]*}:') .. ':due',
+    key .. ' ' .. string.format('%d', tonumber(at)))
 end
 
 -- Add one event to the shard's stream, dropping (roughly) what is older than the age bound;
@@ -54,8 +63,8 @@ local function ev_emit(record, event_type, now, ended, extra)
     redis.call('ZREM', EV_EXPIRING, vid)
     redis.call('HDEL', EV_SNAPSHOTS, vid)
     redis.call('ZREM', EV_LADDER, vid)
-    -- No step follows: the sealed number (and person) has no more use.
-    redis.call('HDEL', record, 'pe')
+    -- No step follows: the sealed number and person have no more use.
+    redis.call('HDEL', record, 'pe', 'pp')
   end
   local snap = ev_snapshot(record)
   if ev_wanted(snap.c) then
@@ -79,7 +88,7 @@ local function ev_watch(record)
   local snap = ev_snapshot(record)
   if ev_wanted(snap.c) and snap.ea then
     local vid = ev_vid(record)
-    redis.call('ZADD', EV_EXPIRING, snap.ea, vid)
+    ev_due(EV_EXPIRING, snap.ea, vid)
     redis.call('HSET', EV_SNAPSHOTS, vid, cjson.encode(snap))
   end
 end

@@ -43,7 +43,7 @@ if ARGV[2] == 'no-answer' or ARGV[2] == 'busy' or ARGV[2] == 'failed' then
   redis.call('HSET', KEYS[1], 'ra', ARGV[3])
   local vid = ev_vid(KEYS[1])
   if redis.call('ZSCORE', EV_LADDER, vid) then
-    redis.call('ZADD', EV_LADDER, ARGV[3], vid)
+    ev_due(EV_LADDER, ARGV[3], vid)
     redis.call('HSET', KEYS[1], 'lr', ARGV[2])
   end
 end

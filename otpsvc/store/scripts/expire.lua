@@ -11,7 +11,7 @@ local ea = redis.call('HGET', KEYS[1], 'ea')
 if ea and tonumber(ea) > tonumber(ARGV[2]) then
   -- A resend moved the expiry while its call was being placed: watch until then.
   if redis.call('ZSCORE', EV_EXPIRING, ARGV[1]) then
-    redis.call('ZADD', EV_EXPIRING, ea, ARGV[1])
+    ev_due(EV_EXPIRING, ea, ARGV[1])
   end
   return 0
 end

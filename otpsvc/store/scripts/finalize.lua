@@ -62,11 +62,11 @@ if ladder and ARGV[8] ~= '' then
   history = history == '' and entry or history .. ',' .. entry
   redis.call('HSET', KEYS[1], 'li', step, 'lh', history)
   if step + 1 < #steps then
-    redis.call('ZADD', EV_LADDER, tonumber(ARGV[7]) + steps[step + 1][2] * 1000, vid)
+    ev_due(EV_LADDER, tonumber(ARGV[7]) + steps[step + 1][2] * 1000, vid)
   else
     -- The last step: the sealed number has no more use.
     redis.call('ZREM', EV_LADDER, vid)
-    redis.call('HDEL', KEYS[1], 'pe')
+    redis.call('HDEL', KEYS[1], 'pe', 'pp')
   end
   if escalated then
     local from = steps[was + 1] and steps[was + 1][1] or ''

@@ -17,7 +17,7 @@ if tonumber(f[3] or '-1') < step then
 end
 local steps = ladder_steps(f[2])
 if step + 1 < #steps then
-  redis.call('ZADD', EV_LADDER, tonumber(ARGV[2]) + steps[step + 1][2] * 1000, vid)
+  ev_due(EV_LADDER, tonumber(ARGV[2]) + steps[step + 1][2] * 1000, vid)
   return 1
 end
 redis.call('ZREM', EV_LADDER, vid)

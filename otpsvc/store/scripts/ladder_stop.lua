@@ -7,7 +7,7 @@
 local vid = ev_vid(KEYS[1])
 redis.call('ZREM', EV_LADDER, vid)
 -- No step follows: the sealed number has no more use.
-redis.call('HDEL', KEYS[1], 'pe')
+redis.call('HDEL', KEYS[1], 'pe', 'pp')
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then
   return 0
 end

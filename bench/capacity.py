@@ -166,7 +166,8 @@ def wait_until_serving(base: str, process: subprocess.Popen[bytes], timeout: flo
         try:
             requests.get(base + "/healthz", timeout=1)
             return
-        except requests.ConnectionError:
+        except requests.RequestException:
+            # Refused while it starts, or slow to answer on a busy machine: ask again.
             if time.monotonic() > deadline or process.poll() is not None:
                 raise
             time.sleep(0.1)

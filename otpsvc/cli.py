@@ -168,7 +168,10 @@ def _redis_errors() -> Iterator[None]:
     try:
         yield
     except StoreUnavailable as exc:
-        click.echo(f"error: {exc} (OTPSVC_REDIS_URL)", err=True)
+        # What redis-py says names the cause (refused, a timeout, authentication, TLS) and
+        # never the URL's password.
+        cause = f": {type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else ""
+        click.echo(f"error: {exc} (OTPSVC_REDIS_URL){cause}", err=True)
         sys.exit(1)
 
 
@@ -304,9 +307,16 @@ def _event_queue(settings: Settings) -> EventQueue:
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve the worker's Prometheus metrics on this port (GET /metrics).",
+    help="Serve the worker's Prometheus metrics on this port (GET /metrics; behind "
+    "OTPSVC_METRICS_TOKEN when it is set).",
 )
-def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
+@click.option(
+    "--metrics-host",
+    default="0.0.0.0",  # noqa: S104 - a scrape target: Prometheus reaches the pod's address
+    show_default=True,
+    help="The address the metrics port listens on.",
+)
+def worker(heartbeat: Path | None, metrics_port: int | None, metrics_host: str) -> None:
     """Deliver events to the apps' webhooks; several workers may run. Stops on SIGTERM/SIGINT."""
     _audit_to_stderr()
     settings = _settings()
@@ -330,7 +340,12 @@ def worker(heartbeat: Path | None, metrics_port: int | None) -> None:
         queue, guard=kill_switch_guard(velocity), periodic=[reload_when_asked, ladder.run_due]
     )
     if metrics_port is not None:
-        serve_worker_metrics(metrics_port, lambda: queue.backlog(time.time()))
+        serve_worker_metrics(
+            metrics_port,
+            lambda: queue.backlog(time.time()),
+            host=metrics_host,
+            token=settings.metrics_token,
+        )
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     signal.signal(signal.SIGHUP, lambda *_: reload_asked.set())
     click.echo(f"event worker {consumer.name} started", err=True)
@@ -391,14 +406,38 @@ def events_failed() -> None:
 
 
 @events.command("replay")
-@click.argument("message_id")
-def events_replay(message_id: str) -> None:
-    """Queue a failed event again, with the same webhook-id."""
+@click.argument("message_id", required=False)
+@click.option("--all", "every", is_flag=True, help="Every failed event (of --client, if given).")
+@click.option("--client", "client_name", default=None, help="With --all: this client's only.")
+def events_replay(message_id: str | None, every: bool, client_name: str | None) -> None:
+    """Queue a failed event again, with the same webhook-id; or, with --all, every one (after a
+    receiver's outage). More: docs "Operating", events."""
+    if bool(message_id) == every:
+        raise click.UsageError("name one MESSAGE_ID, or --all")
     with _redis_errors(), store_guard():
-        found = _event_queue(_settings()).replay(message_id)
-    if not found:
-        raise click.ClickException(f"no failed event {message_id}")
-    click.echo(f"{message_id} queued again")
+        queue = _event_queue(_settings())
+        if message_id:
+            if not queue.replay(message_id):
+                raise click.ClickException(f"no failed event {message_id}")
+            click.echo(f"{message_id} queued again")
+            return
+        chosen = [
+            mid
+            for mid, record in queue.failed().items()
+            if client_name is None or record["client"] == client_name
+        ]
+        replayed = sum(queue.replay(mid) for mid in chosen)
+    click.echo(f"{replayed} failed events queued again")
+
+
+@events.command("retry-now")
+@click.option("--client", "client_name", default=None, help="This client's events only.")
+def events_retry_now(client_name: str | None) -> None:
+    """Make every event waiting for its next try due now (a receiver is back after an outage:
+    its events need not wait out their back-off). More: docs "Operating", events."""
+    with _redis_errors(), store_guard():
+        moved = _event_queue(_settings()).retry_now(client_name)
+    click.echo(f"{moved} events due now")
 
 
 #: A number and a code to render scripts with (``otpsvc say``).

@@ -25,6 +25,7 @@ workers read as one more shard).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import socket
@@ -256,6 +257,23 @@ class EventQueue:
         transaction.execute()
         self.redis.zrem(self.due_key, name)
         self.redis.hdel(self.last_key, name)
+
+    def retry_now(self, client: str | None = None) -> int:
+        """Every event waiting for its next try (of ``client``, or every client's) made due
+        now; how many."""
+        r: Any = self.redis
+        names = [str(name) for name in r.zrange(self.due_key, 0, -1)]
+        if client is not None:
+            names = [name for name in names if self._client_of(name) == client]
+        if names:
+            r.zadd(self.due_key, dict.fromkeys(names, 0), xx=True)
+        return len(names)
+
+    def _client_of(self, name: str) -> str | None:
+        entry_id, _, stream = name.partition("@")
+        r: Any = self.redis
+        found = r.xrange(stream or self.replay_stream, entry_id, entry_id)
+        return str(found[0][1].get("client")) if found else None
 
     def prune_failed(self, now: float) -> int:
         """Forget the events given up more than ``failed_ttl`` ago (they were kept for
@@ -651,15 +669,27 @@ class EventWorker:
         log.warning("event %s (%s) for %s kept as failed", message_id, event_type, client)
 
 
-def serve_worker_metrics(port: int, backlog: Callable[[], tuple[int, float]]) -> None:
-    """The worker's ``GET /metrics`` on ``port`` (all addresses), in a thread of its own: its
-    delivery counters and latency, and the stream's backlog read at scrape time."""
+def serve_worker_metrics(
+    port: int,
+    backlog: Callable[[], tuple[int, float]],
+    *,
+    host: str = "0.0.0.0",  # noqa: S104 - a scrape target: Prometheus reaches the pod's address
+    token: str | None = None,
+) -> None:
+    """The worker's ``GET /metrics`` on ``host:port``, in a thread of its own: its delivery
+    counters and latency, and the stream's backlog read at scrape time. With ``token`` (the
+    API's ``OTPSVC_METRICS_TOKEN``) a scrape needs ``Authorization: Bearer <token>``."""
     collector = metrics.BacklogCollector(backlog)
+    expected = f"Bearer {token}".encode() if token else None
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404)
+                return
+            presented = self.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if expected is not None and not hmac.compare_digest(expected, presented):
+                self.send_error(401)
                 return
             text, content_type = metrics.exposition(collector)
             self.send_response(200)
@@ -671,6 +701,6 @@ def serve_worker_metrics(port: int, backlog: Callable[[], tuple[int, float]]) ->
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - a scrape target
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
-    log.info("worker metrics on port %d", port)
+    log.info("worker metrics on %s:%d%s", host, port, " (token required)" if token else "")

@@ -11,12 +11,16 @@ runs in C with the GIL released, so threads still use every core for it (docs/sc
 """
 
 import os
+import shutil
 import tempfile
 
 # prometheus-client's multiprocess mode: one directory for every worker's metric files, set
-# before the workers fork (they inherit it); a fresh one per server unless the operator set it.
+# before the workers fork (they inherit it); a fresh one per server unless the operator set it,
+# removed when the server exits (see on_exit).
+_OWN_METRICS_DIR = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="otpsvc-metrics-")
+    _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="otpsvc-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
 
 bind = [f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"]  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -44,6 +48,12 @@ def post_fork(server: object, worker: object) -> None:
     from otpsvc.telemetry import setup_from_environment
 
     setup_from_environment()
+
+
+def on_exit(server: object) -> None:
+    """The metrics directory this server made goes with it (an operator's own stays)."""
+    if _OWN_METRICS_DIR is not None:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -102,7 +102,7 @@ EVENT_DELIVERY_SECONDS = Histogram(
 )
 EVENTS_TRIMMED = Counter(
     "otpsvc_events_trimmed_total",
-    "Events dropped from the stream for their age (OTPSVC_EVENT_MAX_AGE) by the worker.",
+    "Delivered or given-up events the worker's trim dropped from the streams.",
 )
 BUILD_INFO = Gauge(
     "otpsvc_build_info",

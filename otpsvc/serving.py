@@ -7,7 +7,9 @@ full number; a log reader must get neither.
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -32,6 +34,14 @@ class RedactingLogger(Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
+        if cfg.accesslog == "/dev/stderr":
+            # gunicorn would open /dev/stderr again: a second descriptor with an offset of its
+            # own, so when stderr is a regular file (not opened to append) the two overwrite
+            # each other's lines. The access log writes to the process's own stderr instead.
+            for handler in list(self.access_log.handlers):
+                self.access_log.removeHandler(handler)
+                handler.close()
+            self.access_log.addHandler(logging.StreamHandler(sys.stderr))
         for handler in [*self.error_log.handlers, *self.access_log.handlers]:
             handler.setFormatter(JsonFormatter())
 

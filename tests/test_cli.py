@@ -52,6 +52,19 @@ def test_check_config_prints_the_effective_settings_with_every_secret_masked(env
         assert secret not in out
 
 
+def test_check_config_says_why_redis_cannot_be_reached(env):
+    """check-config exits 1 naming the cause redis-py gives (here a refused connection), and
+    never the URL's password (what the OtpsvcRedisDown runbook has the operator run first)."""
+    from otpsvc.dev.redis_server import free_port
+
+    env = {**env, "OTPSVC_REDIS_URL": f"redis://:hunter22@127.0.0.1:{free_port()}/0"}
+    result = CliRunner().invoke(main, ["check-config"], env=env)
+    assert result.exit_code == 1
+    assert "ConnectionError" in result.stderr
+    assert "refused" in result.stderr.lower()
+    assert "hunter22" not in result.stderr + result.stdout
+
+
 def test_check_config_reaches_redis_and_warns_without_persistence(env):
     """check-config reaches Redis and says how it keeps its data: the test server keeps none,
     which is warned about (the kill switch and the limits would not survive a restart)."""

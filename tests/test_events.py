@@ -557,3 +557,76 @@ def test_an_api_process_that_saw_a_suspension_keeps_it_when_redis_loses_its_data
     velocity = api.app.extensions["otpsvc"].service.velocity
     assert velocity.kill_state()["reason"] == "pumping"
     assert termii.calls == []
+
+
+def test_the_workers_metrics_port_takes_the_metrics_token(termii: FakeTermii, redis_url):
+    """With OTPSVC_METRICS_TOKEN set, the worker's metrics port needs it as the API's /metrics
+    does (it bound every address with no token), and it listens where --metrics-host says."""
+    import requests
+
+    from otpsvc.dev.redis_server import free_port
+
+    token = "worker-scrape-token-0123456789"
+    port = free_port()
+    env = {**os.environ, **fake_termii_env(redis_url, termii), "OTPSVC_METRICS_TOKEN": token}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otpsvc", "worker", "--metrics-port", str(port),
+         "--metrics-host", "127.0.0.1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def answers() -> bool:
+        try:
+            requests.get(url, timeout=2)
+        except requests.ConnectionError:
+            return False
+        return True
+
+    try:
+        wait_for(answers, timeout=20)
+        assert requests.get(url, timeout=5).status_code == 401
+        wrong = {"Authorization": "Bearer not-the-token-0123456789"}
+        assert requests.get(url, headers=wrong, timeout=5).status_code == 401
+        right = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert right.status_code == 200
+        assert "otpsvc_events_backlog" in right.text
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_after_an_outage_events_are_caught_up_at_once(
+    make_app, openapi, termii: FakeTermii, redis_url, receiver: Receiver
+):
+    """A receiver back after an outage need not wait out every event's back-off:
+    ``events retry-now --client`` makes that client's waiting events due now, and
+    ``events replay --all`` queues every failed one in one command (it took a call per id)."""
+    app = make_app(**{**event_env(a=receiver), "OTPSVC_EVENT_RETRY_BASE": "600"})
+    events = app.extensions["otpsvc"].events
+    worker = EventWorker(events)
+    worker.ensure_group()
+    receiver.statuses = [503]
+    body = json.dumps({"type": "verification.canceled", "timestamp": "x", "data": {}})
+    events.add("msg_waiting", "client-a", body)
+    worker.step(block_ms=100)
+    worker.drain()
+    assert len(receiver.requests) == 1  # failed once: its next try is an hour away
+    for i in range(3):
+        events.add(f"msg_failed_{i}", "client-a", body, queued=time.time() - 90_000)
+    worker.step(block_ms=100)
+    worker.drain()
+    assert len(events.failed()) == 3
+    receiver.statuses = []
+    env = {**fake_termii_env(redis_url, termii), **event_env(a=receiver)}
+    now = CliRunner().invoke(main, ["events", "retry-now", "--client", "client-a"], env=env)
+    assert now.exit_code == 0, now.output
+    assert "1 events due now" in now.output
+    replayed = CliRunner().invoke(main, ["events", "replay", "--all"], env=env)
+    assert "3 failed events queued again" in replayed.output
+    for _ in range(3):
+        worker.step(block_ms=100)
+        worker.drain()
+    delivered = {r.headers["Webhook-Id"] for r in receiver.requests[1:]}
+    assert delivered == {"msg_waiting", "msg_failed_0", "msg_failed_1", "msg_failed_2"}
+    assert events.failed() == {}

@@ -86,3 +86,30 @@ def test_the_image_serves_read_only_as_an_unprivileged_user_and_stops_cleanly(
         )
     finally:
         run(podman, "rm", "-f", name, check=False)
+
+
+def test_a_worker_container_of_the_image_is_healthy(
+    podman: str, redis_url: str, redis_client: object, termii: FakeTermii, tmp_path
+):
+    """The same image running ``otpsvc worker --heartbeat /tmp/worker-alive`` (as the worker
+    Deployment does) passes the image's HEALTHCHECK: it judged every container by the API's
+    /healthz, so a worker container was always unhealthy."""
+    env = fake_termii_env(redis_url, termii)
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    name = f"otpsvc-worker-test-{free_port()}"
+    in_container_tmp = "/tmp"  # noqa: S108 - the container's own, an in-memory tmpfs
+    heartbeat = "/tmp/worker-alive"  # noqa: S108 - inside the container, as the Deployment has it
+    run(podman, "run", "-d", "--name", name, "--network", "host", "--read-only",
+        "--tmpfs", in_container_tmp, "--env-file", str(env_file), IMAGE,
+        "otpsvc", "worker", "--heartbeat", heartbeat)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while run(podman, "exec", name, "test", "-f", heartbeat, check=False).returncode:
+            state = run(podman, "inspect", "--format", "{{.State.Running}}", name).stdout
+            assert state.strip() == "true", run(podman, "logs", name).stderr
+            assert time.monotonic() < deadline, "the worker never touched its heartbeat"
+            time.sleep(0.5)
+        assert run(podman, "healthcheck", "run", name, check=False).returncode == 0
+    finally:
+        run(podman, "rm", "-f", name, check=False)

@@ -67,3 +67,41 @@ def test_dev_mode_lines_keep_the_audit_fields():
     record.audit = {"event": "check", "id": "abc", "client": "web", "result": "approved"}
     line = ReadableFormatter().format(record)
     assert line.endswith("otpsvc.audit check id=abc client=web result=approved")
+
+
+def test_access_lines_survive_a_stderr_that_is_a_regular_file(
+    redis_url, redis_client, termii, tmp_path
+):
+    """``otpsvc serve`` with stderr redirected to a file (not opened to append, as a plain
+    ``2> file`` does): every request's access line is there, whole, beside gunicorn's and the
+    service's own lines (a second descriptor on /dev/stderr used to overwrite them)."""
+    import json
+    import subprocess
+    import sys
+
+    import requests
+
+    from otpsvc.dev.redis_server import free_port
+    from tests.test_cli import wait_until_serving
+    from tests.test_serving import serve_env
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = serve_env(redis_url, termii, port, OTPSVC_LOG_LEVEL="INFO", WEB_CONCURRENCY="2")
+    with log.open("w") as sink:  # O_TRUNC, not O_APPEND
+        server = subprocess.Popen(
+            [sys.executable, "-m", "otpsvc", "serve"], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_serving(base, server)
+        for i in range(30):
+            requests.get(f"{base}/healthz", headers={"X-Request-Id": f"probe-{i}"}, timeout=10)
+    finally:
+        server.terminate()
+        server.wait(30)
+    lines = log.read_text().splitlines()
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(parsed) == len([line for line in lines if line.strip()]), lines
+    seen = {p.get("request_id") for p in parsed if p.get("event") == "access"}
+    assert {f"probe-{i}" for i in range(30)} <= seen

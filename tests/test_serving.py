@@ -256,3 +256,39 @@ def test_a_burst_of_checks_stays_under_the_pods_memory_limit(serve):
     pytest.FIGURES["memory, 24 concurrent checks"] = (  # type: ignore[attr-defined]
         f"peak {peak / 1024:.0f} MiB, {held / 1024:.0f} MiB held after (limit {limit} MiB)"
     )
+
+
+def test_the_server_removes_its_metrics_directory_when_it_exits(serve, tmp_path):
+    """Each ``otpsvc serve`` made a metrics directory in the temporary directory and left it
+    behind; it is removed when the server exits."""
+    served = serve(TMPDIR=str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("otpsvc-metrics-")]
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(40) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("otpsvc-metrics-")]
+
+
+def test_the_image_healthcheck_judges_the_server_or_the_worker(serve, tmp_path):
+    """``python -m otpsvc.healthcheck`` (the image's HEALTHCHECK): healthy while the server's
+    /healthz answers, or, in a worker's container, while its heartbeat is fresh; unhealthy
+    with neither, or with a stale heartbeat (a worker container was always unhealthy)."""
+    import os
+
+    from otpsvc.dev.redis_server import free_port
+
+    def check(port: str, *heartbeat: str) -> int:
+        env = {**os.environ, "PORT": port}
+        return subprocess.run(
+            [sys.executable, "-m", "otpsvc.healthcheck", *heartbeat], env=env, timeout=60
+        ).returncode
+
+    served = serve()
+    assert check(served.base.rsplit(":", 1)[1], str(tmp_path / "none")) == 0
+    nothing = str(free_port())
+    beat = tmp_path / "worker-alive"
+    assert check(nothing, str(beat)) == 1
+    beat.touch()
+    assert check(nothing, str(beat)) == 0
+    stale = time.time() - 60
+    os.utime(beat, (stale, stale))
+    assert check(nothing, str(beat)) == 1

@@ -68,6 +68,20 @@ def counters(kind: str, who: str, spec: str) -> list[Counter]:
     return [Counter(kind, who, amount, seconds) for amount, seconds in windows(spec)]
 
 
+def _kill_state(raw: Any) -> dict[str, Any] | None:
+    """The kill switch's stored value as its ``since``, ``by`` and ``reason``; None when off."""
+    if raw is None:
+        return None
+    try:
+        state = json.loads(str(raw))
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        # Written by an earlier version: the time alone.
+        state = {"since": int(raw) if str(raw).isdigit() else 0, "by": "", "reason": ""}
+    return state
+
+
 class VelocityStore:
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self.redis = client
@@ -105,9 +119,13 @@ class VelocityStore:
         """Keep a suspension across a Redis that lost its data. ``remembered`` is what this
         process last saw: the data's epoch (a marker written once, gone only with the data) and
         the kill switch. When the marker is gone while the switch was on, the switch is set
-        again, with a log line: a restart must not silently lift a suspension."""
+        again, with a log line: a restart must not silently lift a suspension. One round trip
+        while the marker is there (both keys read in one pipeline, in the same slot)."""
         with store_guard():
-            epoch = self.redis.get(self.epoch_key)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(self.epoch_key)
+            pipe.get(self.kill_key)
+            epoch, raw_state = pipe.execute()
             if epoch is None:
                 epoch = secrets.token_hex(8)
                 if not self.redis.set(self.epoch_key, epoch, nx=True):
@@ -122,23 +140,15 @@ class VelocityStore:
                         state.get("since"),
                         state.get("by") or "unknown",
                     )
+                raw_state = self.redis.get(self.kill_key)
         remembered.epoch = str(epoch) if epoch is not None else None
-        remembered.state = self.kill_state()
+        remembered.state = _kill_state(raw_state)
 
     def kill_state(self) -> dict[str, Any] | None:
         """The kill switch's ``since``, ``by`` and ``reason`` while it is on, else None."""
         with store_guard():
             raw = self.redis.get(self.kill_key)
-        if raw is None:
-            return None
-        try:
-            state = json.loads(str(raw))
-        except ValueError:
-            state = None
-        if not isinstance(state, dict):
-            # Written by an earlier version: the time alone.
-            state = {"since": int(raw) if str(raw).isdigit() else 0, "by": "", "reason": ""}
-        return state
+        return _kill_state(raw)
 
     def _key(self, counter: Counter) -> str:
         return f"{self.tag}:{counter.kind}:{counter.who}:{counter.window}"

@@ -760,34 +760,64 @@ REASON = click.option(
 )
 
 
+CLIENT = click.option(
+    "--client",
+    "api_client",
+    default=None,
+    help="One API client's calls only (a name of OTPSVC_API_KEYS).",
+)
+
+
+def _known_client(name: str | None) -> str | None:
+    if name is not None and name not in {c.name for c in _settings().clients}:
+        raise click.BadParameter(
+            f"{name!r} is not a client of OTPSVC_API_KEYS", param_hint="--client"
+        )
+    return name
+
+
 @calls.command()
 @REASON
-def suspend(reason: str) -> None:
-    """Refuse every start with 503 calls_suspended until `otpsvc calls resume`."""
+@CLIENT
+def suspend(reason: str, api_client: str | None) -> None:
+    """Refuse every start (or one client's) with 503 calls_suspended until `otpsvc calls
+    resume`. More: docs "Operating", operator commands."""
     _audit_to_stderr()
     by = _operator()
+    api_client = _known_client(api_client)
 
     def run(client: Any, velocity: VelocityStore) -> None:
-        velocity.suspend(since=time.time(), by=by, reason=reason)
-        audit("kill_switch", action="suspend", by=by, reason=reason, via="cli")
+        velocity.suspend(since=time.time(), by=by, reason=reason, client=api_client)
+        audit("kill_switch", action="suspend", by=by, reason=reason, via="cli", client=api_client)
 
     _kill_switch(run)
-    click.echo("calls suspended")
+    click.echo(f"calls of {api_client} suspended" if api_client else "calls suspended")
 
 
 @calls.command()
 @REASON
-def resume(reason: str) -> None:
-    """Lift the kill switch (OTPSVC_CALLS_ENABLED=false still applies where it is set)."""
+@CLIENT
+def resume(reason: str, api_client: str | None) -> None:
+    """Lift the kill switch, every client's or one client's own (OTPSVC_CALLS_ENABLED=false
+    still applies where it is set)."""
     _audit_to_stderr()
     by = _operator()
+    api_client = _known_client(api_client)
 
     def run(client: Any, velocity: VelocityStore) -> None:
-        was_on = velocity.resume()
-        audit("kill_switch", action="resume", by=by, reason=reason, via="cli", was_on=was_on)
+        was_on = velocity.resume(api_client)
+        audit(
+            "kill_switch",
+            action="resume",
+            by=by,
+            reason=reason,
+            via="cli",
+            was_on=was_on,
+            client=api_client,
+        )
 
     _kill_switch(run)
-    click.echo("calls resumed")
+    click.echo(f"calls of {api_client} resumed" if api_client else "calls resumed")
 
 
 @calls.command()
@@ -807,6 +837,10 @@ def status() -> None:
             )
         else:
             click.echo("calls: enabled")
+        for name, own in sorted(velocity.suspended_clients().items()):
+            who = f" by {own['by']}" if own.get("by") else ""
+            why = f": {own['reason']}" if own.get("reason") else ""
+            click.echo(f"calls of {name}: suspended since {_utc(int(own['since']))}{who}{why}")
         now_ms = int(time.time() * 1000)
         for item in limits.parse_many(settings.call_budget):
             window = item.get_expiry() * 1000

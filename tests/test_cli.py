@@ -89,6 +89,36 @@ def test_check_config_lists_every_problem_and_exits_2(env):
     assert "OTPSVC_SECRET_KEY" in out
 
 
+def test_one_clients_calls_are_suspended_and_resumed_alone(
+    env, make_app, openapi, termii: FakeTermii
+):
+    """``calls suspend --client`` stops one tenant's calls (503 calls_suspended, scope client)
+    while another tenant's go on; status names it; ``resume --client`` lifts it; an unknown
+    client is refused by name."""
+    from tests.conftest import KEY_B
+
+    app = make_app()
+    tenant, other = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    code, out = run(env, "calls", "suspend", "--client", "client-a", "--reason", "pumping")
+    assert code == 0, out
+    assert "calls of client-a suspended" in out
+    refused = tenant.start()
+    assert refused.status_code == 503
+    body = refused.get_json()
+    assert body["code"] == "calls_suspended"
+    assert (body["limit"], body["scope"]) == ("kill_switch", "client")
+    assert other.start("+2348031234599").status_code == 201
+    code, out = run(env, "calls", "status")
+    assert "calls: enabled" in out
+    assert "calls of client-a: suspended since" in out
+    assert "pumping" in out
+    assert run(env, "calls", "resume", "--client", "client-a")[0] == 0
+    assert tenant.start().status_code == 201
+    result = CliRunner().invoke(main, ["calls", "suspend", "--client", "nobody"], env=env)
+    assert result.exit_code == 2
+    assert "'nobody' is not a client" in result.output
+
+
 def test_calls_suspend_resume_and_status(env, make_app, openapi, termii: FakeTermii):
     """The kill switch from the command line stops and restarts calls in a running service.
     The refusal says it is the kill switch (not the budget); who suspended, when and why show

@@ -162,17 +162,23 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
     """The error a velocity or budget refusal becomes, after it is audited. It names the limit
     and whether it was this client's share or the ceiling of every client together, and says
     nothing else about other clients."""
-    reason = "kill_switch" if refusal.kind == "kill" else refusal.kind
-    audit("fraud_block", client=client, phone=phone.masked, reason=f"velocity_{reason}")
-    metrics.REFUSALS.labels(
-        "kill_switch" if reason == "kill_switch" else f"velocity_{reason}"
-    ).inc()
+    switch = {"kill": "kill_switch", "client_kill": "kill_switch_client"}.get(refusal.kind)
+    reason = switch or f"velocity_{refusal.kind}"
+    audit("fraud_block", client=client, phone=phone.masked, reason=reason)
+    metrics.REFUSALS.labels(reason).inc()
     if refusal.kind == "kill":
         return CallsSuspended(
             refusal.retry_after,
             "calls are suspended by an operator (otpsvc calls suspend)",
             limit="kill_switch",
             scope="global",
+        )
+    if refusal.kind == "client_kill":
+        return CallsSuspended(
+            refusal.retry_after,
+            "this client's calls are suspended by an operator (otpsvc calls suspend --client)",
+            limit="kill_switch",
+            scope="client",
         )
     if refusal.kind == "client_budget":
         return RateLimited(

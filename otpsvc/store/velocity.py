@@ -68,6 +68,12 @@ def counters(kind: str, who: str, spec: str) -> list[Counter]:
     return [Counter(kind, who, amount, seconds) for amount, seconds in windows(spec)]
 
 
+def _clients_of(items: Sequence[Counter]) -> list[str]:
+    """The API client a call is counted for (its share's counter names it), for its own kill
+    switch; none for counters of every client together."""
+    return list(dict.fromkeys(c.who for c in items if c.kind in ("client", "client_budget")))
+
+
 def _kill_state(raw: Any) -> dict[str, Any] | None:
     """The kill switch's stored value as its ``since``, ``by`` and ``reason``; None when off."""
     if raw is None:
@@ -100,16 +106,37 @@ class VelocityStore:
     def kill_key(self) -> str:
         return f"{self.tag}:kill"
 
-    def suspend(self, *, since: float, by: str, reason: str) -> None:
-        """Turn the kill switch on: who did it, when and why are kept with it."""
-        state = {"since": int(since), "by": by, "reason": reason}
-        with store_guard():
-            self.redis.set(self.kill_key, json.dumps(state))
+    def client_kill_key(self, client: str) -> str:
+        """One API client's own kill switch: its calls only."""
+        return f"{self.tag}:kill:client:{client}"
 
-    def resume(self) -> bool:
-        """Turn the kill switch off; False when it was not on."""
+    def suspend(self, *, since: float, by: str, reason: str, client: str | None = None) -> None:
+        """Turn the kill switch on (``client``'s own, or every client's): who did it, when and
+        why are kept with it."""
+        state = {"since": int(since), "by": by, "reason": reason}
+        key = self.client_kill_key(client) if client else self.kill_key
         with store_guard():
-            return bool(self.redis.delete(self.kill_key))
+            self.redis.set(key, json.dumps(state))
+
+    def resume(self, client: str | None = None) -> bool:
+        """Turn the kill switch off (``client``'s own, or every client's); False when it was
+        not on."""
+        key = self.client_kill_key(client) if client else self.kill_key
+        with store_guard():
+            return bool(self.redis.delete(key))
+
+    def suspended_clients(self) -> dict[str, dict[str, Any]]:
+        """The clients whose own kill switch is on, with its state."""
+        r: Any = self.redis
+        prefix = self.client_kill_key("")
+        with store_guard():
+            keys = [str(key) for key in r.scan_iter(match=f"{prefix}*", count=500)]
+            values = r.mget(keys) if keys else []
+        found = {
+            key.removeprefix(prefix): _kill_state(raw)
+            for key, raw in zip(keys, values, strict=True)
+        }
+        return {client: state for client, state in found.items() if state is not None}
 
     @property
     def epoch_key(self) -> str:
@@ -159,9 +186,10 @@ class VelocityStore:
         if time.monotonic() - self._guarded_at >= self.guard_seconds:
             self._guarded_at = time.monotonic()
             self.guard_kill_switch(self.memory)
-        keys = [self.kill_key, *(self._key(c) for c in items)]
+        gates = [self.kill_key, *(self.client_kill_key(c) for c in _clients_of(items))]
+        keys = [*gates, *(self._key(c) for c in items)]
         spec = " ".join(f"{c.limit} {c.window * 1000} h" for c in items)
-        args: list[int | str] = [now_ms, call_id, 1, spec]
+        args: list[int | str] = [now_ms, call_id, len(gates), spec]
         seen = self.memory
         if seen.state is not None and seen.epoch is not None:
             # Calls were suspended when this process last looked: the script refuses (and
@@ -174,7 +202,7 @@ class VelocityStore:
         """Count a call against every counter; a reached limit refuses it and counts nothing."""
         keys, args = self._call(items, call_id, now_ms)
         with store_guard():
-            return self._refusal(items, self._count(keys=keys, args=args))
+            return self._refusal(items, self._count(keys=keys, args=args), int(args[2]))
 
     def count_and_read(
         self,
@@ -216,16 +244,18 @@ class VelocityStore:
         with store_guard(), span("redis velocity", client=True, **{"db.system": "redis"}):
             result = self._chains.run(gate, self._count, keys, args, count_and_get)
         value = read[0]
-        return self._refusal(items, result), (str(value) if value else None)
+        return self._refusal(items, result, int(args[2])), (str(value) if value else None)
 
     @staticmethod
-    def _refusal(items: Sequence[Counter], result: Any) -> Refusal | None:
+    def _refusal(items: Sequence[Counter], result: Any, gates: int) -> Refusal | None:
         index = int(result[0])
         if index == 0:
             return None
         if index == 1:
             return Refusal("kill", 60)
-        return Refusal(items[index - 2].kind, -(-int(result[1]) // 1000))
+        if index <= gates:
+            return Refusal("client_kill", 60)
+        return Refusal(items[index - gates - 1].kind, -(-int(result[1]) // 1000))
 
     def budget_used(self, spec: str, now_ms: int) -> list[tuple[int, int, int]]:
         """(window seconds, calls in it, limit) for each window of the call budget."""

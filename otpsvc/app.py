@@ -102,6 +102,7 @@ def create_app(
         CallInbox(client, settings.redis_prefix, keyring.phone_key) if settings.dev_mode else None
     )
     providers = providers_for(settings, inbox)
+    metrics.start_at_zero(providers)
     breaker = BreakerStore(
         client,
         settings.redis_prefix,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -62,6 +62,42 @@ REFUSALS = Counter(
     "Starts refused before any call: country, number_type, velocity_<limit>, budget, "
     "kill_switch, and request limits (limit_<scope>).",
     ["reason"],
+)
+#: Every reason ``otpsvc_refusals_total`` counts, so that each series exists at 0 from the
+#: start (see :func:`start_at_zero`).
+REFUSAL_REASONS = (
+    "country",
+    "number_type",
+    "kill_switch",
+    "kill_switch_client",
+    "providers_busy",
+    *(
+        f"velocity_{kind}"
+        for kind in (
+            "phone",
+            "phone_all",
+            "prefix",
+            "prefix_all",
+            "country",
+            "country_all",
+            "client",
+            "ip",
+            "user",
+            "budget",
+            "client_budget",
+        )
+    ),
+    *(f"limit_{scope}" for scope in ("start_ip", "check_ip", "client", "auth_failures")),
+    "limit_end_user_addresses",
+)
+#: Every reason ``otpsvc_provider_errors_total`` counts (``voice.dispatch``).
+PROVIDER_ERROR_REASONS = (
+    "ambiguous",
+    "http_5xx",
+    "auth",
+    "unavailable",
+    "refused",
+    "circuit_open",
 )
 DELIVERY_REPORTS = Counter(
     "otpsvc_delivery_reports_total",
@@ -249,3 +285,15 @@ def country_label(region: str | None, allowed: frozenset[str] | None) -> str:
     if region and (allowed is None or region in allowed):
         return region
     return "other"
+
+
+def start_at_zero(providers: Iterable[str]) -> None:
+    """Make every series of the refusal and provider-error counters exist at 0 for its known
+    labels. A labelled counter otherwise appears only at its first increment, and an alert's
+    ``increase()`` over a burst that begins with that increment reads 0: the first burst of
+    prefix refusals, or a provider's first failures, would go unseen."""
+    for reason in REFUSAL_REASONS:
+        REFUSALS.labels(reason)
+    for provider in providers:
+        for reason in PROVIDER_ERROR_REASONS:
+            PROVIDER_ERRORS.labels(provider, reason)

@@ -206,3 +206,26 @@ def test_a_real_prometheus_scrapes_a_real_otpsvc(redis_url, redis_client, termii
             process.send_signal(signal.SIGTERM)
         for process in (server, service):
             process.wait(30)
+
+
+def test_refusal_and_provider_error_series_exist_at_zero_from_the_start(
+    redis_url, termii: FakeTermii
+):
+    """In a fresh process, before anything happened, every refusal reason and every provider
+    error reason of each configured provider is a series at 0: an alert's increase() over the
+    first burst then sees it (a series born at its first increment reads 0 there)."""
+    from otpsvc import metrics
+
+    env = {**os.environ, **fake_termii_env(redis_url, termii)}
+    script = (
+        "from otpsvc import create_app\n"
+        "print(create_app().test_client().get('/metrics').get_data(as_text=True))"
+    )
+    text = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    for reason in metrics.REFUSAL_REASONS:
+        assert f'otpsvc_refusals_total{{reason="{reason}"}} 0.0' in text, reason
+    for reason in metrics.PROVIDER_ERROR_REASONS:
+        line = f'otpsvc_provider_errors_total{{provider="termii",reason="{reason}"}} 0.0'
+        assert line in text, reason

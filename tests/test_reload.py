@@ -21,6 +21,21 @@ from tests.test_serving import serve_env
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 
 
+def serve_logged(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``otpsvc serve`` with ``env``, its output in ``log``, once it answers."""
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "otpsvc", "serve"], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        wait_until_serving(f"http://127.0.0.1:{env['PORT']}", server)
+    except BaseException:
+        server.kill()
+        server.wait(30)
+        raise
+    return server
+
+
 def test_hup_reloads_the_client_file_under_load(
     redis_url, redis_client, termii: FakeTermii, tmp_path: Path
 ):
@@ -31,12 +46,8 @@ def test_hup_reloads_the_client_file_under_load(
     env = serve_env(redis_url, termii, port, OTPSVC_CLIENTS_FILE=str(clients), WEB_CONCURRENCY="2")
     termii.delay = 0.2
     base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "otpsvc", "serve"], env=env, stdout=sink, stderr=sink
-        )
+    server = serve_logged(env, log)
     try:
-        wait_until_serving(base, server)
         failures: list[str] = []
         lengths: list[int] = []
         stop = threading.Event()
@@ -114,12 +125,8 @@ def test_a_bad_secret_file_and_hup_leave_the_server_serving(
     env = serve_env(redis_url, termii, port, OTPSVC_API_KEYS_FILE=str(keys), WEB_CONCURRENCY="2")
     del env["OTPSVC_API_KEYS"]
     base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "otpsvc", "serve"], env=env, stdout=sink, stderr=sink
-        )
+    server = serve_logged(env, log)
     try:
-        wait_until_serving(base, server)
         keys.write_text("client-a short\n")
         server.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30

@@ -158,6 +158,36 @@ LIMIT_TARGETS = {
 }
 
 
+#: The refusals that are no velocity share or ceiling: the error, its detail, the limit and its
+#: scope.
+SWITCHES: dict[str, tuple[type[RateLimited] | type[CallsSuspended], str, str, str]] = {
+    "kill": (
+        CallsSuspended,
+        "calls are suspended by an operator (otpsvc calls suspend)",
+        "kill_switch",
+        "global",
+    ),
+    "client_kill": (
+        CallsSuspended,
+        "this client's calls are suspended by an operator (otpsvc calls suspend --client)",
+        "kill_switch",
+        "client",
+    ),
+    "client_budget": (
+        RateLimited,
+        "this client's own call budget is spent",
+        "call_budget",
+        "client",
+    ),
+    "budget": (
+        CallsSuspended,
+        "calls are suspended: the call budget of every client together is spent",
+        "call_budget",
+        "global",
+    ),
+}
+
+
 def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | CallsSuspended:
     """The error a velocity or budget refusal becomes, after it is audited. It names the limit
     and whether it was this client's share or the ceiling of every client together, and says
@@ -166,34 +196,9 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
     reason = switch or f"velocity_{refusal.kind}"
     audit("fraud_block", client=client, phone=phone.masked, reason=reason)
     metrics.REFUSALS.labels(reason).inc()
-    if refusal.kind == "kill":
-        return CallsSuspended(
-            refusal.retry_after,
-            "calls are suspended by an operator (otpsvc calls suspend)",
-            limit="kill_switch",
-            scope="global",
-        )
-    if refusal.kind == "client_kill":
-        return CallsSuspended(
-            refusal.retry_after,
-            "this client's calls are suspended by an operator (otpsvc calls suspend --client)",
-            limit="kill_switch",
-            scope="client",
-        )
-    if refusal.kind == "client_budget":
-        return RateLimited(
-            refusal.retry_after,
-            "this client's own call budget is spent",
-            limit="call_budget",
-            scope="client",
-        )
-    if refusal.kind == "budget":
-        return CallsSuspended(
-            refusal.retry_after,
-            "calls are suspended: the call budget of every client together is spent",
-            limit="call_budget",
-            scope="global",
-        )
+    if refusal.kind in SWITCHES:
+        error, detail, limit, scope = SWITCHES[refusal.kind]
+        return error(refusal.retry_after, detail, limit=limit, scope=scope)
     target = refusal.kind.removesuffix("_all")
     if refusal.kind.endswith("_all"):
         detail = f"too many calls for {LIMIT_TARGETS[target]} from all clients together"

@@ -18,7 +18,6 @@ import signal
 import socket
 import string
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +29,7 @@ import pytest
 from otpsvc.dev.redis_server import free_port
 from tests.conftest import KEY_A, KEY_B
 from tests.fakes.termii import FakeTermii
-from tests.test_cli import wait_until_serving
-from tests.test_serving import serve_env
+from tests.test_serving import serve  # noqa: F401 - the fixture the gateway fixture runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "deploy" / "gateways"
@@ -169,7 +167,7 @@ def start_haproxy(workdir: Path, upstream: str, port: int) -> subprocess.Popen[b
 
 
 @pytest.fixture(params=["nginx", "haproxy"])
-def gateway(request, redis_url, redis_client, termii: FakeTermii, tmp_path) -> Iterator[Gateway]:
+def gateway(request, tmp_path) -> Iterator[Gateway]:
     """``otpsvc serve`` with a gateway client ``edge`` and a backend ``app``, and the recipe's
     gateway in front of it, as the docs set them up."""
     binary = NGINX if request.param == "nginx" else HAPROXY
@@ -179,11 +177,7 @@ def gateway(request, redis_url, redis_client, termii: FakeTermii, tmp_path) -> I
         pytest.skip(f"{request.param} is not installed (apt-get install nginx-light haproxy)")
     clients = tmp_path / "clients.toml"
     clients.write_text(CLIENT_FILE)
-    otpsvc_port = free_port()
-    env = serve_env(
-        redis_url,
-        termii,
-        otpsvc_port,
+    served = request.getfixturevalue("serve")(
         OTPSVC_API_KEYS=f"edge:{KEY_A},app:{KEY_B}",
         OTPSVC_CLIENTS_FILE=str(clients),
         OTPSVC_TRUSTED_PROXIES="1",
@@ -192,32 +186,22 @@ def gateway(request, redis_url, redis_client, termii: FakeTermii, tmp_path) -> I
         OTPSVC_RATE_LIMIT_START_IP="10 per minute;60 per hour",
         OTPSVC_VELOCITY_IP="10 per hour;30 per day",
         OTPSVC_VELOCITY_USER="5 per hour;10 per day",
-        OTPSVC_LOG_LEVEL="WARNING",
-    )
-    service = subprocess.Popen(
-        [sys.executable, "-m", "otpsvc", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
     port = free_port()
-    process: subprocess.Popen[bytes] | None = None
+    workdir = tmp_path / request.param
+    workdir.mkdir()
+    starter = start_nginx if request.param == "nginx" else start_haproxy
+    process = starter(workdir, served.base.removeprefix("http://"), port)
     try:
-        wait_until_serving(f"http://127.0.0.1:{otpsvc_port}", service)
-        workdir = tmp_path / request.param
-        workdir.mkdir()
-        starter = start_nginx if request.param == "nginx" else start_haproxy
-        process = starter(workdir, f"127.0.0.1:{otpsvc_port}", port)
         wait_for_port(port, process)
         yield Gateway(port, process)
     finally:
-        for running in (process, service):
-            if running is not None and running.poll() is None:
-                running.send_signal(signal.SIGTERM)
-                try:
-                    running.wait(30)
-                except subprocess.TimeoutExpired:
-                    running.kill()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:

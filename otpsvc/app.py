@@ -18,6 +18,7 @@ from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
 from otpsvc.config import Settings, load_settings
+from otpsvc.config.loading import UNGUARDED_METRICS
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.ladder import lease_ms_for
@@ -55,12 +56,16 @@ class _Flask(Flask):
 
 
 def create_app(
-    config: Mapping[str, Any] | None = None, *, clock: Callable[[], float] | None = None
+    config: Mapping[str, Any] | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
+    api: bool = True,
 ) -> Flask:
     """Build the app from ``OTPSVC_*`` settings (the environment, or ``config`` in tests).
 
     ``clock`` is the service's one clock; by default the local clock corrected to the Redis
-    server's, so every worker on every host counts windows and expiries alike.
+    server's, so every worker on every host counts windows and expiries alike. ``api=False``:
+    for ``otpsvc worker``, which serves no API (no warning about the API's /metrics).
     """
     settings = load_settings(config)
     _configure_logging(settings)
@@ -69,7 +74,8 @@ def create_app(
     for name in settings.unknown:
         log.warning("unknown setting %s is ignored", name)
     for warning in settings.warnings:
-        log.warning("%s", warning)
+        if api or warning != UNGUARDED_METRICS:
+            log.warning("%s", warning)
 
     app = _Flask("otpsvc")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -102,7 +108,7 @@ def create_app(
         CallInbox(client, settings.redis_prefix, keyring.phone_key) if settings.dev_mode else None
     )
     providers = providers_for(settings, inbox)
-    metrics.start_at_zero(providers)
+    metrics.start_at_zero(providers, [c.name for c in settings.clients])
     breaker = BreakerStore(
         client,
         settings.redis_prefix,

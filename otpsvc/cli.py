@@ -27,6 +27,7 @@ import click
 import limits
 from werkzeug.serving import run_simple
 
+from otpsvc import metrics
 from otpsvc.api.health import NO_PERSISTENCE
 from otpsvc.app import create_app
 from otpsvc.config import (
@@ -325,7 +326,7 @@ def worker(heartbeat: Path | None, metrics_port: int | None, metrics_host: str) 
     velocity = VelocityStore(queue.redis, settings.redis_prefix)
     # Escalation steps are starts: the service as the API builds it places them.
     ladder = LadderRunner(
-        create_app().extensions["otpsvc"].service, threads=settings.provider_concurrency
+        create_app(api=False).extensions["otpsvc"].service, threads=settings.provider_concurrency
     )
     # SIGHUP asks; the loop reloads between two of its steps (not inside a signal handler that
     # may have interrupted a Redis call).
@@ -363,10 +364,12 @@ def _reload_worker(queue: EventQueue, ladder: LadderRunner) -> None:
     its steps in flight are done."""
     log = logging.getLogger("otpsvc.events")
     try:
-        app = create_app()
+        app = create_app(api=False)
     except ConfigError as exc:
+        metrics.SETTINGS_REFUSED.set(1)
         log.error("settings refused, the worker keeps its own: %s", "; ".join(exc.problems))
         return
+    metrics.SETTINGS_REFUSED.set(0)
     fresh = app.extensions["otpsvc"]
     old = ladder.service
     queue.settings = EventSettings.from_settings(fresh.settings)

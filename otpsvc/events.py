@@ -135,6 +135,11 @@ def render(fields: Mapping[str, str], max_attempts: int) -> tuple[str, str, str,
     return fields["id"], event_type, body, at_ms / 1000
 
 
+#: How often a worker says it is alive, and how long it counts as alive after.
+WORKER_BEAT_SECONDS = 10.0
+WORKER_ALIVE_MS = 30_000
+
+
 class EventQueue:
     def __init__(self, client: RedisClient, prefix: str, settings: EventSettings) -> None:
         self.redis = client
@@ -150,9 +155,26 @@ class EventQueue:
         self.due_key = f"{prefix}:{{{prefix}:events}}:due"
         #: What the receiver answered to each event's last failed try (HTTP status or error).
         self.last_key = f"{prefix}:{{{prefix}:events}}:last"
+        #: The event workers alive: each worker's name by when it was last seen (ms).
+        self.workers_key = f"{prefix}:{{{prefix}:events}}:workers"
         self._expire = TracedScript("expire", client.register_script(script_source("expire")))
         #: The expiry watch's due index, made on the first look (workers only).
         self._expiry_due: DueIndex | None = None
+
+    def beat(self, name: str, now: float) -> None:
+        """Say that worker ``name`` is alive (every :data:`WORKER_BEAT_SECONDS`); the set
+        expires when no worker is left to renew it, and forgets workers long gone."""
+        now_ms = int(now * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.workers_key, {name: now_ms})
+        pipe.zremrangebyscore(self.workers_key, "-inf", now_ms - 10 * WORKER_ALIVE_MS)
+        pipe.pexpire(self.workers_key, 10 * WORKER_ALIVE_MS)
+        pipe.execute()
+
+    def workers_alive(self, now: float) -> int:
+        """Workers seen in the last :data:`WORKER_ALIVE_MS`."""
+        now_ms = int(now * 1000)
+        return int(self.redis.zcount(self.workers_key, now_ms - WORKER_ALIVE_MS, "+inf"))
 
     def wanted(self, client: str) -> bool:
         return client in self.settings.webhooks
@@ -375,6 +397,7 @@ class EventWorker:
         self._heartbeat: Path | None = None
         self._next_orphan_scan = 0.0
         self._next_expiry_scan = 0.0
+        self._next_beat = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -453,6 +476,9 @@ class EventWorker:
                     self.queue.trim()
                     self.queue.prune_failed(time.time())
                     next_trim = time.monotonic() + 60
+                if time.monotonic() >= self._next_beat:
+                    self.queue.beat(self.name, time.time())
+                    self._next_beat = time.monotonic() + WORKER_BEAT_SECONDS
                 if self.guard is not None:
                     self.guard()
                 for task in self.periodic:
@@ -475,6 +501,8 @@ class EventWorker:
                 # worker waits and goes on: its whole job is to carry on.
                 cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
                 log.warning("event worker: redis unavailable: %s", type(cause).__name__)
+                # Said alive again as soon as Redis answers (it may have come back empty).
+                self._next_beat = 0.0
                 self._stop.wait(1.0)
                 continue
             if heartbeat is not None:

@@ -78,6 +78,7 @@ def on_reload(server: object) -> None:
 
 
 def _accept_settings(server: object, *, reloading: bool) -> None:
+    from otpsvc import metrics
     from otpsvc.config import clients, load_settings, loading
     from otpsvc.config.secrets import read_secret_files
     from otpsvc.errors import ConfigError
@@ -98,6 +99,8 @@ def _accept_settings(server: object, *, reloading: bool) -> None:
     except (OSError, ConfigError) as exc:
         loading.accepted_environment, clients.accepted_text = previous
         said = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        # In the metrics directory the workers share, so /metrics tells it until a good reload.
+        metrics.SETTINGS_REFUSED.set(1)
         log.error(
             "settings refused%s, the workers keep the last good ones: %s",
             " on reload" if reloading else "",
@@ -105,6 +108,7 @@ def _accept_settings(server: object, *, reloading: bool) -> None:
         )
         return
     loading.accepted_environment = env
+    metrics.SETTINGS_REFUSED.set(0)
     if reloading:
         log.info(
             "settings reloaded (environment, secret files, client file); "

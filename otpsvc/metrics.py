@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,20 +32,30 @@ from prometheus_client.registry import Collector
 
 STARTS = Counter(
     "otpsvc_verifications_started_total",
-    "Starts by provider, country, mode and outcome (created, resent, refused, failed).",
-    ["provider", "country", "mode", "outcome"],
+    "Starts by client, provider, country, mode and outcome (created, resent, escalated, "
+    "refused, failed).",
+    ["client", "provider", "country", "mode", "outcome"],
 )
 APPROVALS = Counter(
     "otpsvc_verifications_approved_total",
-    "Approved verifications (a right code or key 1), by provider and country.",
-    ["provider", "country"],
+    "Approved verifications (a right code or key 1), by client, provider and country.",
+    ["client", "provider", "country"],
 )
 CHECKS = Counter(
     "otpsvc_checks_total",
-    "Checks by result: approved, wrong_code, locked, not_found, invalid.",
-    ["result"],
+    "Checks by client and result: approved, wrong_code, locked, not_found, invalid.",
+    ["client", "result"],
 )
-CALLS = Counter("otpsvc_calls_placed_total", "Calls a provider accepted.", ["provider", "country"])
+CALLS = Counter(
+    "otpsvc_calls_placed_total",
+    "Calls (and SMS) a provider accepted, by client, provider and country.",
+    ["client", "provider", "country"],
+)
+BREAKER_OPENINGS = Counter(
+    "otpsvc_provider_breaker_openings_total",
+    "Times a provider's circuit breaker opened (counted by the process whose failure opened it).",
+    ["provider"],
+)
 PROVIDER_ERRORS = Counter(
     "otpsvc_provider_errors_total",
     "Provider requests that failed, by provider and reason.",
@@ -59,9 +69,10 @@ PROVIDER_SECONDS = Histogram(
 )
 REFUSALS = Counter(
     "otpsvc_refusals_total",
-    "Starts refused before any call: country, number_type, velocity_<limit>, budget, "
-    "kill_switch, and request limits (limit_<scope>).",
-    ["reason"],
+    "Starts refused before any call, by client and reason: country, number_type, "
+    "velocity_<limit>, kill_switch, kill_switch_client, providers_busy, and request limits "
+    "(limit_<scope>; client none for failed authentication).",
+    ["client", "reason"],
 )
 #: Every reason ``otpsvc_refusals_total`` counts, so that each series exists at 0 from the
 #: start (see :func:`start_at_zero`).
@@ -151,9 +162,15 @@ STORE_ERRORS = Counter(
 )
 HTTP_SECONDS = Histogram(
     "otpsvc_http_request_duration_seconds",
-    "HTTP requests by endpoint and status.",
-    ["endpoint", "code"],
+    "HTTP requests by client (none before authentication), endpoint and status.",
+    ["client", "endpoint", "code"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SETTINGS_REFUSED = Gauge(
+    "otpsvc_settings_refused",
+    "1 while the last reload (SIGHUP) of this process's settings was refused: it runs on the "
+    "last good ones, not on what the environment and files now say.",
+    multiprocess_mode="livemax",
 )
 ARGON2_SECONDS = Histogram(
     "otpsvc_argon2_duration_seconds",
@@ -191,19 +208,27 @@ def timed(histogram: Histogram, **labels: str) -> Iterator[None]:
 @dataclass(frozen=True)
 class SharedState:
     """What every worker shares through Redis, read at scrape time (not as one worker last
-    saw it): the call budget used per window, the kill switch, each provider's breaker."""
+    saw it): the call budgets used per window, the kill switch, each provider's breaker, the
+    event workers alive and the events' backlog."""
 
     #: (window seconds, calls in it, limit) for each window of the call budget.
     budget: list[tuple[int, int, int]]
-    #: Since when calls are suspended (epoch seconds; 0 for OTPSVC_CALLS_ENABLED=false), or None.
+    #: Since when calls are suspended (epoch seconds), or None.
     suspended_since: float | None
     #: Provider name -> whether its circuit breaker is open now.
     breakers: dict[str, bool]
+    #: Client name -> (window seconds, calls in it, limit) of its own call budget.
+    client_budgets: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    #: Event workers seen in the last half minute; None when this deployment needs none.
+    workers: int | None = None
+    #: (events not yet delivered, age of the oldest in seconds), or None when not read.
+    backlog: tuple[int, float] | None = None
 
 
 class SharedStateCollector(Collector):
-    """The :class:`SharedState` as gauges. When Redis does not answer nothing is reported for
-    them (a scrape must not fail, and a stale value would lie)."""
+    """The :class:`SharedState` as gauges, and ``otpsvc_store_up``: 1 when it was read, 0 when
+    Redis did not answer. Then nothing else is reported for them (a scrape must not fail, and a
+    stale value would lie)."""
 
     def __init__(self, read: Callable[[], SharedState]) -> None:
         self.read = read
@@ -212,24 +237,25 @@ class SharedStateCollector(Collector):
         try:
             state = self.read()
         except Exception:
-            return
-        budget = GaugeMetricFamily(
-            "otpsvc_call_budget_used_ratio",
-            "Calls placed in the window over the call budget of that window.",
-            labels=["window"],
+            state = None
+        yield GaugeMetricFamily(
+            "otpsvc_store_up",
+            "1 when this scrape could read Redis, 0 when it did not answer.",
+            value=0 if state is None else 1,
         )
-        for window, used, limit in state.budget:
-            budget.add_metric([str(window)], used / limit if limit else 0.0)
-        yield budget
+        if state is None:
+            return
+        yield from _budget_families(state)
         yield GaugeMetricFamily(
             "otpsvc_calls_suspended",
             "1 while every call is suspended (the kill switch, or OTPSVC_CALLS_ENABLED=false).",
             value=0 if state.suspended_since is None else 1,
         )
-        if state.suspended_since:
+        if state.suspended_since is not None:
             yield GaugeMetricFamily(
                 "otpsvc_calls_suspended_since_seconds",
-                "When the kill switch was turned on (Unix time).",
+                "Since when calls are suspended (Unix time; for OTPSVC_CALLS_ENABLED=false, "
+                "since this process started).",
                 value=state.suspended_since,
             )
         breakers = GaugeMetricFamily(
@@ -240,11 +266,50 @@ class SharedStateCollector(Collector):
         for name, is_open in sorted(state.breakers.items()):
             breakers.add_metric([name], 1 if is_open else 0)
         yield breakers
+        if state.workers is not None:
+            yield GaugeMetricFamily(
+                "otpsvc_event_workers",
+                "Event workers (otpsvc worker) seen at Redis in the last 30 seconds.",
+                value=state.workers,
+            )
+        if state.backlog is not None:
+            yield from _backlog_families(*state.backlog)
+
+
+def _budget_families(state: SharedState) -> Iterator[GaugeMetricFamily]:
+    budget = GaugeMetricFamily(
+        "otpsvc_call_budget_used_ratio",
+        "Calls placed in the window over the call budget of every client together.",
+        labels=["window"],
+    )
+    for window, used, limit in state.budget:
+        budget.add_metric([str(window)], used / limit if limit else 0.0)
+    yield budget
+    own = GaugeMetricFamily(
+        "otpsvc_client_call_budget_used_ratio",
+        "Calls placed for a client in the window over its own call budget (clients with one).",
+        labels=["client", "window"],
+    )
+    for client, windows in sorted(state.client_budgets.items()):
+        for window, used, limit in windows:
+            own.add_metric([client, str(window)], used / limit if limit else 0.0)
+    yield own
+
+
+def _backlog_families(waiting: int, oldest_age: float) -> Iterator[GaugeMetricFamily]:
+    yield GaugeMetricFamily(
+        "otpsvc_events_backlog", "Events in the stream not yet delivered.", value=waiting
+    )
+    yield GaugeMetricFamily(
+        "otpsvc_events_oldest_age_seconds",
+        "Age of the oldest event not yet delivered (0 when none waits).",
+        value=oldest_age,
+    )
 
 
 class BacklogCollector(Collector):
-    """The event stream's backlog at scrape time: events waiting (new and pending) and the age
-    of the oldest one; nothing when Redis does not answer."""
+    """The event stream's backlog at scrape time (the worker's own port): events waiting (new
+    and pending) and the age of the oldest one; nothing when Redis does not answer."""
 
     def __init__(self, read: Callable[[], tuple[int, float]]) -> None:
         self.read = read
@@ -254,14 +319,7 @@ class BacklogCollector(Collector):
             waiting, oldest_age = self.read()
         except Exception:
             return
-        yield GaugeMetricFamily(
-            "otpsvc_events_backlog", "Events in the stream not yet delivered.", value=waiting
-        )
-        yield GaugeMetricFamily(
-            "otpsvc_events_oldest_age_seconds",
-            "Age of the oldest event not yet delivered (0 when none waits).",
-            value=oldest_age,
-        )
+        yield from _backlog_families(waiting, oldest_age)
 
 
 def exposition(extra: Collector | None = None) -> tuple[bytes, str]:
@@ -287,13 +345,34 @@ def country_label(region: str | None, allowed: frozenset[str] | None) -> str:
     return "other"
 
 
-def start_at_zero(providers: Iterable[str]) -> None:
-    """Make every series of the refusal and provider-error counters exist at 0 for its known
-    labels. A labelled counter otherwise appears only at its first increment, and an alert's
-    ``increase()`` over a burst that begins with that increment reads 0: the first burst of
-    prefix refusals, or a provider's first failures, would go unseen."""
-    for reason in REFUSAL_REASONS:
-        REFUSALS.labels(reason)
-    for provider in providers:
+#: The API clients a deployment knows (set by :func:`start_at_zero`): a client label takes one
+#: of them, ``none`` or ``other``, so its values are bounded by the configuration.
+KNOWN_CLIENTS: frozenset[str] = frozenset()
+
+
+def client_label(client: str | None) -> str:
+    """A bounded client label: a configured client's name, ``none`` when no client is known
+    (failed authentication), ``other`` for a name no longer configured (an old record)."""
+    if not client:
+        return "none"
+    return client if client in KNOWN_CLIENTS else "other"
+
+
+def start_at_zero(providers: Iterable[str], clients: Iterable[str] = ()) -> None:
+    """Make every series of the counters that alerts watch exist at 0 for its known labels: each
+    client's refusals and starts, each provider's errors and breaker openings. A labelled counter
+    otherwise appears only at its first increment, and an alert's ``increase()`` over a burst
+    that begins with that increment reads 0: the first burst of prefix refusals, or a
+    provider's first failures, would go unseen."""
+    global KNOWN_CLIENTS
+    KNOWN_CLIENTS = frozenset(clients)
+    names = list(providers)
+    for client in sorted(KNOWN_CLIENTS):
+        for reason in REFUSAL_REASONS:
+            REFUSALS.labels(client, reason)
+    for scope in ("auth_failures", "start_ip", "check_ip"):
+        REFUSALS.labels("none", f"limit_{scope}")
+    for provider in names:
+        BREAKER_OPENINGS.labels(provider)
         for reason in PROVIDER_ERROR_REASONS:
             PROVIDER_ERRORS.labels(provider, reason)

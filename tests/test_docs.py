@@ -148,3 +148,11 @@ def test_the_curl_examples_of_the_readme_and_the_docs_run_against_otpsvc_dev(dev
     assert run(check) == {"id": started["id"], "status": "approved", "valid": True}
     [from_docs] = _blocks(ROOT / "docs" / "backend.md", "sh")
     assert run(from_docs)["status"] == "pending"
+
+
+def test_every_runbook_gives_a_query_or_a_command_to_confirm_it():
+    """The fire drill (tests/test_alert_drill.py) runs these while the alert fires."""
+    for rule in _alerts():
+        text = (ROOT / "docs" / "runbooks" / f"{rule['alert']}.md").read_text()
+        confirm = text.split("## How to confirm", 1)[1].split("\n## ", 1)[0]
+        assert re.search(r"```(promql|sh)\n", confirm), rule["alert"]

@@ -20,7 +20,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from otpsvc.dev.redis_server import free_port
-from tests.conftest import KEY_A, PHONE, Api, fake_termii_env
+from tests.conftest import KEY_A, KEY_B, PHONE, Api, fake_termii_env
 from tests.fakes.termii import FakeTermii
 from tests.test_cli import wait_until_serving
 
@@ -51,12 +51,13 @@ def test_a_verification_shows_in_the_metrics(api: Api, termii: FakeTermii):
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    started = {"provider": "termii", "country": "NG", "mode": "code", "outcome": "created"}
+    a = {"client": "client-a"}
+    started = {**a, "provider": "termii", "country": "NG", "mode": "code", "outcome": "created"}
     assert delta("otpsvc_verifications_started_total", **started) == 1
-    assert delta("otpsvc_verifications_approved_total", provider="termii", country="NG") == 1
-    assert delta("otpsvc_checks_total", result="wrong_code") == 1
-    assert delta("otpsvc_checks_total", result="approved") == 1
-    assert delta("otpsvc_calls_placed_total", provider="termii", country="NG") == 1
+    assert delta("otpsvc_verifications_approved_total", **a, provider="termii", country="NG") == 1
+    assert delta("otpsvc_checks_total", **a, result="wrong_code") == 1
+    assert delta("otpsvc_checks_total", **a, result="approved") == 1
+    assert delta("otpsvc_calls_placed_total", **a, provider="termii", country="NG") == 1
     assert delta("otpsvc_argon2_duration_seconds_count", operation="hash") == 1
     assert delta("otpsvc_argon2_duration_seconds_count", operation="verify") == 2
     # The CPU of those runs, as the bench reads it: one run at the test's parameters is more
@@ -67,7 +68,8 @@ def test_a_verification_shows_in_the_metrics(api: Api, termii: FakeTermii):
         assert 0.0001 < cpu <= wall * 1.05 + 0.001
     assert delta("otpsvc_provider_request_duration_seconds_count", provider="termii") == 1
     assert (
-        delta("otpsvc_http_request_duration_seconds_count", endpoint="otp.start", code="201") == 1
+        delta("otpsvc_http_request_duration_seconds_count", **a, endpoint="otp.start", code="201")
+        == 1
     )
     assert value(after, "otpsvc_call_budget_used_ratio", window="3600") > 0
     assert value(after, "otpsvc_build_info", version=metadata.version("otpsvc"),
@@ -84,7 +86,8 @@ def test_starts_over_their_request_limit_count_as_refused(make_app, openapi, ter
         "POST", "/otp/start", json={"phone": "+2348031234502"}, headers={"Idempotency-Key": "k1"}
     )
     assert keyed.status_code == 429
-    refused = {"provider": "none", "country": "NG", "mode": "code", "outcome": "refused"}
+    refused = {"client": "client-a", "provider": "none", "country": "NG", "mode": "code",
+               "outcome": "refused"}  # fmt: skip
     started = value(scrape(api), "otpsvc_verifications_started_total", **refused)
     assert started - value(before, "otpsvc_verifications_started_total", **refused) == 2
 
@@ -99,12 +102,14 @@ def test_refusals_and_provider_errors_are_counted(api: Api, termii: FakeTermii):
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("otpsvc_refusals_total", reason="country") == 1
+    assert delta("otpsvc_refusals_total", client="client-a", reason="country") == 1
     assert delta("otpsvc_provider_errors_total", provider="termii", reason="http_5xx") == 1
-    refused = {"provider": "none", "country": "other", "mode": "code", "outcome": "refused"}
+    refused = {"client": "client-a", "provider": "none", "country": "other", "mode": "code",
+               "outcome": "refused"}  # fmt: skip
     assert delta("otpsvc_verifications_started_total", **refused) == 1
     # Labelled with the provider that failed.
-    failed = {"provider": "termii", "country": "NG", "mode": "code", "outcome": "failed"}
+    failed = {"client": "client-a", "provider": "termii", "country": "NG", "mode": "code",
+              "outcome": "failed"}  # fmt: skip
     assert delta("otpsvc_verifications_started_total", **failed) == 1
 
 
@@ -224,8 +229,56 @@ def test_refusal_and_provider_error_series_exist_at_zero_from_the_start(
     text = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     ).stdout
-    for reason in metrics.REFUSAL_REASONS:
-        assert f'otpsvc_refusals_total{{reason="{reason}"}} 0.0' in text, reason
+    for client in ("client-a", "client-b"):
+        for reason in metrics.REFUSAL_REASONS:
+            line = f'otpsvc_refusals_total{{client="{client}",reason="{reason}"}} 0.0'
+            assert line in text, (client, reason)
+    assert 'otpsvc_provider_breaker_openings_total{provider="termii"} 0.0' in text
     for reason in metrics.PROVIDER_ERROR_REASONS:
         line = f'otpsvc_provider_errors_total{{provider="termii",reason="{reason}"}} 0.0'
         assert line in text, reason
+
+
+def test_each_client_is_its_own_series(make_app, openapi, termii: FakeTermii):
+    """One tenant's traffic and refusals are counted under its name only; a failed
+    authentication counts under client none."""
+    app = make_app()
+    a, b = Api(app, KEY_A, openapi), Api(app, KEY_B, openapi)
+    before = scrape(a)
+    assert a.start().status_code == 201
+    assert b.start("+254712345678").status_code == 403  # outside the allowlist
+    unknown = a.client.post("/otp/start", json={"phone": PHONE},
+                            headers={"Authorization": "Bearer nope"})  # fmt: skip
+    assert unknown.status_code == 401
+    after = scrape(a)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    created = {"provider": "termii", "country": "NG", "mode": "code", "outcome": "created"}
+    assert delta("otpsvc_verifications_started_total", client="client-a", **created) == 1
+    assert delta("otpsvc_verifications_started_total", client="client-b", **created) == 0
+    assert delta("otpsvc_refusals_total", client="client-b", reason="country") == 1
+    assert delta("otpsvc_refusals_total", client="client-a", reason="country") == 0
+    assert delta("otpsvc_calls_placed_total", client="client-a", provider="termii",
+                 country="NG") == 1  # fmt: skip
+    code = {"endpoint": "otp.start", "code": "401"}
+    assert delta("otpsvc_http_request_duration_seconds_count", client="none", **code) == 1
+    assert value(after, "otpsvc_store_up") == 1
+
+
+def test_a_client_budget_is_a_gauge_and_redis_down_is_store_up_0(
+    make_app, openapi, termii: FakeTermii, tmp_path
+):
+    clients = tmp_path / "clients.toml"
+    clients.write_text('[clients.client-a]\ncall_budget = "4 per hour"\n')
+    api = Api(make_app(OTPSVC_CLIENTS_FILE=str(clients)), KEY_A, openapi)
+    assert api.start().status_code == 201
+    values = scrape(api)
+    ratio = "otpsvc_client_call_budget_used_ratio"
+    assert value(values, ratio, client="client-a", window="3600") == 0.25
+    assert (ratio, (("client", "client-b"), ("window", "3600"))) not in values
+    dead = Api(make_app(OTPSVC_REDIS_URL="redis://127.0.0.1:1/0"), KEY_A, openapi)
+    values = scrape(dead)
+    assert value(values, "otpsvc_store_up") == 0
+    assert not any(name == ratio for name, _ in values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from importlib import resources
 
 from flask import Blueprint, Response, jsonify, request
@@ -94,25 +95,44 @@ def metrics_view() -> Response:
     return Response(text, content_type=content_type)
 
 
+#: When this process started: since when OTPSVC_CALLS_ENABLED=false has held its calls.
+_STARTED = time.time()
+
+
 def _suspended_since() -> float | None:
-    """Since when every call is suspended: the kill switch's time, 0 for the setting."""
+    """Since when every call is suspended: the kill switch's time (for the setting, since this
+    process started); None when calls go."""
     rt = runtime()
     if not rt.settings.calls_enabled:
-        return 0.0
+        return _STARTED
     state = rt.service.velocity.kill_state()
-    return None if state is None else float(state.get("since") or 0)
+    return None if state is None else float(state.get("since") or _STARTED)
 
 
 def _shared_state() -> metrics.SharedState:
     """The state every worker shares, read from Redis now (the breakers through their
     once-a-second cache)."""
     rt = runtime()
-    now_ms = int(rt.service.clock() * 1000)
+    now = rt.service.clock()
+    now_ms = int(now * 1000)
     open_until = rt.dispatcher.breaker.open_until(list(rt.settings.all_providers))
+    velocity = rt.service.velocity
+    client_budgets = {
+        name: velocity.budget_used(abuse.own_budget, now_ms, kind="client_budget", who=name)
+        for name, abuse in rt.service.client_abuse.items()
+        if abuse.own_budget
+    }
+    # A deployment needs a worker when a client has a webhook or a ladder.
+    needs_worker = bool(rt.events.settings.webhooks) or any(
+        rt.settings.for_client(c.name).ladder for c in rt.settings.clients
+    )
     return metrics.SharedState(
-        budget=rt.service.velocity.budget_used(rt.settings.call_budget, now_ms),
+        budget=velocity.budget_used(rt.settings.call_budget, now_ms),
         suspended_since=_suspended_since(),
         breakers={name: until > now_ms for name, until in open_until.items()},
+        client_budgets=client_budgets,
+        workers=rt.events.workers_alive(now) if needs_worker else None,
+        backlog=rt.events.backlog(now) if needs_worker else None,
     )
 
 

@@ -132,7 +132,9 @@ class RequestLimits:
             window = windows[index - 1]
             if len(result) > 2:
                 audit("limit_hit", limit="end_user_addresses", **(audit_fields or {}))
-                metrics.REFUSALS.labels("limit_end_user_addresses").inc()
+                metrics.REFUSALS.labels(
+                    metrics.client_label(client), "limit_end_user_addresses"
+                ).inc()
                 raise RateLimited(
                     int(result[1]) / 1000,
                     "too many different end users from this client this hour "
@@ -141,7 +143,7 @@ class RequestLimits:
                     scope="client",
                 )
             audit("limit_hit", limit=window.scope, window=window.text, **(audit_fields or {}))
-            metrics.REFUSALS.labels(f"limit_{window.scope}").inc()
+            metrics.REFUSALS.labels(metrics.client_label(client), f"limit_{window.scope}").inc()
             raise RateLimited(
                 int(result[1]) / 1000,
                 f"rate limit exceeded: {window.text} ({window.scope})",

@@ -171,7 +171,7 @@ def start() -> Response:
     try:
         limit_request(_per_person("start_ip", person.address))
     except RateLimited:
-        rt.service.count_refused(data["phone"], data["mode"])
+        rt.service.count_refused(data["phone"], data["mode"], current_client())
         raise
     claim_key, claim = rt.idempotency.claim(
         current_client(), person.idempotency_key(key), fingerprint(body)

@@ -48,7 +48,8 @@ def _finish(response: Response) -> Response:
     started = g.get("started")
     if started is not None:
         endpoint = request.endpoint or "unmatched"
-        metrics.HTTP_SECONDS.labels(endpoint, str(response.status_code)).observe(
+        client = metrics.client_label(g.get("client"))
+        metrics.HTTP_SECONDS.labels(client, endpoint, str(response.status_code)).observe(
             time.perf_counter() - started
         )
     request_id = g.get("request_id")

@@ -39,6 +39,12 @@ from otpsvc.config.secrets import (
 from otpsvc.errors import ConfigError
 from otpsvc.voice.registry import PROVIDERS
 
+#: Said by the API's processes (and check-config), not by a worker, whose metrics port is its own.
+UNGUARDED_METRICS = (
+    "OTPSVC_METRICS_TOKEN is not set: /metrics is open on the port that also takes provider "
+    "webhooks from the internet; set a token, or keep /metrics off the ingress"
+)
+
 
 def _problems(messages: Any, prefix: str = "") -> list[str]:
     if isinstance(messages, dict):
@@ -246,11 +252,7 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         # one client can spend it for all: said, not refused.
         warnings += ceiling_problems(core, tuple(p for p in pairs if p == SHARED_LIMITS[-1]))
         if not core.get("metrics_token") and not core.get("dev_mode"):
-            warnings.append(
-                "OTPSVC_METRICS_TOKEN is not set: /metrics is open on the port that also takes "
-                "provider webhooks from the internet; set a token, or keep /metrics off the "
-                "ingress"
-            )
+            warnings.append(UNGUARDED_METRICS)
     client_file: ClientFile | None = None
     file_problems: list[str] = []
     if core.get("clients_file") and trusted("OTPSVC_CLIENTS_FILE", "OTPSVC_API_KEYS"):

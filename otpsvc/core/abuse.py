@@ -85,15 +85,15 @@ class AbusePolicy:
         """Refuse numbers no call may go to; no state is touched."""
         if not self.calls_enabled:
             audit("fraud_block", client=client, phone=phone.masked, reason="calls_disabled")
-            metrics.REFUSALS.labels("kill_switch").inc()
+            metrics.REFUSALS.labels(metrics.client_label(client), "kill_switch").inc()
             raise CallsSuspended(60, "calls are switched off (OTPSVC_CALLS_ENABLED)")
         if self.allowed_countries is not None and phone.region not in self.allowed_countries:
             audit("fraud_block", client=client, phone=phone.masked, reason="country")
-            metrics.REFUSALS.labels("country").inc()
+            metrics.REFUSALS.labels(metrics.client_label(client), "country").inc()
             raise CountryNotAllowed(f"calls to {phone.region or 'this country'} are not allowed")
         if phone.number_type not in self.allowed_number_types:
             audit("fraud_block", client=client, phone=phone.masked, reason="number_type")
-            metrics.REFUSALS.labels("number_type").inc()
+            metrics.REFUSALS.labels(metrics.client_label(client), "number_type").inc()
             raise NumberTypeNotAllowed(
                 {"phone": ["this type of number (for example premium-rate) cannot be called"]},
                 "this type of number cannot be called",
@@ -195,7 +195,7 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
     switch = {"kill": "kill_switch", "client_kill": "kill_switch_client"}.get(refusal.kind)
     reason = switch or f"velocity_{refusal.kind}"
     audit("fraud_block", client=client, phone=phone.masked, reason=reason)
-    metrics.REFUSALS.labels(reason).inc()
+    metrics.REFUSALS.labels(metrics.client_label(client), reason).inc()
     if refusal.kind in SWITCHES:
         error, detail, limit, scope = SWITCHES[refusal.kind]
         return error(refusal.retry_after, detail, limit=limit, scope=scope)

@@ -78,7 +78,9 @@ class ProviderCallbacks(ServiceBase):
         audit("keypress", id=verification_id, client=fields["c"], phone=fields["pm"], result=result)
         if result == "approved":
             metrics.APPROVALS.labels(
-                fields.get("p") or "none", self._country_of(fields["pm"])
+                metrics.client_label(fields["c"]),
+                fields.get("p") or "none",
+                self._country_of(fields["pm"]),
             ).inc()
         return result
 

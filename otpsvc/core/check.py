@@ -31,7 +31,8 @@ class Checking(ServiceBase):
         )
         if ticket.outcome in ("not_found", "locked", "bad_length"):
             metrics.CHECKS.labels(
-                {"bad_length": "invalid"}.get(ticket.outcome, ticket.outcome)
+                metrics.client_label(client),
+                {"bad_length": "invalid"}.get(ticket.outcome, ticket.outcome),
             ).inc()
         if ticket.outcome == "not_found":
             if SAMPLER.allow("check_not_found"):
@@ -56,9 +57,11 @@ class Checking(ServiceBase):
             result = self.store.approve(verification_id, gen=ticket.gen, now_ms=self._now_ms())
             if result == "approved":
                 audit("check", id=verification_id, client=client, result="approved")
-                metrics.CHECKS.labels("approved").inc()
+                metrics.CHECKS.labels(metrics.client_label(client), "approved").inc()
                 metrics.APPROVALS.labels(
-                    ticket.provider or "none", self._country_of(ticket.phone_masked)
+                    metrics.client_label(client),
+                    ticket.provider or "none",
+                    self._country_of(ticket.phone_masked),
                 ).inc()
                 if ticket.ladder_step is not None:
                     metrics.LADDER_CONVERSIONS.labels(str(ticket.ladder_step + 1)).inc()
@@ -75,7 +78,7 @@ class Checking(ServiceBase):
             now_ms=self._now_ms(),
             max_attempts=max_attempts,
         )
-        metrics.CHECKS.labels("wrong_code").inc()
+        metrics.CHECKS.labels(metrics.client_label(client), "wrong_code").inc()
         status = Status.MAX_ATTEMPTS_REACHED if remaining == 0 else Status.PENDING
         audit(
             "check",

@@ -154,8 +154,8 @@ class Starting(ServiceBase):
         country = metrics.country_label(phone.region, self.allowed_countries)
         with self.dispatcher.bulkhead.slot() as held:
             if not held:
-                self.count_refused(phone, mode)
-                metrics.REFUSALS.labels("providers_busy").inc()
+                self.count_refused(phone, mode, client)
+                metrics.REFUSALS.labels(metrics.client_label(client), "providers_busy").inc()
                 if gate is not None:
                     gate.run()
                 raise ProvidersBusy(
@@ -181,14 +181,18 @@ class Starting(ServiceBase):
                 # Labelled with the provider that failed last, so a dashboard shows whose.
                 cause = exc.__cause__
                 failed = cause.last_provider if isinstance(cause, DeliveryError) else ""
-                metrics.STARTS.labels(failed or "none", country, mode, "failed").inc()
+                metrics.STARTS.labels(
+                    metrics.client_label(client), failed or "none", country, mode, "failed"
+                ).inc()
                 raise
             except OtpError:
-                self.count_refused(phone, mode)
+                self.count_refused(phone, mode, client)
                 raise
         verification = outcome.verification
         result = "created" if outcome.created else "escalated" if escalation else "resent"
-        metrics.STARTS.labels(verification.provider or "none", country, mode, result).inc()
+        metrics.STARTS.labels(
+            metrics.client_label(client), verification.provider or "none", country, mode, result
+        ).inc()
         return outcome
 
     def _account_key(self, client: str, user_id: str | None) -> str | None:
@@ -204,11 +208,11 @@ class Starting(ServiceBase):
         digest = self.keyring.subject_key("owner", client + "\0" + end_user_scope)
         return f"{client}~{digest}"
 
-    def count_refused(self, phone: Phone, mode: str) -> None:
+    def count_refused(self, phone: Phone, mode: str, client: str) -> None:
         """A refused start, in ``otpsvc_verifications_started_total``: also one that its request
         limits refused before the service saw it."""
         country = metrics.country_label(phone.region, self.allowed_countries)
-        metrics.STARTS.labels("none", country, mode, "refused").inc()
+        metrics.STARTS.labels(metrics.client_label(client), "none", country, mode, "refused").inc()
 
     def _start(
         self,

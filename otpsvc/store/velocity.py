@@ -257,9 +257,12 @@ class VelocityStore:
             return Refusal("client_kill", 60)
         return Refusal(items[index - gates - 1].kind, -(-int(result[1]) // 1000))
 
-    def budget_used(self, spec: str, now_ms: int) -> list[tuple[int, int, int]]:
-        """(window seconds, calls in it, limit) for each window of the call budget."""
-        budget = counters("budget", "all", spec)
+    def budget_used(
+        self, spec: str, now_ms: int, *, kind: str = "budget", who: str = "all"
+    ) -> list[tuple[int, int, int]]:
+        """(window seconds, calls in it, limit) for each window of a call budget: of every
+        client together, or (``kind="client_budget"``) the client ``who``'s own."""
+        budget = counters(kind, who, spec)
         with store_guard():
             pipe = self.redis.pipeline(transaction=False)
             for c in budget:

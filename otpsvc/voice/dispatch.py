@@ -174,13 +174,17 @@ class Dispatcher:
                         if call.channel == "sms"
                         else provider.place_call(call)
                     )
-                metrics.CALLS.labels(provider.name, call.country).inc()
+                metrics.CALLS.labels(
+                    metrics.client_label(call.client), provider.name, call.country
+                ).inc()
                 return placed
             except ProviderError as exc:
                 metrics.PROVIDER_ERRORS.labels(provider.name, _reason(exc)).inc()
                 # Only the provider's own health opens its circuit: one tenant's bad numbers
                 # must not cut a single-provider country off for every tenant.
                 opened = bool(exc.health and self.breaker.record_failure(provider.name, now_ms))
+                if opened:
+                    metrics.BREAKER_OPENINGS.labels(provider.name).inc()
                 log.warning(
                     "provider failed for verification %s: %s",
                     call.verification_id,

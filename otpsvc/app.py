@@ -19,21 +19,21 @@ from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
 from otpsvc.config import Settings, load_settings
 from otpsvc.config.loading import UNGUARDED_METRICS
+from otpsvc.config.providers import providers_for
 from otpsvc.core.abuse import AbusePolicy
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.ladder import lease_ms_for
-from otpsvc.core.phones import mask_e164 as mask
 from otpsvc.core.service import Policy, VerificationService
 from otpsvc.dev.inbox import CallInbox
 from otpsvc.events import EventQueue, EventSettings
 from otpsvc.logs import JsonFormatter, RequestIdFilter
+from otpsvc.phones import mask_e164 as mask
 from otpsvc.store import VerificationStore, connect, parse_redis_url
 from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.dispatch import Bulkhead, Dispatcher
-from otpsvc.voice.registry import providers_for
 
 MAX_BODY_BYTES = 16 * 1024
 

@@ -45,9 +45,9 @@ import requests
 from standardwebhooks import Webhook
 
 from otpsvc import metrics
-from otpsvc.api.schemas import verification_view
 from otpsvc.config import Settings
 from otpsvc.core.models import Status, Verification
+from otpsvc.core.views import verification_view
 from otpsvc.errors import StoreUnavailable
 from otpsvc.store.connection import STORE_ERRORS, RedisClient, is_cluster, per_node
 from otpsvc.store.due import DueIndex, due_channel

@@ -36,9 +36,9 @@ from otpsvc.api.context import (
 from otpsvc.api.docs import html_page
 from otpsvc.api.schemas import VERIFICATION_ID, PhoneField, load
 from otpsvc.api.webhooks import received
-from otpsvc.core.phones import InvalidPhone, parse_phone
 from otpsvc.dev.inbox import FAULTS, CallInbox, InboxCall
 from otpsvc.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from otpsvc.phones import InvalidPhone, parse_phone
 
 api = Blueprint("dev", __name__, url_prefix="/dev")
 api.before_request(authenticate)

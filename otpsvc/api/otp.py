@@ -27,9 +27,10 @@ from otpsvc.api.schemas import (
     StartRequest,
     check_view,
     load,
-    verification_view,
 )
 from otpsvc.core.addresses import address_bucket
+from otpsvc.core.draft import StartAsk
+from otpsvc.core.views import verification_view
 from otpsvc.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
@@ -216,7 +217,7 @@ def start() -> Response:
 
 
 def _start(rt: Runtime, data: dict[str, Any], person: Person, gate: Gate | None = None) -> Response:
-    outcome = rt.service.start(
+    ask = StartAsk(
         client=current_client(),
         phone=data["phone"],
         code_length=data.get("code_length"),
@@ -225,10 +226,10 @@ def _start(rt: Runtime, data: dict[str, Any], person: Person, gate: Gate | None 
         mode=data["mode"],
         end_user_ip=person.address,
         end_user_id=person.user_id,
-        gate=gate,
         brand=data.get("brand"),
         end_user_scope=person.scope,
     )
+    outcome = rt.service.start(ask, gate)
     response = jsonify(verification_view(outcome.verification))
     response.status_code = 201 if outcome.created else 200
     return response

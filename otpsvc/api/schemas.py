@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
 from otpsvc.config.model import BRAND
-from otpsvc.core.models import CheckOutcome, Verification
-from otpsvc.core.phones import InvalidPhone, Phone, parse_phone
+from otpsvc.core.models import CheckOutcome
 from otpsvc.errors import InvalidRequest
+from otpsvc.phones import InvalidPhone, Phone, parse_phone
 
 VERIFICATION_ID = re.compile(r"\A[0-9a-f]{36}\Z", re.ASCII)
 
@@ -110,49 +109,6 @@ def _flatten(errors: dict[str, list[str]], path: str, value: Any) -> None:
         errors.setdefault(path, []).extend(str(v) for v in value)
     else:
         errors.setdefault(path, []).append(str(value))
-
-
-def timestamp(epoch: float) -> str:
-    """RFC 3339, UTC, millisecond precision."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def verification_view(v: Verification) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": v.id,
-        "status": v.status.value,
-        "phone": v.phone_masked,
-        "mode": v.mode,
-        "code_length": v.code_length,
-        "locale": v.locale,
-        "client_ref": v.client_ref,
-        "created_at": timestamp(v.created_at),
-        "expires_at": timestamp(v.expires_at),
-        "attempts_remaining": v.attempts_remaining,
-        "sends": v.sends,
-        "resend_available_at": timestamp(v.resend_at),
-        "provider": v.provider,
-        "delivery": {"status": v.delivery_status, "provider_message_id": v.provider_message_id},
-    }
-    if v.ladder is not None:
-        calls = v.ladder.calls
-        view["ladder"] = {
-            "steps": [
-                {
-                    "channel": call.channel,
-                    "provider": call.provider,
-                    "placed_at": timestamp(call.placed_at),
-                    # The last call's status is the delivery's; an earlier one's, why it moved on.
-                    "status": call.next_because
-                    or (v.delivery_status if i == len(calls) - 1 else None),
-                }
-                for i, call in enumerate(calls)
-            ],
-            "next_step_at": None if v.ladder.next_at is None else timestamp(v.ladder.next_at),
-            "stopped": v.ladder.stopped,
-        }
-    return view
 
 
 def check_view(outcome: CheckOutcome) -> dict[str, Any]:

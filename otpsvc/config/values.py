@@ -18,7 +18,7 @@ from otpsvc.config.secrets import (
     MIN_SECRET_LENGTH,
     weakness,
 )
-from otpsvc.core.phones import InvalidPhone, parse_phone
+from otpsvc.phones import InvalidPhone, parse_phone
 from otpsvc.voice.registry import PROVIDERS
 
 

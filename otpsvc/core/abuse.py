@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from otpsvc import metrics
 from otpsvc.config import Settings
 from otpsvc.core.audit import audit
-from otpsvc.core.phones import Phone
 from otpsvc.errors import (
     CallsSuspended,
     CountryNotAllowed,
     NumberTypeNotAllowed,
     RateLimited,
 )
+from otpsvc.phones import Phone
 from otpsvc.store.velocity import Counter, Refusal, counters
 
 

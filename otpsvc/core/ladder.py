@@ -29,9 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from otpsvc import metrics
 from otpsvc.config.model import ladder_of
-from otpsvc.core.phones import InvalidPhone, parse_phone
-from otpsvc.core.start import Escalation, Starting, StepNotTaken
+from otpsvc.core.draft import Escalation, StartAsk, StepNotTaken
+from otpsvc.core.start import Starting
 from otpsvc.errors import OtpError, ProvidersBusy
+from otpsvc.phones import InvalidPhone, parse_phone
 from otpsvc.store.connection import STORE_ERRORS
 
 log = logging.getLogger("otpsvc.core")
@@ -80,20 +81,18 @@ class Escalating(Starting):
             # The step counts against the person the verification was started for (their
             # address and account limits), as the first call did: never against a shared
             # "unknown" that one person could fill for everyone.
+            escalation = Escalation(
+                verification_id, step, steps, claim.owner or claim.client, claim.phone_key, person
+            )
             self.start(
-                client=claim.client,
-                phone=phone,
-                locale=claim.locale,
-                brand=claim.brand or None,
-                mode="keypress" if claim.mode == "k" else "code",
-                escalation=Escalation(
-                    verification_id,
-                    step,
-                    steps,
-                    claim.owner or claim.client,
-                    claim.phone_key,
-                    person,
-                ),
+                StartAsk(
+                    client=claim.client,
+                    phone=phone,
+                    locale=claim.locale,
+                    brand=claim.brand or None,
+                    mode="keypress" if claim.mode == "k" else "code",
+                    escalation=escalation,
+                )
             )
         except StepNotTaken as exc:
             log.info("escalation step %d of %s not placed: %s", step + 1, verification_id, exc)

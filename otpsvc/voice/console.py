@@ -25,8 +25,8 @@ from itertools import count
 
 import requests
 
-from otpsvc.core.phones import mask_e164
 from otpsvc.dev.inbox import CallInbox, InboxCall
+from otpsvc.phones import mask_e164
 from otpsvc.voice.base import CallRequest, CallResult, ProviderError, Speech
 from otpsvc.voice.scripts import LANGUAGE_TAGS, language_of
 from otpsvc.voice.templates import render_sms, render_text

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from marshmallow import Schema
 
@@ -18,9 +18,6 @@ from otpsvc.voice.cequens import CequensProvider, CequensSettingsSchema
 from otpsvc.voice.console import ConsoleProvider
 from otpsvc.voice.sevenio import SevenioProvider, SevenioSettingsSchema
 from otpsvc.voice.termii import TermiiProvider, TermiiSettingsSchema
-
-if TYPE_CHECKING:
-    from otpsvc.config import Settings
 
 
 @dataclass(frozen=True)
@@ -77,20 +74,6 @@ PROVIDERS: dict[str, ProviderSpec] = {
         sms=True,
     ),
 }
-
-
-def providers_for(settings: Settings, inbox: CallInbox | None) -> dict[str, VoiceProvider]:
-    """The providers ``settings`` name (a client's, for ``otpsvc say``), as they speak for it."""
-    return build_providers(
-        settings.all_providers,
-        dict(settings.provider_settings),
-        ProviderContext(
-            timeouts=Timeouts(settings.provider_connect_timeout, settings.provider_read_timeout),
-            speech=Speech(brand=settings.brand, repeats=settings.call_repeats),
-            public_url=settings.public_url,
-            inbox=inbox,
-        ),
-    )
 
 
 def build_providers(

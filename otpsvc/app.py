@@ -31,6 +31,7 @@ from otpsvc.phones import mask_e164 as mask
 from otpsvc.store import VerificationStore, connect, parse_redis_url
 from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
+from otpsvc.store.connection import RedisClient
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.dispatch import Bulkhead, Dispatcher
@@ -83,7 +84,6 @@ def create_app(
         app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
             app.wsgi_app, settings.trusted_proxies, settings.trusted_proxy_networks
         )
-
     client = connect(
         settings.redis_url,
         socket_timeout=settings.redis_socket_timeout,
@@ -93,6 +93,13 @@ def create_app(
     if clock is None:
         clock = RedisClock(client)
     _warn_expired_test_numbers(settings, clock, log)
+    app.extensions["otpsvc"] = _runtime(settings, client, clock)
+    _register(app, settings)
+    return app
+
+
+def _runtime(settings: Settings, client: RedisClient, clock: Callable[[], float]) -> Runtime:
+    """Every part of an app, on one Redis client and one clock."""
     # Sentinel and Cluster deployments have replicas: a check's attempt must reach one.
     replicated = parse_redis_url(settings.redis_url).kind != "single"
     event_settings = EventSettings.from_settings(settings)
@@ -107,6 +114,31 @@ def create_app(
     inbox = (
         CallInbox(client, settings.redis_prefix, keyring.phone_key) if settings.dev_mode else None
     )
+    dispatcher = _dispatcher(settings, client, clock, inbox)
+    service = _service(settings, client, clock, store, keyring, dispatcher)
+    return Runtime(
+        settings=settings,
+        redis=client,
+        store=store,
+        service=service,
+        dispatcher=dispatcher,
+        request_limits=RequestLimits(client, settings, clock, keyring.subject_key),
+        idempotency=IdempotencyStore(
+            client,
+            settings.redis_prefix,
+            settings.idempotency_ttl,
+            max_keys=settings.idempotency_max_keys,
+            clock=clock,
+        ),
+        inbox=inbox,
+        events=EventQueue(client, settings.redis_prefix, event_settings),
+    )
+
+
+def _dispatcher(
+    settings: Settings, client: RedisClient, clock: Callable[[], float], inbox: CallInbox | None
+) -> Dispatcher:
+    """The providers, their routes, their shared breakers and this process's bulkhead."""
     providers = providers_for(settings, inbox)
     metrics.start_at_zero(providers, [c.name for c in settings.clients])
     breaker = BreakerStore(
@@ -116,20 +148,25 @@ def create_app(
         window_ms=settings.breaker_window * 1000,
         cooloff_ms=settings.breaker_cooloff * 1000,
     )
-    dispatcher = Dispatcher(
-        providers,
-        settings.providers,
-        settings.routes,
-        breaker,
-        clock,
-        Bulkhead(
-            settings.provider_concurrency,
-            # Well under a provider call's own bound: at most half its read timeout.
-            wait=min(settings.provider_slot_wait, settings.provider_read_timeout / 2),
-            # One thread of the worker always stays free for checks, webhooks and probes.
-            waiters=max(0, settings.worker_threads - settings.provider_concurrency - 1),
-        ),
+    bulkhead = Bulkhead(
+        settings.provider_concurrency,
+        # Well under a provider call's own bound: at most half its read timeout.
+        wait=min(settings.provider_slot_wait, settings.provider_read_timeout / 2),
+        # One thread of the worker always stays free for checks, webhooks and probes.
+        waiters=max(0, settings.worker_threads - settings.provider_concurrency - 1),
     )
+    return Dispatcher(providers, settings.providers, settings.routes, breaker, clock, bulkhead)
+
+
+def _service(
+    settings: Settings,
+    client: RedisClient,
+    clock: Callable[[], float],
+    store: VerificationStore,
+    keyring: Keyring,
+    dispatcher: Dispatcher,
+) -> VerificationService:
+    """The verification service, with every client's own policy beside the global one."""
     service = VerificationService(
         store=store,
         keyring=keyring,
@@ -154,25 +191,11 @@ def create_app(
         settings.provider_read_timeout,
         len(settings.all_providers),
     )
-    events = EventQueue(client, settings.redis_prefix, event_settings)
-    app.extensions["otpsvc"] = Runtime(
-        settings=settings,
-        redis=client,
-        store=store,
-        service=service,
-        dispatcher=dispatcher,
-        request_limits=RequestLimits(client, settings, clock, keyring.subject_key),
-        idempotency=IdempotencyStore(
-            client,
-            settings.redis_prefix,
-            settings.idempotency_ttl,
-            max_keys=settings.idempotency_max_keys,
-            clock=clock,
-        ),
-        inbox=inbox,
-        events=events,
-    )
+    return service
 
+
+def _register(app: Flask, settings: Settings) -> None:
+    """The request hooks and the blueprints (the dev ones in dev mode only)."""
     tracing.register(app)
     problems.register(app)
     app.register_blueprint(health.bp)
@@ -184,7 +207,6 @@ def create_app(
         app.register_blueprint(dev.page)
         app.register_blueprint(dev.console_hooks)
         app.add_url_rule("/", "dev_root", lambda: redirect("/dev"))
-    return app
 
 
 def _all_countries(settings: Settings) -> frozenset[str] | None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import click
 import pytest
 import requests
 from click.testing import CliRunner
@@ -17,6 +20,8 @@ from otpsvc.cli import main
 from otpsvc.dev.redis_server import free_port
 from tests.conftest import KEY_A, PHONE, SECRET, TERMII_KEY, Api, base_env, wrong_code
 from tests.fakes.termii import FakeTermii
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -274,3 +279,41 @@ def test_serve_stops_on_a_bad_setting_with_status_2(env):
     )
     assert result.returncode == 2
     assert "OTPSVC_CODE_TTL" in result.stderr
+
+
+def test_every_command_says_what_it_does_and_where_the_docs_tell_more():
+    """The top level lists every command; each one's help names a page of the docs site."""
+    import yaml
+
+    from otpsvc.cli import main as command
+
+    nav = json.dumps(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])
+    runner = CliRunner()
+    listed = runner.invoke(command, ["--help"]).output
+    for name, sub in command.commands.items():
+        assert name in listed
+        names = [[name]]
+        if isinstance(sub, click.Group):
+            names += [[name, inner] for inner in sub.commands]
+        for words in names:
+            text = " ".join(runner.invoke(command, [*words, "--help"]).output.split())
+            found = re.search(r"More: the docs' \"([^\"]+)\"", text)
+            assert found, f"otpsvc {' '.join(words)} --help names no docs page"
+            assert f'"{found.group(1)}"' in nav, found.group(1)
+
+
+def test_the_cli_starts_without_the_web_app():
+    """`otpsvc --version` and an operator's command load neither Flask nor the app (the CLI
+    took over a second to start while every command imported them)."""
+    script = (
+        "import sys\n"
+        "from otpsvc.cli import main\n"
+        "try:\n"
+        "    main(['--version'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('flask', 'otpsvc.app', 'otpsvc.api') if m in sys.modules))\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert answer.stdout.strip().endswith("[]"), answer.stdout

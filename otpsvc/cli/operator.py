@@ -26,12 +26,14 @@ if TYPE_CHECKING:
 
 @click.group()
 def events() -> None:
-    """Events that could not be delivered within the retry window."""
+    """The events to the apps' webhooks: the failed ones, replays, retries now. More: the docs'
+    "Operating" page, events."""
 
 
 @events.command("failed")
 def events_failed() -> None:
-    """List the events kept as failed: id, client, type, verification, when, last answer."""
+    """List the events kept as failed: id, client, type, verification, when, last answer.
+    More: the docs' "Operating" page, events."""
     from otpsvc.store.connection import store_guard
 
     with redis_errors(), store_guard():
@@ -53,7 +55,7 @@ def events_failed() -> None:
 @click.option("--client", "client_name", default=None, help="With --all: this client's only.")
 def events_replay(message_id: str | None, every: bool, client_name: str | None) -> None:
     """Queue a failed event again, with the same webhook-id; or, with --all, every one (after a
-    receiver's outage). More: docs "Operating", events."""
+    receiver's outage). More: the docs' "Operating" page, events."""
     from otpsvc.store.connection import store_guard
 
     if bool(message_id) == every:
@@ -78,7 +80,7 @@ def events_replay(message_id: str | None, every: bool, client_name: str | None) 
 @click.option("--client", "client_name", default=None, help="This client's events only.")
 def events_retry_now(client_name: str | None) -> None:
     """Make every event waiting for its next try due now (a receiver is back after an outage:
-    its events need not wait out their back-off). More: docs "Operating", events."""
+    its events need not wait out their back-off). More: the docs' "Operating" page, events."""
     from otpsvc.store.connection import store_guard
 
     with redis_errors(), store_guard():
@@ -90,7 +92,7 @@ def events_retry_now(client_name: str | None) -> None:
 def migrate_keys_command() -> None:
     """Move what otpsvc 0.1 stored (four-hex-digit hash tags) to the current key layout: blocks,
     failure caps, pending verifications and their expiry watch. Run once the last 0.1 process is
-    gone; running it again is harmless."""
+    gone; running it again is harmless. More: the docs' "Operating" page, operator commands."""
     from otpsvc.store.connection import store_guard
     from otpsvc.store.migrate import migrate_keys
 
@@ -107,7 +109,8 @@ def migrate_keys_command() -> None:
 
 @click.group()
 def calls() -> None:
-    """The kill switch: suspend or resume every call, at run time, for every instance."""
+    """The kill switch: suspend or resume every call (or one client's), at run time, for every
+    instance. More: the docs' "Operating" page, operator commands."""
 
 
 def _kill_switch(action: Callable[[Any, VelocityStore], None]) -> None:
@@ -145,7 +148,7 @@ def _known_client(name: str | None) -> str | None:
 @CLIENT
 def suspend(reason: str, api_client: str | None) -> None:
     """Refuse every start (or one client's) with 503 calls_suspended until `otpsvc calls
-    resume`. More: docs "Operating", operator commands."""
+    resume`. More: the docs' "Operating" page, operator commands."""
     from otpsvc.core.audit import audit
 
     audit_to_stderr()
@@ -165,7 +168,7 @@ def suspend(reason: str, api_client: str | None) -> None:
 @CLIENT
 def resume(reason: str, api_client: str | None) -> None:
     """Lift the kill switch, every client's or one client's own (OTPSVC_CALLS_ENABLED=false
-    still applies where it is set)."""
+    still applies where it is set). More: the docs' "Operating" page, operator commands."""
     from otpsvc.core.audit import audit
 
     audit_to_stderr()
@@ -190,7 +193,8 @@ def resume(reason: str, api_client: str | None) -> None:
 
 @calls.command()
 def status() -> None:
-    """Whether calls may be placed, and how much of the call budget is used."""
+    """Whether calls may be placed, and how much of the call budget is used. More: the docs'
+    "Operating" page, operator commands."""
     import limits
 
     settings = load()
@@ -229,7 +233,7 @@ def _utc(epoch: int) -> str:
 @click.argument("phone")
 def unblock(phone: str) -> None:
     """Lift number_blocked, the daily failed-check caps and the slow-down for one number,
-    for every client (audited)."""
+    for every client (audited). More: the docs' "Operating" page, operator commands."""
     from otpsvc.core.audit import audit
     from otpsvc.core.keyring import Keyring
     from otpsvc.phones import InvalidPhone, parse_phone

@@ -174,7 +174,8 @@ def serve() -> None:
 
     The bundled gunicorn.conf.py honours PORT (8080), WEB_CONCURRENCY (workers) and
     GUNICORN_CMD_ARGS (any other gunicorn option). The settings are checked first, so a bad one
-    is one clear message and exit status 2 instead of a worker boot loop.
+    is one clear message and exit status 2 instead of a worker boot loop. SIGHUP reads every
+    setting again. More: the docs' "Deploying" page.
     """
     load()
     # glibc reads these at start-up, so they are set before gunicorn runs. Without a fixed mmap

@@ -23,7 +23,8 @@ def check_config(no_redis: bool) -> None:
     Redis and say how it keeps its data.
 
     Exit status 0; 2 with one message per problem (the same list as at start-up); 1 when Redis
-    cannot be reached (``--no-redis`` skips that, and says so).
+    cannot be reached (``--no-redis`` skips that, and says so). More: the docs' "Deploying"
+    page.
     """
     from otpsvc.api.health import NO_PERSISTENCE
 

@@ -20,7 +20,8 @@ SAMPLE_DIGITS = "48291375"
 @click.option("--mode", type=click.Choice(["code", "keypress"]), default="code", show_default=True)
 def say(client_name: str | None, locale: str | None, mode: str) -> None:
     """Print exactly what each provider on the client's routes would be sent (text or SSML),
-    with a sample code, and which template it comes from."""
+    with a sample code, and which template it comes from. More: the docs' "Several apps" page,
+    templates."""
     from otpsvc.config.providers import providers_for
     from otpsvc.core.keyring import Keyring
     from otpsvc.dev.inbox import CallInbox
@@ -99,7 +100,7 @@ def listen(
     """The listening test: an offline voice reads each script (plain text and SSML), a
     telephone line degrades it, an offline recognizer writes down what it heard; per code, the
     digits heard in every reading, the pauses, and a verdict. Needs otpsvc[speech], and Debian's
-    libttspico-utils and sox."""
+    libttspico-utils and sox. More: the docs' "Listening test" page."""
     from otpsvc.listen import (
         NOT_CHECKABLE,
         VOICES,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -97,26 +98,62 @@ def environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("OTPSVC_")}
 
 
+@dataclass
+class _Loaded:
+    """The core settings as far as they loaded, and which variables failed."""
+
+    core: dict[str, Any]
+    failed: set[str]
+
+    def trusted(self, *variables: str) -> bool:
+        """A check across settings runs only on settings that loaded: one that failed would
+        stand in with its default and report a problem that is not there."""
+        return bool(self.core) and not self.failed.intersection(variables)
+
+
 def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
-    """Build the settings from ``source`` (default: the process environment)."""
+    """Build the settings from ``source`` (default: the process environment). Every problem is
+    reported at once: the core settings, each provider's, the checks across settings, the
+    secrets, the test numbers, then the client file."""
     env = environment() if source is None else source
     problems: list[str] = []
     relevant = read_secret_files(
         {k: v for k, v in env.items() if k.startswith("OTPSVC_")}, problems
     )
-    failed: set[str] = set()
     try:
-        core: dict[str, Any] = SettingsSchema().load(relevant, unknown=EXCLUDE)
+        loaded = _Loaded(SettingsSchema().load(relevant, unknown=EXCLUDE), set())
     except ValidationError as exc:
         problems += _problems(exc.messages)
         failed = set(exc.messages)
-        core = _load_the_rest(relevant, failed)
+        loaded = _Loaded(_load_the_rest(relevant, failed), failed)
+    core = loaded.core
+    provider_settings = _provider_settings(core, relevant, problems)
+    problems += _cross_problems(loaded, provider_settings)
+    problems += _secret_problems(relevant)
+    problems += _test_number_problems(loaded)
+    warnings = _shared_limit_checks(loaded, problems)
+    client_file: ClientFile | None = None
+    file_problems: list[str] = []
+    if core.get("clients_file") and loaded.trusted("OTPSVC_CLIENTS_FILE", "OTPSVC_API_KEYS"):
+        clients = {c.name for c in core.get("clients", ())}
+        client_file = read_client_file(core["clients_file"], clients, file_problems)
+    if problems:
+        raise ConfigError(sorted(problems + file_problems))
+    unknown = tuple(sorted(set(relevant) - _known_variables() - {"OTPSVC_TEST_REDIS_URL"}))
+    settings = Settings(
+        provider_settings=provider_settings, unknown=unknown, warnings=tuple(warnings), **core
+    )
+    if client_file is None:
+        if file_problems:
+            raise ConfigError(sorted(file_problems))
+        return settings
+    return _with_client_file(settings, relevant, client_file, file_problems)
 
-    def trusted(*variables: str) -> bool:
-        """A check across settings runs only on settings that loaded: one that failed would
-        stand in with its default and report a problem that is not there."""
-        return bool(core) and not failed.intersection(variables)
 
+def _provider_settings(
+    core: dict[str, Any], relevant: Mapping[str, Any], problems: list[str]
+) -> dict[str, Any]:
+    """Each named provider's own settings, and whether it may run here at all."""
     provider_settings: dict[str, Any] = {}
     named = named_providers(
         core.get("providers", ()), core.get("routes", {}), core.get("ladder", ())
@@ -142,7 +179,6 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             provider_settings[name] = schema.load(relevant, unknown=EXCLUDE)
         except ValidationError as exc:
             problems += _problems(exc.messages)
-
     for step in core.get("ladder", ()):
         needs = SMS_SENDERS.get(step.provider) if step.channel == "sms" else None
         own = provider_settings.get(step.provider)
@@ -151,6 +187,13 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
                 f"{needs}: required by the ladder's sms:{step.provider} step (a sender "
                 "registered with the provider)"
             )
+    return provider_settings
+
+
+def _cross_problems(loaded: _Loaded, provider_settings: Mapping[str, Any]) -> list[str]:
+    """The checks across settings, each on settings that loaded."""
+    core, trusted = loaded.core, loaded.trusted
+    problems: list[str] = []
     cequens = provider_settings.get("cequens")
     geography = ("OTPSVC_PROVIDERS", "OTPSVC_ROUTES", "OTPSVC_ALLOWED_COUNTRIES")
     if cequens is not None and trusted(*geography, "OTPSVC_DEFAULT_LOCALE"):
@@ -177,6 +220,21 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             f"({core['worker_threads']}): starts waiting on providers would leave no thread for "
             "checks, webhooks and probes"
         )
+    problems += _proxy_problems(loaded)
+    if trusted(
+        "OTPSVC_API_KEYS",
+        "OTPSVC_EVENT_WEBHOOKS",
+        "OTPSVC_EVENT_WEBHOOK_SECRETS",
+        "OTPSVC_DEV_MODE",
+    ):
+        problems += event_problems(core)
+    return problems
+
+
+def _proxy_problems(loaded: _Loaded) -> list[str]:
+    """Trusted proxies need the networks they connect from; a gateway caller needs both."""
+    core, trusted = loaded.core, loaded.trusted
+    problems: list[str] = []
     if (
         trusted("OTPSVC_TRUSTED_PROXIES", "OTPSVC_TRUSTED_PROXY_NETWORKS")
         and core.get("trusted_proxies")
@@ -196,13 +254,12 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             "OTPSVC_TRUSTED_PROXY_NETWORKS (where it connects from): without them every person "
             "behind the gateway counts as its one address, and one person's limits stop all"
         )
-    if trusted(
-        "OTPSVC_API_KEYS",
-        "OTPSVC_EVENT_WEBHOOKS",
-        "OTPSVC_EVENT_WEBHOOK_SECRETS",
-        "OTPSVC_DEV_MODE",
-    ):
-        problems += event_problems(core)
+    return problems
+
+
+def _secret_problems(relevant: Mapping[str, Any]) -> list[str]:
+    """Guessable keys and placeholders copied from an example."""
+    problems: list[str] = []
     for name in sorted(GUESSABLE_SECRETS):
         value = relevant.get(name)
         problem = weakness(value, MIN_API_KEY_BITS) if isinstance(value, str) and value else None
@@ -219,20 +276,28 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         value = relevant.get(name)
         if isinstance(value, str) and any(m in value.lower() for m in PLACEHOLDER_MARKERS):
             problems.append(f"{name}: is a placeholder from an example")
+    return problems
+
+
+def _test_number_problems(loaded: _Loaded) -> list[str]:
+    """A test number is a standing way past verification: inside the allowlist, for a known
+    client, and ending soon."""
+    core = loaded.core
+    if not loaded.trusted(
+        "OTPSVC_ALLOWED_COUNTRIES", "OTPSVC_API_KEYS", "OTPSVC_TEST_NUMBER_MAX_DAYS"
+    ):
+        return []
+    problems: list[str] = []
     allowed = core.get("allowed_countries")
     clients = {c.name for c in core.get("clients", ())}
     latest = date.today() + timedelta(days=core.get("test_number_max_days", 90))
-    numbers_checked = trusted(
-        "OTPSVC_ALLOWED_COUNTRIES", "OTPSVC_API_KEYS", "OTPSVC_TEST_NUMBER_MAX_DAYS"
-    )
-    for number in core.get("test_numbers", ()) if numbers_checked else ():
+    for number in core.get("test_numbers", ()):
         if allowed is not None and number.region not in allowed:
             problems.append(
                 f"OTPSVC_TEST_NUMBERS: a test number in {number.region} is outside "
                 "OTPSVC_ALLOWED_COUNTRIES"
             )
         if number.last_day > latest:
-            # A test number is a standing way past verification: it must end, and soon.
             problems.append(
                 f"OTPSVC_TEST_NUMBERS: a test number's last day {number.last_day} is more than "
                 f"OTPSVC_TEST_NUMBER_MAX_DAYS ({core.get('test_number_max_days')}) days ahead"
@@ -241,39 +306,32 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
             problems.append(
                 f"OTPSVC_TEST_NUMBERS: {number.client!r} is not a client of OTPSVC_API_KEYS"
             )
-    warnings: list[str] = []
-    if core:
-        variables = setting_variables()
-        pairs = tuple(
-            pair for pair in SHARED_LIMITS if trusted(*(variables[name] for name in pair))
-        )
-        problems += ceiling_problems(core, tuple(p for p in pairs if p != SHARED_LIMITS[-1]))
-        # A call budget below one client's share is legitimate on a small deployment, but then
-        # one client can spend it for all: said, not refused.
-        warnings += ceiling_problems(core, tuple(p for p in pairs if p == SHARED_LIMITS[-1]))
-        if not core.get("metrics_token") and not core.get("dev_mode"):
-            warnings.append(UNGUARDED_METRICS)
-    client_file: ClientFile | None = None
-    file_problems: list[str] = []
-    if core.get("clients_file") and trusted("OTPSVC_CLIENTS_FILE", "OTPSVC_API_KEYS"):
-        client_file = read_client_file(core["clients_file"], clients, file_problems)
-    if problems:
-        raise ConfigError(sorted(problems + file_problems))
-    known = {f.data_key for f in SettingsSchema().fields.values()} | {
-        f.data_key
-        for spec in PROVIDERS.values()
-        if spec.settings_schema is not None
-        for f in spec.settings_schema().fields.values()
-    }
-    unknown = tuple(sorted(set(relevant) - known - {"OTPSVC_TEST_REDIS_URL"}))
-    settings = Settings(
-        provider_settings=provider_settings, unknown=unknown, warnings=tuple(warnings), **core
+    return problems
+
+
+def _shared_limit_checks(loaded: _Loaded, problems: list[str]) -> list[str]:
+    """Ceilings below a client's share are problems; a call budget below one is a warning (a
+    small deployment may mean it, but then one client can spend it for all). The warnings."""
+    core = loaded.core
+    if not core:
+        return []
+    variables = setting_variables()
+    pairs = tuple(
+        pair for pair in SHARED_LIMITS if loaded.trusted(*(variables[name] for name in pair))
     )
-    if client_file is None:
-        if file_problems:
-            raise ConfigError(sorted(file_problems))
-        return settings
-    return _with_client_file(settings, relevant, client_file, file_problems)
+    problems += ceiling_problems(core, tuple(p for p in pairs if p != SHARED_LIMITS[-1]))
+    warnings = ceiling_problems(core, tuple(p for p in pairs if p == SHARED_LIMITS[-1]))
+    if not core.get("metrics_token") and not core.get("dev_mode"):
+        warnings.append(UNGUARDED_METRICS)
+    return warnings
+
+
+def _known_variables() -> set[str]:
+    """Every variable the core or a provider reads."""
+    schemas = [SettingsSchema()] + [
+        spec.settings_schema() for spec in PROVIDERS.values() if spec.settings_schema is not None
+    ]
+    return {f.data_key for schema in schemas for f in schema.fields.values() if f.data_key}
 
 
 def _with_client_file(

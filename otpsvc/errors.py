@@ -146,6 +146,29 @@ class RateLimited(TooManyRequests):
     code = "rate_limited"
 
 
+class SpendBudgetExceeded(TooManyRequests):
+    """A budget in money (``OTPSVC_BUDGET``, or a client's own ``budget``) would be overspent by
+    this send's price: nothing was counted, no call placed. Names the budget and the currency."""
+
+    code = "spend_budget"
+
+    def __init__(
+        self,
+        retry_after: float,
+        detail: str,
+        *,
+        budget: str,
+        currency: str,
+        scope: str,
+    ) -> None:
+        super().__init__(retry_after, detail, limit="budget", scope=scope)
+        self.budget = budget
+        self.currency = currency
+
+    def extensions(self) -> dict[str, object]:
+        return {**super().extensions(), "budget": self.budget, "currency": self.currency}
+
+
 class MaxAttemptsReached(TooManyRequests):
     code = "max_attempts_reached"
 

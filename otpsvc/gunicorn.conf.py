@@ -79,25 +79,29 @@ def on_reload(server: object) -> None:
 
 def _accept_settings(server: object, *, reloading: bool) -> None:
     from otpsvc import metrics
-    from otpsvc.config import clients, load_settings, loading
+    from otpsvc.config import clients, load_settings, loading, prices
     from otpsvc.config.secrets import read_secret_files
     from otpsvc.errors import ConfigError
 
     log = server.log  # type: ignore[attr-defined]
-    previous = (loading.accepted_environment, clients.accepted_text)
+    previous = (loading.accepted_environment, clients.accepted_text, prices.accepted_text)
     problems: list[str] = []
     try:
         loading.accepted_environment = None
         env = read_secret_files(loading.environment(), problems)
         if problems:
             raise ConfigError(problems)
-        path = env.get("OTPSVC_CLIENTS_FILE")
-        if path:
-            with open(path, encoding="utf-8") as handle:
+        # The files as they are now; workers forked later read these texts, not the files.
+        clients.accepted_text = prices.accepted_text = None
+        if env.get("OTPSVC_CLIENTS_FILE"):
+            with open(env["OTPSVC_CLIENTS_FILE"], encoding="utf-8") as handle:
                 clients.accepted_text = handle.read()
+        if env.get("OTPSVC_PRICES_FILE"):
+            with open(env["OTPSVC_PRICES_FILE"], encoding="utf-8") as handle:
+                prices.accepted_text = handle.read()
         load_settings(env)
     except (OSError, ConfigError) as exc:
-        loading.accepted_environment, clients.accepted_text = previous
+        loading.accepted_environment, clients.accepted_text, prices.accepted_text = previous
         said = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
         # In the metrics directory the workers share, so /metrics tells it until a good reload.
         metrics.SETTINGS_REFUSED.set(1)

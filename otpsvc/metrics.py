@@ -51,6 +51,12 @@ CALLS = Counter(
     "Calls (and SMS) a provider accepted, by client, provider and country.",
     ["client", "provider", "country"],
 )
+SPEND = Counter(
+    "otpsvc_spend_total",
+    "What the sends a provider took cost by the price file, in units of OTPSVC_CURRENCY, by "
+    "provider, channel and country.",
+    ["provider", "channel", "country"],
+)
 BREAKER_OPENINGS = Counter(
     "otpsvc_provider_breaker_openings_total",
     "Times a provider's circuit breaker opened (counted by the process whose failure opened it).",
@@ -100,6 +106,8 @@ REFUSAL_REASONS = (
     ),
     *(f"limit_{scope}" for scope in ("start_ip", "check_ip", "client", "auth_failures")),
     "limit_end_user_addresses",
+    "spend_budget",
+    "spend_budget_client",
 )
 #: Every reason ``otpsvc_provider_errors_total`` counts (``voice.dispatch``).
 PROVIDER_ERROR_REASONS = (
@@ -223,6 +231,10 @@ class SharedState:
     workers: int | None = None
     #: (events not yet delivered, age of the oldest in seconds), or None when not read.
     backlog: tuple[int, float] | None = None
+    #: The budgets in money: (period, spent, limit) of every client's together, and per client
+    #: of its own.
+    spend: list[tuple[str, int, int]] = field(default_factory=list)
+    client_spend: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
 
 
 class SharedStateCollector(Collector):
@@ -276,24 +288,49 @@ class SharedStateCollector(Collector):
             yield from _backlog_families(*state.backlog)
 
 
+def _ratio_family(
+    name: str, text: str, labels: list[str], rows: Iterable[tuple[list[str], int, int]]
+) -> GaugeMetricFamily:
+    """A gauge of used over limit per label set (0 where there is no limit)."""
+    family = GaugeMetricFamily(name, text, labels=labels)
+    for values, used, limit in rows:
+        family.add_metric(values, used / limit if limit else 0.0)
+    return family
+
+
 def _budget_families(state: SharedState) -> Iterator[GaugeMetricFamily]:
-    budget = GaugeMetricFamily(
+    yield _ratio_family(
         "otpsvc_call_budget_used_ratio",
         "Calls placed in the window over the call budget of every client together.",
-        labels=["window"],
+        ["window"],
+        (([str(window)], used, limit) for window, used, limit in state.budget),
     )
-    for window, used, limit in state.budget:
-        budget.add_metric([str(window)], used / limit if limit else 0.0)
-    yield budget
-    own = GaugeMetricFamily(
+    yield _ratio_family(
         "otpsvc_client_call_budget_used_ratio",
         "Calls placed for a client in the window over its own call budget (clients with one).",
-        labels=["client", "window"],
+        ["client", "window"],
+        (
+            ([client, str(window)], used, limit)
+            for client, windows in sorted(state.client_budgets.items())
+            for window, used, limit in windows
+        ),
     )
-    for client, windows in sorted(state.client_budgets.items()):
-        for window, used, limit in windows:
-            own.add_metric([client, str(window)], used / limit if limit else 0.0)
-    yield own
+    yield _ratio_family(
+        "otpsvc_spend_budget_used_ratio",
+        "Money spent in this calendar period over the budget in money of every client together.",
+        ["period"],
+        (([period], used, limit) for period, used, limit in state.spend),
+    )
+    yield _ratio_family(
+        "otpsvc_client_spend_budget_used_ratio",
+        "Money spent for a client in this calendar period over its own budget in money.",
+        ["client", "period"],
+        (
+            ([client, period], used, limit)
+            for client, periods in sorted(state.client_spend.items())
+            for period, used, limit in periods
+        ),
+    )
 
 
 def _backlog_families(waiting: int, oldest_age: float) -> Iterator[GaugeMetricFamily]:

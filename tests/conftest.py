@@ -21,6 +21,7 @@ from werkzeug.test import TestResponse
 from otpsvc import create_app
 from otpsvc.dev.deployments import LocalCluster, LocalSentinel
 from otpsvc.dev.redis_server import RedisServer
+from otpsvc.events import EventWorker
 from tests.fakes.alphasms import FakeAlphasms
 from tests.fakes.cequens import FakeCequens
 from tests.fakes.http import FakeServer
@@ -302,3 +303,20 @@ def api_b(app: Flask, openapi: OpenAPI) -> Api:
 def wrong_code(code: str) -> str:
     """A code of the same length that is certainly not ``code``."""
     return str((int(code) + 1) % 10 ** len(code)).zfill(len(code))
+
+
+@pytest.fixture
+def worker_for():  # type: ignore[no-untyped-def]
+    running: list[tuple[EventWorker, threading.Thread]] = []
+
+    def start(app) -> EventWorker:  # type: ignore[no-untyped-def]
+        worker = EventWorker(app.extensions["otpsvc"].events)
+        thread = threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True)
+        thread.start()
+        running.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in running:
+        worker.stop()
+        thread.join(10)

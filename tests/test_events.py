@@ -45,23 +45,6 @@ def event_env(**webhooks: Receiver) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def worker_for():  # type: ignore[no-untyped-def]
-    running: list[tuple[EventWorker, threading.Thread]] = []
-
-    def start(app) -> EventWorker:  # type: ignore[no-untyped-def]
-        worker = EventWorker(app.extensions["otpsvc"].events)
-        thread = threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True)
-        thread.start()
-        running.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in running:
-        worker.stop()
-        thread.join(10)
-
-
 def test_an_approval_arrives_signed_per_standard_webhooks(
     make_app, openapi, termii: FakeTermii, receiver: Receiver, worker_for
 ):

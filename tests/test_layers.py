@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "otpsvc"
 
 #: Bottom to top: a module may import its own layer and those below, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "requestcontext", "phones"),
+    ("errors", "requestcontext", "phones", "money"),
     ("logs", "telemetry", "metrics", "serving", "healthcheck"),
     ("store", "dev"),
     ("voice",),

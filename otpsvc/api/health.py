@@ -12,6 +12,7 @@ from otpsvc import metrics
 from otpsvc.api.context import count_failed_authentication, runtime
 from otpsvc.api.proxies import VIA_TRUSTED_PROXY
 from otpsvc.errors import NotFound, StoreUnavailable, Unauthorized
+from otpsvc.store.velocity import Counter, VelocityStore
 
 bp = Blueprint("health", __name__)
 
@@ -126,14 +127,36 @@ def _shared_state() -> metrics.SharedState:
     needs_worker = bool(rt.events.settings.webhooks) or any(
         rt.settings.for_client(c.name).ladder for c in rt.settings.clients
     )
+    service = rt.service
+    own_spend = {
+        name: _spend(service.velocity, abuse.money_counters(name, 1, now_ms), "client_spend")
+        for name, abuse in service.client_abuse.items()
+        if abuse.own_spend
+    }
     return metrics.SharedState(
         budget=velocity.budget_used(rt.settings.call_budget, now_ms),
+        spend=_spend(velocity, service.abuse.money_counters("", 1, now_ms), "spend"),
+        client_spend=own_spend,
         suspended_since=_suspended_since(),
         breakers={name: until > now_ms for name, until in open_until.items()},
         client_budgets=client_budgets,
         workers=rt.events.workers_alive(now) if needs_worker else None,
         backlog=rt.events.backlog(now) if needs_worker else None,
     )
+
+
+#: A money counter's period, by the first letter of its bucket (``all:d20429``).
+PERIODS = {"h": "hour", "d": "day", "m": "month"}
+
+
+def _spend(velocity: VelocityStore, items: list[Counter], kind: str) -> list[tuple[str, int, int]]:
+    """(period, spent, limit) of the money counters of ``kind`` among ``items``."""
+    chosen = [c for c in items if c.kind == kind]
+    spent = velocity.spent(chosen) if chosen else []
+    return [
+        (PERIODS[c.who.rsplit(":", 1)[1][0]], used, c.limit)
+        for c, used in zip(chosen, spent, strict=True)
+    ]
 
 
 @bp.get("/openapi.yaml")

@@ -230,7 +230,7 @@ def _start(rt: Runtime, data: dict[str, Any], person: Person, gate: Gate | None 
         end_user_scope=person.scope,
     )
     outcome = rt.service.start(ask, gate)
-    response = jsonify(verification_view(outcome.verification))
+    response = jsonify(verification_view(outcome.verification, _currency()))
     response.status_code = 201 if outcome.created else 200
     return response
 
@@ -253,7 +253,7 @@ def read(verification_id: str) -> Response:
     verification = runtime().service.get(
         client=current_client(), verification_id=_checked_id(verification_id)
     )
-    return jsonify(verification_view(verification))
+    return jsonify(verification_view(verification, _currency()))
 
 
 @bp.post("/<verification_id>/cancel")
@@ -262,4 +262,10 @@ def cancel(verification_id: str) -> Response:
     verification = runtime().service.cancel(
         client=current_client(), verification_id=_checked_id(verification_id)
     )
-    return jsonify(verification_view(verification))
+    return jsonify(verification_view(verification, _currency()))
+
+
+def _currency() -> str | None:
+    """With a price file, its currency: a verification then shows what its sends cost."""
+    settings = runtime().settings
+    return settings.currency if settings.prices else None

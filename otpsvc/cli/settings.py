@@ -111,6 +111,8 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             text = ", ".join(f"{c.name} ({len(c.key_digests)} key(s))" for c in value)
         elif item.name == "test_numbers":
             text = ", ".join(f"{mask_e164(n.e164)} until {n.last_day}" for n in value) or "none"
+        elif item.name == "prices":
+            text = "none" if value is None else f"{len(value.table)} price tables"
         elif item.name == "provider_settings":
             text = ", ".join(f"{name}: {_public(s)}" for name, s in value.items()) or "none"
         elif item.name == "allowed_countries":

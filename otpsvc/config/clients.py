@@ -63,6 +63,7 @@ CLIENT_KEYS: dict[str, str] = {
     "velocity_country": "string",
     "velocity_client": "string",
     "call_budget": "string",
+    "budget": "string",
     "event_webhook": "string",
     "test_numbers": "list",
     "caller": "string",
@@ -103,15 +104,23 @@ def variable(key: str) -> str:
 def read_client_file(path: str, clients: set[str], problems: list[str]) -> ClientFile | None:
     """The file's tables, checked for shape (known clients, known keys, TOML types); what each
     value means is checked when the client's settings load. None when it cannot be read."""
-    text = accepted_text
-    if text is None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            problems.append(f"OTPSVC_CLIENTS_FILE: cannot read {path}: {exc.strerror}")
-            return None
-    return parse_client_file(text, clients, problems)
+    text = read_setting_file(path, accepted_text, "OTPSVC_CLIENTS_FILE", problems)
+    return None if text is None else parse_client_file(text, clients, problems)
+
+
+def read_setting_file(
+    path: str, accepted: str | None, variable: str, problems: list[str]
+) -> str | None:
+    """A settings file's text: as the gunicorn master last accepted it (``accepted``), or read
+    now; None, with a problem naming ``variable``, when it cannot be read."""
+    if accepted is not None:
+        return accepted
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        problems.append(f"{variable}: cannot read {path}: {exc.strerror}")
+        return None
 
 
 def parse_client_file(text: str, clients: set[str], problems: list[str]) -> ClientFile | None:

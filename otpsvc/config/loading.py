@@ -28,6 +28,7 @@ from otpsvc.config.clients import (
     with_clients,
 )
 from otpsvc.config.model import Settings, named_providers
+from otpsvc.config.prices import coverage_problems, read_price_file
 from otpsvc.config.schema import SettingsSchema
 from otpsvc.config.secrets import (
     GUESSABLE_SECRETS,
@@ -38,6 +39,7 @@ from otpsvc.config.secrets import (
     weakness,
 )
 from otpsvc.errors import ConfigError
+from otpsvc.money import PriceBook
 from otpsvc.voice.registry import PROVIDERS
 
 #: Said by the API's processes (and check-config), not by a worker, whose metrics port is its own.
@@ -128,6 +130,7 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         loaded = _Loaded(_load_the_rest(relevant, failed), failed)
     core = loaded.core
     provider_settings = _provider_settings(core, relevant, problems)
+    prices = _price_book(loaded, problems)
     problems += _cross_problems(loaded, provider_settings)
     problems += _secret_problems(relevant)
     problems += _test_number_problems(loaded)
@@ -141,13 +144,40 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
         raise ConfigError(sorted(problems + file_problems))
     unknown = tuple(sorted(set(relevant) - _known_variables() - {"OTPSVC_TEST_REDIS_URL"}))
     settings = Settings(
-        provider_settings=provider_settings, unknown=unknown, warnings=tuple(warnings), **core
+        provider_settings=provider_settings,
+        unknown=unknown,
+        warnings=tuple(warnings),
+        prices=prices,
+        **core,
     )
+    if prices is not None and (uncovered := coverage_problems(prices, _sends(settings))):
+        raise ConfigError(sorted(uncovered + file_problems))
     if client_file is None:
         if file_problems:
             raise ConfigError(sorted(file_problems))
         return settings
     return _with_client_file(settings, relevant, client_file, file_problems)
+
+
+def _price_book(loaded: _Loaded, problems: list[str]) -> PriceBook | None:
+    """The price file, when one is set; a money budget needs one."""
+    core = loaded.core
+    if core.get("budget") and not core.get("prices_file"):
+        problems.append(
+            "OTPSVC_BUDGET: needs OTPSVC_PRICES_FILE (a budget in money counts each send's price)"
+        )
+    if not core.get("prices_file") or not loaded.trusted("OTPSVC_PRICES_FILE", "OTPSVC_CURRENCY"):
+        return None
+    return read_price_file(core["prices_file"], core.get("currency"), problems)
+
+
+def _sends(settings: Settings) -> set[tuple[str, str]]:
+    """Each (provider, channel) these settings may send by: the routes' providers by voice, and
+    each ladder step's provider by its channel."""
+    voice = named_providers(settings.providers, settings.routes, ())
+    return {(name, "voice") for name in voice} | {
+        (step.provider, step.channel) for step in settings.ladder
+    }
 
 
 def _provider_settings(

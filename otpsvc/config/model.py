@@ -11,6 +11,8 @@ from typing import Any
 
 import phonenumbers
 
+from otpsvc.money import PriceBook
+
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
 #: A brand a call speaks: letters of any script, ASCII digits, spaces and . & ' -. Not other
 #: scripts' digits: a brand of Arabic-Indic or full-width digits would be read out as a number
@@ -211,6 +213,14 @@ class Settings:
     event_failed_days: int = 14
     #: When set, GET /metrics needs "Authorization: Bearer <token>".
     metrics_token: str | None = field(default=None, repr=False)
+    #: The accounting currency (ISO 4217) of the price file and the money budgets.
+    currency: str | None = None
+    #: The price file (see :mod:`otpsvc.config.prices`), and what it holds.
+    prices_file: str | None = None
+    prices: PriceBook | None = field(default=None, repr=False)
+    #: A money budget ("50.00 per day;1000 per month"): of every client together, or (in a
+    #: client's table) the client's own.
+    budget: str | None = None
 
     #: Per API client of the client file, its settings: these with what its table sets.
     client_settings: Mapping[str, Settings] = field(default_factory=dict, repr=False)

@@ -25,6 +25,7 @@ from otpsvc.config.values import (
     parse_test_numbers,
     split,
 )
+from otpsvc.money import CURRENCY, BadAmount, parse_budget
 from otpsvc.store.connection import parse_redis_url
 
 
@@ -33,6 +34,13 @@ def _limit_string(value: str) -> None:
         limits.parse_many(value)
     except ValueError as exc:
         raise ValidationError("not a rate limit such as '10 per minute;100 per day'") from exc
+
+
+def _money_budget(value: str) -> None:
+    try:
+        parse_budget(value)
+    except BadAmount as exc:
+        raise ValidationError(str(exc)) from exc
 
 
 class SettingsSchema(Schema):
@@ -290,6 +298,13 @@ class SettingsSchema(Schema):
     metrics_token = fields.String(
         data_key="OTPSVC_METRICS_TOKEN", load_default=None, validate=validate.Length(min=16)
     )
+    currency = fields.String(
+        data_key="OTPSVC_CURRENCY",
+        load_default=None,
+        validate=validate.Regexp(CURRENCY, error="an ISO 4217 code in capitals, such as EUR"),
+    )
+    prices_file = fields.String(data_key="OTPSVC_PRICES_FILE", load_default=None)
+    budget = fields.String(data_key="OTPSVC_BUDGET", load_default=None, validate=_money_budget)
     log_level = fields.String(
         data_key="OTPSVC_LOG_LEVEL",
         load_default="INFO",

@@ -22,7 +22,10 @@ from otpsvc.errors import (
     CountryNotAllowed,
     NumberTypeNotAllowed,
     RateLimited,
+    RetryLater,
+    SpendBudgetExceeded,
 )
+from otpsvc.money import MoneyBudget, PriceBook, parse_budget
 from otpsvc.phones import Phone
 from otpsvc.store.velocity import Counter, Refusal, counters
 
@@ -46,6 +49,13 @@ class AbusePolicy:
     #: A call budget of the client's own (from its table of the client file), beside the
     #: budget of every client together.
     own_budget: str | None = None
+    #: The price file, and the budgets in money: every client's together and the client's own.
+    prices: PriceBook | None = None
+    spend: tuple[MoneyBudget, ...] = ()
+    own_spend: tuple[MoneyBudget, ...] = ()
+    #: As configured, for a refusal's message ("50.00 per day").
+    spend_text: str = ""
+    own_spend_text: str = ""
 
     @classmethod
     def from_settings(cls, s: Settings) -> AbusePolicy:
@@ -64,6 +74,9 @@ class AbusePolicy:
             all_phone=s.velocity_phone_all,
             all_prefix=s.velocity_prefix_all,
             all_country=s.velocity_country_all,
+            prices=s.prices,
+            spend=parse_budget(s.budget) if s.budget else (),
+            spend_text=s.budget or "",
         )
 
     @classmethod
@@ -79,6 +92,10 @@ class AbusePolicy:
             all_prefix=shared.all_prefix,
             all_country=shared.all_country,
             own_budget=own.call_budget if "call_budget" in keys else None,
+            spend=shared.spend,
+            spend_text=shared.spend_text,
+            own_spend=parse_budget(own.budget) if "budget" in keys and own.budget else (),
+            own_spend_text=own.budget if "budget" in keys and own.budget else "",
         )
 
     def screen(self, phone: Phone, client: str) -> None:
@@ -139,6 +156,30 @@ class AbusePolicy:
             *self.budget_counters(client),
         ]
 
+    @property
+    def currency(self) -> str:
+        return self.prices.currency if self.prices else ""
+
+    def quote(self, provider: str, channel: str, phone: Phone) -> int | None:
+        """What one send costs by the price file (micro-units); None without one."""
+        return None if self.prices is None else self.prices.quote(provider, channel, phone.e164)
+
+    def money_counters(self, client: str, amount: int | None, now_ms: int) -> list[Counter]:
+        """The budgets in money one send of ``amount`` counts against (this calendar period's
+        of each): every client's together, and the client's own."""
+        if not amount:
+            return []
+        found = []
+        for kind, who, budgets in (
+            ("spend", "all", self.spend),
+            ("client_spend", client, self.own_spend),
+        ):
+            for budget in budgets:
+                bucket, left_ms = budget.bucket(now_ms)
+                seconds = -(-left_ms // 1000)
+                found.append(Counter(kind, f"{who}:{bucket}", budget.limit, seconds, amount))
+        return found
+
     def budget_counters(self, client: str) -> list[Counter]:
         """The call budgets alone (every client's together, and the client's own when it has
         one): every further provider request of a failover counts here."""
@@ -188,14 +229,26 @@ SWITCHES: dict[str, tuple[type[RateLimited] | type[CallsSuspended], str, str, st
 }
 
 
-def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | CallsSuspended:
+#: The refusal reasons of what is not a velocity limit (the rest are ``velocity_<kind>``).
+REASONS = {
+    "kill": "kill_switch",
+    "client_kill": "kill_switch_client",
+    "spend": "spend_budget",
+    "client_spend": "spend_budget_client",
+}
+
+
+def refusal_error(
+    refusal: Refusal, phone: Phone, client: str, abuse: AbusePolicy | None = None
+) -> RetryLater:
     """The error a velocity or budget refusal becomes, after it is audited. It names the limit
     and whether it was this client's share or the ceiling of every client together, and says
     nothing else about other clients."""
-    switch = {"kill": "kill_switch", "client_kill": "kill_switch_client"}.get(refusal.kind)
-    reason = switch or f"velocity_{refusal.kind}"
+    reason = REASONS.get(refusal.kind) or f"velocity_{refusal.kind}"
     audit("fraud_block", client=client, phone=phone.masked, reason=reason)
     metrics.REFUSALS.labels(metrics.client_label(client), reason).inc()
+    if refusal.kind in ("spend", "client_spend") and abuse is not None:
+        return _spend_error(refusal, abuse)
     if refusal.kind in SWITCHES:
         error, detail, limit, scope = SWITCHES[refusal.kind]
         return error(refusal.retry_after, detail, limit=limit, scope=scope)
@@ -207,3 +260,17 @@ def refusal_error(refusal: Refusal, phone: Phone, client: str) -> RateLimited | 
         )
     detail = f"too many calls for {LIMIT_TARGETS[target]} from this client"
     return RateLimited(refusal.retry_after, detail, limit=f"velocity_{target}", scope="client")
+
+
+def _spend_error(refusal: Refusal, abuse: AbusePolicy) -> SpendBudgetExceeded:
+    own = refusal.kind == "client_spend"
+    budget = abuse.own_spend_text if own else abuse.spend_text
+    currency = abuse.prices.currency if abuse.prices else ""
+    whose = "this client's own budget" if own else "the budget of every client together"
+    return SpendBudgetExceeded(
+        refusal.retry_after,
+        f"this send's price would overspend {whose} ({budget}, {currency})",
+        budget=budget,
+        currency=currency,
+        scope="client" if own else "global",
+    )

@@ -90,4 +90,7 @@ class Draft:
     #: join a counter to a verification record (and so to its masked number).
     member: str = ""
     counted: list[Counter] = field(default_factory=list)
+    #: What the first provider of the route charges for this send (micro-units, by the price
+    #: file; None without one): counted against the budgets in money before the call.
+    quote: int | None = None
     open_id: str | None = None

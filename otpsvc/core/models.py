@@ -29,6 +29,8 @@ class LadderCall:
     next_because: str | None = None
     #: ``voice`` or ``sms``.
     channel: str = "voice"
+    #: What this call cost (micro-units of the currency, by the price file); None without one.
+    cost: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class Verification:
     provider_message_id: str | None
     delivery_status: str | None
     ladder: Ladder | None = None
+    #: What its sends cost together (micro-units of the currency, by the price file); None
+    #: without one.
+    cost: int | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -110,6 +115,7 @@ class Verification:
             provider_message_id=f.get("mid"),
             delivery_status=f.get("ds"),
             ladder=_ladder(f, next_step_at),
+            cost=int(f["co"]) if f.get("co") else None,
         )
 
 
@@ -125,14 +131,13 @@ def _ladder(f: Mapping[str, str], next_at: float | None) -> Ladder | None:
     steps = ladder_of(f["ld"])
     created = int(f["ca"]) / 1000
     calls = []
-    for entry in filter(None, (f.get("lh") or "").split(",")):
+    costs = [int(c) for c in (f.get("lc") or "").split(",") if c]
+    for i, entry in enumerate(filter(None, (f.get("lh") or "").split(","))):
         index, offset, *why = entry.split(".")
         step = steps[int(index)] if int(index) < len(steps) else LadderStep("voice", "?")
-        calls.append(
-            LadderCall(
-                step.provider, created + int(offset), WHY.get(why[0]) if why else None, step.channel
-            )
-        )
+        because = WHY.get(why[0]) if why else None
+        cost = costs[i] if i < len(costs) else None
+        calls.append(LadderCall(step.provider, created + int(offset), because, step.channel, cost))
     return Ladder(tuple(calls), next_at, f.get("lx"))
 
 

@@ -24,6 +24,7 @@ from otpsvc.errors import (
     OtpError,
     ProvidersBusy,
 )
+from otpsvc.money import SCALE, show
 from otpsvc.phones import Phone
 from otpsvc.store import Reservation, VerificationStore
 from otpsvc.store.gate import Gate
@@ -215,11 +216,14 @@ class Starting(ServiceBase):
             user_key=draft.person.user_key,
             keyed=self.keyring.subject_key,
         )
+        if draft.route:
+            draft.quote = draft.abuse.quote(draft.route[0].name, draft.channel, ask.phone)
+            draft.counted += draft.abuse.money_counters(ask.client, draft.quote, draft.now_ms)
         refusal, open_id = self.velocity.count_and_read(
             draft.counted, draft.member, draft.now_ms, open_key, draft.gate
         )
         if refusal is not None:
-            raise refusal_error(refusal, ask.phone, ask.client)
+            raise refusal_error(refusal, ask.phone, ask.client, draft.abuse)
         # A step: only its verification, whatever the index says now (reserve checks it).
         draft.open_id = escalation.verification_id if escalation else open_id
 
@@ -289,12 +293,18 @@ class Starting(ServiceBase):
         ask = draft.ask
         gen = int(reservation.record["g"])
         call, verifier = self._call_request(draft, reservation)
-        budget = draft.abuse.budget_counters(ask.client)
+        abuse, budget = draft.abuse, draft.abuse.budget_counters(ask.client)
 
-        def may_retry(attempt: int) -> bool:
-            refused = self.velocity.count(budget, f"{draft.member}.{attempt}", self._now_ms())
+        def may_retry(attempt: int, provider: str) -> bool:
+            # Each further provider request counts against the call budgets, and its price
+            # against the budgets in money.
+            now_ms = self._now_ms()
+            price = abuse.quote(provider, draft.channel, ask.phone)
+            items = [*budget, *abuse.money_counters(ask.client, price, now_ms)]
+            refused = self.velocity.count(items, f"{draft.member}.{attempt}", now_ms)
             if refused is not None:
-                audit("fraud_block", id=reservation.id, client=ask.client, reason="velocity_budget")
+                reason = "spend_budget" if "spend" in refused.kind else "velocity_budget"
+                audit("fraud_block", id=reservation.id, client=ask.client, reason=reason)
             return refused is None
 
         if ask.escalation is not None:
@@ -369,6 +379,7 @@ class Starting(ServiceBase):
         ask, record = draft.ask, reservation.record
         gen = int(record["g"])
         indexed = self.dispatcher.providers[result.provider].reports_by_message_id
+        cost = draft.abuse.quote(result.provider, draft.channel, ask.phone)
         outcome = self.store.finalize(
             reservation.id,
             gen,
@@ -381,6 +392,7 @@ class Starting(ServiceBase):
             # Reports may come a while after the code expired; an hour covers them.
             index_message_ms=draft.policy.code_ttl_ms + 3_600_000 if indexed else 0,
             ladder_step=_step_of(record.get("ld"), result.provider, draft.first),
+            cost=cost,
         )
         created = reservation.outcome == "new"
         if outcome != "ok":
@@ -389,6 +401,9 @@ class Starting(ServiceBase):
             return StartOutcome(
                 self.get(client=ask.client, verification_id=reservation.id), created
             )
+        priced = {} if cost is None else {"cost": show(cost), "currency": draft.abuse.currency}
+        if cost is not None:
+            metrics.SPEND.labels(result.provider, draft.channel, draft.country).inc(cost / SCALE)
         audit(
             "start",
             id=reservation.id,
@@ -399,8 +414,11 @@ class Starting(ServiceBase):
             delivery=result.status,
             # What a provider's support asks for when a call did not arrive.
             provider_message_id=result.message_id,
+            **priced,
         )
         record.update(p=result.provider, ds=result.status)
+        if cost is not None:
+            record["co"] = str(int(record.get("co") or 0) + cost)
         if result.message_id:
             record["mid"] = result.message_id
         return StartOutcome(self._to_verification(reservation.id, record), created)

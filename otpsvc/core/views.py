@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from otpsvc.core.models import Verification
+from otpsvc.money import show
 
 
 def timestamp(epoch: float) -> str:
@@ -14,7 +15,8 @@ def timestamp(epoch: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def verification_view(v: Verification) -> dict[str, Any]:
+def verification_view(v: Verification, currency: str | None = None) -> dict[str, Any]:
+    """The JSON of a verification; with a price file (``currency``), what its sends cost."""
     view: dict[str, Any] = {
         "id": v.id,
         "status": v.status.value,
@@ -42,10 +44,13 @@ def verification_view(v: Verification) -> dict[str, Any]:
                     # The last call's status is the delivery's; an earlier one's, why it moved on.
                     "status": call.next_because
                     or (v.delivery_status if i == len(calls) - 1 else None),
+                    **({"cost": show(call.cost)} if currency and call.cost is not None else {}),
                 }
                 for i, call in enumerate(calls)
             ],
             "next_step_at": None if v.ladder.next_at is None else timestamp(v.ladder.next_at),
             "stopped": v.ladder.stopped,
         }
+    if currency:
+        view["cost"] = {"amount": show(v.cost or 0), "currency": currency}
     return view

@@ -62,6 +62,8 @@ class EventSettings:
     max_attempts: int = 5
     #: How long an event given up is kept for ``events failed`` and ``events replay``.
     failed_ttl: float = 14 * 86400.0
+    #: With a price file, its currency: an event's verification shows what its sends cost.
+    currency: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventSettings:
@@ -73,6 +75,7 @@ class EventSettings:
             max_age=2.0 * settings.event_retry_window,
             max_attempts=settings.max_check_attempts,
             failed_ttl=settings.event_failed_days * 86400.0,
+            currency=settings.currency if settings.prices else None,
         )
 
     def options(self) -> EventOptions:
@@ -80,7 +83,9 @@ class EventSettings:
         return EventOptions(clients=tuple(self.webhooks), max_age_ms=int(self.max_age * 1000))
 
 
-def render(fields: Mapping[str, str], max_attempts: int) -> tuple[str, str, str, float]:
+def render(
+    fields: Mapping[str, str], max_attempts: int, currency: str | None = None
+) -> tuple[str, str, str, float]:
     """(webhook id, event type, body, queued at in epoch seconds) of a stream entry: one a
     script wrote (a snapshot of the record) or one queued again by ``events replay`` (its body)."""
     if "body" in fields:
@@ -94,7 +99,7 @@ def render(fields: Mapping[str, str], max_attempts: int) -> tuple[str, str, str,
         now_ms=at_ms,
         status=EVENT_STATUS.get(event_type),
     )
-    data = verification_view(verification)
+    data = verification_view(verification, currency)
     if "x" in fields:
         # What the change itself says: an escalation's from, to and why.
         data["escalation"] = json.loads(fields["x"])

@@ -290,7 +290,9 @@ class EventWorker:
         receiver answered and when the next try comes, never with the payload."""
         queue, settings = self.queue, self.queue.settings
         client = fields["client"]
-        message_id, event_type, body, queued = render(fields, settings.max_attempts)
+        message_id, event_type, body, queued = render(
+            fields, settings.max_attempts, settings.currency
+        )
         name = f"{entry_id}@{stream}"
         url = settings.webhooks.get(client)
         secrets = settings.secrets.get(client)

@@ -198,9 +198,11 @@ class VerificationStore(LadderSteps):
         now_ms: int,
         index_message_ms: int = 0,
         ladder_step: int | None = None,
+        cost: int | None = None,
     ) -> str:
-        """Record a send's outcome. With ``index_message_ms`` the provider's message id is also
-        mapped to the verification for that long, in the same round trip, for delivery reports."""
+        """Record a send's outcome, and what it cost (micro-units, by the price file). With
+        ``index_message_ms`` the provider's message id is also mapped to the verification for
+        that long, in the same round trip, for delivery reports."""
         args = [
             gen,
             "accepted" if accepted else "failed",
@@ -210,6 +212,7 @@ class VerificationStore(LadderSteps):
             delivery_status,
             now_ms,
             "" if ladder_step is None else ladder_step,
+            "" if cost is None else cost,
         ]
         keys, args = self._with_events(verification_id, [self.record_key(verification_id)], args)
         with store_guard():

@@ -45,7 +45,10 @@ class Counter:
     kind: str
     who: str
     limit: int
+    #: Seconds: the sliding window's length; for money, until the calendar period ends.
     window: int
+    #: Money: the send's price (micro-units) counted against ``limit`` in this period's total.
+    amount: int = 0
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,9 @@ class VelocityStore:
         return _kill_state(raw)
 
     def _key(self, counter: Counter) -> str:
+        if counter.amount:
+            # A period's total: ``who`` ends with the period (``all:d20429``).
+            return f"{self.tag}:{counter.kind}:{counter.who}"
         return f"{self.tag}:{counter.kind}:{counter.who}:{counter.window}"
 
     def _call(
@@ -188,7 +194,12 @@ class VelocityStore:
             self.guard_kill_switch(self.memory)
         gates = [self.kill_key, *(self.client_kill_key(c) for c in _clients_of(items))]
         keys = [*gates, *(self._key(c) for c in items)]
-        spec = " ".join(f"{c.limit} {c.window * 1000} h" for c in items)
+        spec = " ".join(
+            f"{c.limit}:{c.amount} {c.window * 1000} m"
+            if c.amount
+            else f"{c.limit} {c.window * 1000} h"
+            for c in items
+        )
         args: list[int | str] = [now_ms, call_id, len(gates), spec]
         seen = self.memory
         if seen.state is not None and seen.epoch is not None:
@@ -270,10 +281,21 @@ class VelocityStore:
             used = pipe.execute()
         return [(c.window, int(n), c.limit) for c, n in zip(budget, used, strict=True)]
 
+    def spent(self, counters: Sequence[Counter]) -> list[int]:
+        """What each money counter's period has counted so far (micro-units)."""
+        with store_guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for counter in counters:
+                pipe.get(self._key(counter))
+            return [int(value or 0) for value in pipe.execute()]
+
     def refund(self, items: Sequence[Counter], call_id: str) -> None:
         """Hand back a call that was counted but not placed."""
         with store_guard():
             pipe = self.redis.pipeline(transaction=False)
             for counter in items:
-                pipe.zrem(self._key(counter), call_id)
+                if counter.amount:
+                    pipe.decrby(self._key(counter), counter.amount)
+                else:
+                    pipe.zrem(self._key(counter), call_id)
             pipe.execute()

@@ -139,13 +139,13 @@ class Dispatcher:
         route: Sequence[VoiceProvider],
         call: CallRequest,
         *,
-        may_retry: Callable[[int], bool] = lambda attempt: True,
+        may_retry: Callable[[int, str], bool] = lambda attempt, provider: True,
     ) -> CallResult:
         """Place the call with the first provider of the route that takes it.
 
-        ``may_retry(n)`` is asked before the n-th provider request (n >= 2): every request can
-        cost money, so each one counts against the call budget, and a spent budget ends the
-        failover.
+        ``may_retry(n, provider)`` is asked before the n-th provider request (n >= 2): every
+        request can cost money, so each one counts against the budgets, and a spent budget ends
+        the failover.
         """
         now_ms = int(self.clock() * 1000)
         open_until = self.breaker.open_until([p.name for p in route])
@@ -157,7 +157,7 @@ class Dispatcher:
                 metrics.PROVIDER_ERRORS.labels(provider.name, "circuit_open").inc()
                 continue
             attempts += 1
-            if attempts > 1 and not may_retry(attempts):
+            if attempts > 1 and not may_retry(attempts, provider.name):
                 errors.append(ProviderError(provider.name, "not tried: the call budget is spent"))
                 break
             try:

@@ -8,6 +8,8 @@
 -- ARGV[8]  the escalation ladder's step this send is ('' without a ladder, 0 for the first): an
 --          accepted one is kept in the history ('lh', 'li'), the next step is due after this
 --          one's wait, and a later step tells verification.escalated (from, to, why)
+-- ARGV[9]  what an accepted send cost (micro-units of the currency; '' without a price file):
+--          added to the record's total ('co'), and for a ladder's step kept with it ('lc')
 -- KEYS and ARGV end with the event shard's (see _events.lua): a failed call sends
 -- verification.delivery_failed; an accepted one starts watching the verification's expiry.
 -- Returns 'ok' | 'failed' | 'superseded' | 'gone'
@@ -36,6 +38,9 @@ if ARGV[2] == 'failed' then
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'p', ARGV[4], 'ds', ARGV[6])
+if ARGV[9] ~= '' then
+  redis.call('HINCRBY', KEYS[1], 'co', ARGV[9])
+end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'h', ARGV[3])
 end
@@ -61,6 +66,11 @@ if ladder and ARGV[8] ~= '' then
   local entry = step .. '.' .. string.format('%d', (tonumber(ARGV[7]) - tonumber(f[3])) / 1000)
   history = history == '' and entry or history .. ',' .. entry
   redis.call('HSET', KEYS[1], 'li', step, 'lh', history)
+  if ARGV[9] ~= '' then
+    -- Each step's cost, in the order of the history.
+    local costs = redis.call('HGET', KEYS[1], 'lc')
+    redis.call('HSET', KEYS[1], 'lc', costs and costs .. ',' .. ARGV[9] or ARGV[9])
+  end
   if step + 1 < #steps then
     ev_due(EV_LADDER, tonumber(ARGV[7]) + steps[step + 1][2] * 1000, vid)
   else

@@ -8,7 +8,9 @@
 -- ARGV[1]  now, ms          ARGV[2]  this event's unique member        ARGV[3]  g, the gate count
 -- ARGV[4]  one "limit window_ms op" triple per window key, space separated, in KEYS order; op is
 --          'h' (count the event), 'p' (count it in a window of one end user's: see ARGV[7]) or
---          't' (only refuse when the window is full). One argument instead of three per window
+--          't' (only refuse when the window is full); or, for a budget in money, 'm': the key
+--          is a calendar period's total (a string of micro-units), "limit" is "limit:price",
+--          window_ms the time until the period ends. One argument instead of three per window
 --          keeps the client's encoding work small.
 -- ARGV[5]  optional: the epoch marker's value the caller saw while calls were suspended. When
 --          the marker no longer holds it (Redis lost its data), the suspension ARGV[6] is set
@@ -49,17 +51,24 @@ local function arg(i, n)
 end
 local new_person, first_personal = persons ~= nil, nil
 for i = gates + 1, last do
-  local limit, window = tonumber(arg(i, 1)), tonumber(arg(i, 2))
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  if arg(i, 3) == 'p' then
-    first_personal = first_personal or i
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      new_person = false
+  if arg(i, 3) == 'm' then
+    local limit, price = string.match(arg(i, 1), '^(%d+):(%d+)$')
+    if tonumber(redis.call('GET', KEYS[i]) or '0') + tonumber(price) > tonumber(limit) then
+      return {i, tonumber(arg(i, 2))}
     end
-  end
-  if redis.call('ZCARD', KEYS[i]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    return {i, tonumber(oldest[2]) + window - now}
+  else
+    local limit, window = tonumber(arg(i, 1)), tonumber(arg(i, 2))
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+    if arg(i, 3) == 'p' then
+      first_personal = first_personal or i
+      if redis.call('EXISTS', KEYS[i]) == 1 then
+        new_person = false
+      end
+    end
+    if redis.call('ZCARD', KEYS[i]) >= limit then
+      local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+      return {i, tonumber(oldest[2]) + window - now}
+    end
   end
 end
 if new_person and first_personal then
@@ -70,7 +79,10 @@ if new_person and first_personal then
   redis.call('PEXPIRE', persons, 7200000)
 end
 for i = gates + 1, last do
-  if arg(i, 3) ~= 't' then
+  if arg(i, 3) == 'm' then
+    redis.call('INCRBY', KEYS[i], string.match(arg(i, 1), ':(%d+)$'))
+    redis.call('PEXPIRE', KEYS[i], tonumber(arg(i, 2)) + 3600000)
+  elseif arg(i, 3) ~= 't' then
     redis.call('ZADD', KEYS[i], now, ARGV[2])
     redis.call('PEXPIRE', KEYS[i], arg(i, 2))
   end

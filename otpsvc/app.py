@@ -13,7 +13,7 @@ from flask import Flask, redirect
 from flask.json.provider import DefaultJSONProvider
 
 from otpsvc import metrics
-from otpsvc.api import dev, docs, health, otp, problems, tracing, webhooks
+from otpsvc.api import dev, docs, health, insights, otp, problems, tracing, webhooks
 from otpsvc.api.context import Runtime
 from otpsvc.api.limits import RequestLimits
 from otpsvc.api.proxies import TrustedProxies
@@ -33,6 +33,7 @@ from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.idempotency import IdempotencyStore
+from otpsvc.store.rollups import Rollups
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.dispatch import Bulkhead, Dispatcher
 
@@ -132,6 +133,7 @@ def _runtime(settings: Settings, client: RedisClient, clock: Callable[[], float]
         ),
         inbox=inbox,
         events=EventQueue(client, settings.redis_prefix, event_settings),
+        rollups=Rollups(client, settings.redis_prefix, days=settings.insights_days),
     )
 
 
@@ -200,6 +202,7 @@ def _register(app: Flask, settings: Settings) -> None:
     problems.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(otp.bp)
+    app.register_blueprint(insights.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(docs.bp)
     if settings.dev_mode:

@@ -57,6 +57,12 @@ SPEND = Counter(
     "provider, channel and country.",
     ["provider", "channel", "country"],
 )
+REPORTED_SPEND = Counter(
+    "otpsvc_reported_spend_total",
+    "What providers reported the sends they took cost (seven.io does), in units of the "
+    "provider account's currency: to reconcile with otpsvc_spend_total.",
+    ["provider", "currency"],
+)
 BREAKER_OPENINGS = Counter(
     "otpsvc_provider_breaker_openings_total",
     "Times a provider's circuit breaker opened (counted by the process whose failure opened it).",

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 #: Micro-units per unit of the currency.
 SCALE = 1_000_000
@@ -35,6 +35,11 @@ def parse_amount(text: str) -> int:
         return int(Decimal(text.strip()) * SCALE)
     except InvalidOperation as exc:  # pragma: no cover - the pattern admits only numbers
         raise BadAmount(f"{text!r} is not an amount") from exc
+
+
+def to_micros(text: str) -> int:
+    """A price as a provider reported it (``"0.045"``) in micro-units, rounded half up."""
+    return int((Decimal(text) * SCALE).to_integral_value(ROUND_HALF_UP))
 
 
 def show(micros: int) -> str:

@@ -310,7 +310,8 @@ def worker_for():  # type: ignore[no-untyped-def]
     running: list[tuple[EventWorker, threading.Thread]] = []
 
     def start(app) -> EventWorker:  # type: ignore[no-untyped-def]
-        worker = EventWorker(app.extensions["otpsvc"].events)
+        rt = app.extensions["otpsvc"]
+        worker = EventWorker(rt.events, periodic=[rt.rollups.tick])
         thread = threading.Thread(target=worker.run, kwargs={"block_ms": 100}, daemon=True)
         thread.start()
         running.append((worker, thread))

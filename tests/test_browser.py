@@ -68,13 +68,13 @@ def browser() -> Iterator[object]:
         session.quit()
 
 
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory) -> Iterator[str]:
-    """``otpsvc dev`` as a developer starts it: nothing set, the bundled Redis."""
+def _otpsvc_dev(state: Path, **settings: str) -> Iterator[str]:
+    """``otpsvc dev`` on a free port with ``settings`` and nothing else of ours set; its base
+    URL while it runs."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
-    env["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
-    log = (tmp_path_factory.mktemp("dev") / "dev.log").open("w+")
+    env.update(XDG_STATE_HOME=str(state), **settings)
+    log = (state / "dev.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "otpsvc", "dev", "--port", str(port)],
         stdout=log,
@@ -88,6 +88,12 @@ def dev_server(tmp_path_factory) -> Iterator[str]:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory) -> Iterator[str]:
+    """``otpsvc dev`` as a developer starts it: nothing set, the bundled Redis."""
+    yield from _otpsvc_dev(tmp_path_factory.mktemp("state"))
 
 
 def _screenshot(browser, name: str) -> Path:
@@ -255,3 +261,95 @@ def test_docs_page_lists_the_start_operation(browser, dev_server: str):
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
     _screenshot(browser, "docs-page.png")
+
+
+INSIGHTS_KEY = "ops-" + "Qm7vT2xK9pL4wR8nZ3cF6hJ1dG5sB0aY"
+APP_KEY = "app-" + "Vn4kP8rT1xM6qW3zL9cH2jF7dB5sG0aY"
+
+
+@pytest.fixture(scope="module")
+def insights_server(tmp_path_factory) -> Iterator[str]:
+    """``otpsvc dev`` with a price file and an operator key: it folds the funnel itself."""
+    state = tmp_path_factory.mktemp("insights")
+    prices = state / "prices.toml"
+    prices.write_text('currency = "EUR"\n[console.voice]\ndefault = "0.0120"\n')
+    yield from _otpsvc_dev(
+        state,
+        OTPSVC_API_KEYS=f"shop:{APP_KEY}",
+        OTPSVC_OPERATOR_KEYS=f"ops:{INSIGHTS_KEY}",
+        OTPSVC_CURRENCY="EUR",
+        OTPSVC_PRICES_FILE=str(prices),
+    )
+
+
+def _twenty_verifications_ten_approved(base: str) -> None:
+    import requests
+
+    auth = {"Authorization": f"Bearer {APP_KEY}"}
+    for i in range(20):
+        phone = f"+2348031239{i:03d}"
+        started = requests.post(
+            f"{base}/otp/start", json={"phone": phone}, headers=auth, timeout=10
+        )
+        assert started.status_code == 201, started.text
+        if i % 2:
+            continue
+        calls = requests.get(f"{base}/dev/calls", params={"phone": phone}, headers=auth, timeout=10)
+        code = calls.json()["calls"][0]["code"]
+        body = {"id": started.json()["id"], "code": code}
+        assert requests.post(f"{base}/otp/check", json=body, headers=auth, timeout=10).ok
+
+
+def test_insights_page_shows_the_funnel(browser, insights_server: str):
+    """20 verifications at 0.012, 10 approved: the page shows 20, 10, 50 %, 0.24 EUR and 0.024
+    EUR per approval, the charts and a table per group; the key never reaches an address."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _twenty_verifications_ten_approved(insights_server)
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(insights_server + "/insights")
+    assert _axe_violations(browser) == []
+    browser.find_element(By.ID, "key").send_keys(INSIGHTS_KEY)
+
+    def shown(b) -> bool:  # the worker folds within a second or so: ask until it has
+        b.find_element(By.ID, "show").click()
+        WebDriverWait(b, WAIT).until(ec.text_to_be_present_in_element((By.ID, "status"), "Updated"))
+        totals = (b.find_element(By.ID, f"total-{n}").text for n in ("verifications", "approved"))
+        return tuple(totals) == ("20", "10")
+
+    WebDriverWait(browser, 30, poll_frequency=1).until(shown)
+    figures = {
+        name: browser.find_element(By.ID, f"total-{name}").text
+        for name in ("verifications", "approved", "conversion", "spend", "cost")
+    }
+    assert figures == {
+        "verifications": "20",
+        "approved": "10",
+        "conversion": "50.0 %",
+        "spend": "0.24 EUR",
+        "cost": "0.024 EUR",
+    }
+    country = browser.find_element(By.ID, "by-country")
+    cells = [c.text for c in country.find_elements(By.CSS_SELECTOR, "tbody tr > *")]
+    # (Answered, the fourth, counts the console's reports of calls picked up as they come.)
+    assert [cells[i] for i in (0, 1, 2, 4, 5, 6)] == ["NG", "20", "20", "10", "50.0 %", "0.24"]
+    steps = browser.find_element(By.ID, "by-step").find_element(By.CSS_SELECTOR, "tbody th")
+    assert steps.text == "0"
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#spend-chart canvas")))
+    assert INSIGHTS_KEY not in browser.current_url
+    assert "Conversion by hour" in browser.find_element(By.ID, "conversion-chart").get_attribute(
+        "aria-label"
+    )
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    assert _axe_violations(browser) == []
+    wide = browser.execute_script(
+        "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect()"
+        ".right > document.documentElement.clientWidth + 1).map(e => e.tagName + '#' + e.id"
+        " + '.' + e.className).slice(0, 5)"
+    )
+    assert wide == []  # nothing wider than the window
+    shot = _screenshot(browser, "insights-page.png")
+    assert shot.stat().st_size > 10_000

@@ -1,6 +1,7 @@
 """kill -9 under load: API workers and event workers die at random moments, and afterwards every
 change visible in Redis has exactly one event delivered (duplicates only as redeliveries of the
-same webhook-id), and the receiver saw no event for a change that did not happen.
+same webhook-id), the receiver saw no event for a change that did not happen, and the funnel
+counted each verification begun and each approval exactly once.
 
 The real pieces: ``otpsvc serve`` (gunicorn, two workers, the shipped settings) and two
 ``otpsvc worker`` processes, on one redis-server and on a Redis Cluster, with a provider
@@ -28,9 +29,11 @@ import pytest
 import requests
 from standardwebhooks import Webhook
 
+from otpsvc.core.funnel import FunnelAsk, funnel
 from otpsvc.dev.redis_server import RedisServer, free_port
 from otpsvc.events import EventQueue, EventSettings
 from otpsvc.store.connection import connect
+from otpsvc.store.rollups import Rollups
 from tests.conftest import KEY_A, wrong_code
 from tests.fakes.receiver import Receiver
 from tests.fakes.termii import FakeTermii
@@ -228,6 +231,7 @@ def run_chaos(stack: Stack, termii: FakeTermii, receiver: Receiver, label: str) 
         event = Webhook(SECRET_A).verify(request.body, headers)
         told[(event["data"]["id"], event["type"])].add(headers["webhook-id"])
         deliveries += 1
+    counted = _funnel_matches_redis(stack)
     lost = [vid for vid, kind in expected.items() if not told.get((vid, kind))]
     phantom = [pair for pair in told if expected.get(pair[0]) != pair[1]]
     twice = [pair for pair, ids in told.items() if len(ids) > 1]
@@ -237,7 +241,7 @@ def run_chaos(stack: Stack, termii: FakeTermii, receiver: Receiver, label: str) 
         f"{stack.kills['event worker']} event workers; starts {dict(stack.starts)}: "
         f"{len(expected)} changes, "
         f"{distinct} events, {deliveries - distinct} redeliveries, lost {len(lost)}, "
-        f"phantom {len(phantom)}"
+        f"phantom {len(phantom)}; funnel {counted}"
     )
     assert stack.kills["api worker"] >= 3
     assert stack.kills["event worker"] >= 3
@@ -246,6 +250,34 @@ def run_chaos(stack: Stack, termii: FakeTermii, receiver: Receiver, label: str) 
     assert lost == []
     assert phantom == []
     assert twice == []
+
+
+def _funnel_matches_redis(stack: Stack) -> str:
+    """The funnel's counts, folded by workers killed at random, equal what Redis shows: each
+    verification begun and each approval once, no loss, no double count."""
+    client = connect(stack.redis_url, socket_timeout=5.0, connect_timeout=5.0)
+    rollups = Rollups(client, stack.prefix)
+    begun = approved = 0
+    for key in client.scan_iter(match=f"{stack.prefix}:*:v:*", count=1000):
+        record = client.hgetall(key)
+        begun += bool(record.get("p"))  # its first send finalized, accepted or failed
+        approved += record.get("st") == "approved"
+    deadline = time.monotonic() + 60
+    while any(client.xrange(k, f"({m}", "+", count=1) for k, m in _markers(rollups).items()):
+        assert time.monotonic() < deadline, "the workers did not fold every outcome"
+        time.sleep(0.5)
+    now = int(time.time() * 1000)
+    span, start, end = rollups.span(now - 3_600_000, now, now)
+    total = funnel(FunnelAsk(start, end, (), None), rollups.read("c", span, start, end), None)
+    client.close()
+    figures = total["total"]
+    assert (figures["verifications"], figures["approved"]) == (begun, approved)
+    return f"{begun} verifications and {approved} approvals counted exactly"
+
+
+def _markers(rollups: Rollups) -> dict[str, str]:
+    found = rollups.redis.hgetall(rollups.markers)
+    return {key: found.get(key.split("{")[1].split("}")[0], "0-0") for key in rollups.streams}
 
 
 @pytest.fixture

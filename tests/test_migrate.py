@@ -25,7 +25,7 @@ def back_to_the_old_layout(r) -> int:  # type: ignore[no-untyped-def]
     renamed = 0
     for key in list(r.scan_iter(match=f"{PREFIX}:{{??}}:*")):
         rest = re.fullmatch(r"[^:]+:\{..\}:(.+)", key)[1]  # type: ignore[index]
-        if rest in ("ev", "ex", "es"):
+        if rest in ("ev", "ex", "es", "in"):
             continue
         r.rename(key, f"{PREFIX}:{{{rest.rsplit(':', 1)[1][:4]}}}:{rest}")
         renamed += 1

@@ -18,6 +18,7 @@ from otpsvc.errors import ConfigError
 from otpsvc.money import MoneyBudget, parse_amount, parse_budget, show
 from tests.conftest import KEY_A, KEY_B, Api, FakeClock, termii_env
 from tests.fakes.receiver import Receiver
+from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
 from tests.test_events import SECRET_A, event_env, wait_for
 
@@ -248,3 +249,28 @@ def test_check_config_shows_the_prices_without_detail(redis_url, prices: Path):
     assert "prices = 2 price tables" in answer.output
     assert "OTPSVC_BUDGET = 5 per day" in answer.output
     assert json.dumps  # the output is lines, not JSON
+
+
+@pytest.mark.parametrize("mode", ["ok", "plain"])
+def test_what_sevenio_reports_a_send_cost_is_kept_for_reconciliation(
+    make_app, openapi, sevenio: FakeSevenio, tmp_path: Path, mode: str
+):
+    """seven.io answers a send with its price (``total_price`` in JSON, the third line of the
+    plain answer): kept exactly, with the account's currency, beside the price file's quote."""
+    sevenio.mode = mode
+    path = tmp_path / "prices.toml"
+    path.write_text('[sevenio.voice]\ndefault = "0.0500"\n')
+    app = make_app(**priced(path), OTPSVC_PROVIDERS="sevenio", OTPSVC_SEVENIO_CURRENCY="EUR")
+    api = Api(app, KEY_A, openapi)
+    before = _metric(api, "otpsvc_reported_spend_total", provider="sevenio", currency="EUR")
+    started = api.start("+4915112345678")
+    assert started.status_code == 201
+    shown = api.get(started.get_json()["id"]).get_json()
+    assert shown["cost"] == {"amount": "0.05", "currency": "EUR"}
+    assert shown["reported_cost"] == {"amount": "0.045", "currency": "EUR"}
+    after = _metric(api, "otpsvc_reported_spend_total", provider="sevenio", currency="EUR")
+    assert after - before == pytest.approx(0.045)
+    # Termii reports no price on a send: nothing is made up.
+    (tmp_path / "t.toml").write_text('[termii.voice]\ndefault = "0.0120"\n')
+    termii_app = make_app(**priced(tmp_path / "t.toml"))
+    assert "reported_cost" not in Api(termii_app, KEY_A, openapi).start().get_json()

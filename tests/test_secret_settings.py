@@ -36,6 +36,7 @@ def secret_values(redis_url: str) -> dict[str, str]:
         "OTPSVC_API_KEYS": f"web:{strong()}",
         "OTPSVC_TEST_NUMBERS": f"+2348000000001={TEST_CODE}@{day}",
         "OTPSVC_METRICS_TOKEN": strong(),
+        "OTPSVC_OPERATOR_KEYS": f"ops:{strong()}",
         "OTPSVC_EVENT_WEBHOOK_SECRETS": "web=whsec_"
         + base64.b64encode(secrets.token_bytes(32)).decode(),
         "OTPSVC_TERMII_API_KEY": strong(),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
 from flask import current_app, g, request
 
 from otpsvc.api.limits import Meet, RequestLimits
-from otpsvc.config import Settings
+from otpsvc.config import ApiClient, Settings
 from otpsvc.core.addresses import address_bucket
 from otpsvc.core.audit import audit
 from otpsvc.core.service import VerificationService
@@ -23,6 +24,7 @@ from otpsvc.store import VerificationStore
 from otpsvc.store.connection import RedisClient
 from otpsvc.store.gate import Gate
 from otpsvc.store.idempotency import IdempotencyStore
+from otpsvc.store.rollups import Rollups
 from otpsvc.voice.dispatch import Dispatcher
 
 
@@ -39,16 +41,25 @@ class Runtime:
     idempotency: IdempotencyStore
     inbox: CallInbox | None
     events: EventQueue
+    rollups: Rollups
 
     def client_for_key(self, presented: str) -> str | None:
         """The client whose key this is. Every stored digest is compared, in constant time."""
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-        found: str | None = None
-        for client in self.settings.clients:
-            for key_digest in client.key_digests:
-                if hmac.compare_digest(digest, key_digest):
-                    found = client.name
-        return found
+        return _holder(presented, self.settings.clients)
+
+    def operator_for_key(self, presented: str) -> str | None:
+        """The operator (``OTPSVC_OPERATOR_KEYS``) whose key this is."""
+        return _holder(presented, self.settings.operators)
+
+
+def _holder(presented: str, holders: Iterable[ApiClient]) -> str | None:
+    digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+    found: str | None = None
+    for holder in holders:
+        for key_digest in holder.key_digests:
+            if hmac.compare_digest(digest, key_digest):
+                found = holder.name
+    return found
 
 
 def runtime() -> Runtime:

@@ -35,6 +35,7 @@ for command in (
     operator.calls,
     operator.events,
     operator.unblock,
+    operator.insights,
     operator.migrate_keys_command,
     tools.say,
     tools.listen,

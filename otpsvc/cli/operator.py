@@ -5,6 +5,7 @@ line naming the OS user who ran it. More: the docs' "Operating" page, operator c
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -257,3 +258,82 @@ def unblock(phone: str) -> None:
             removed += int(client.delete(*names))
     audit("unblock", phone=parsed.masked, removed=removed, by="cli")
     click.echo(f"{parsed.masked}: {'unblocked' if removed else 'nothing to lift'}")
+
+
+SINCE = re.compile(r"\A([1-9][0-9]*)([mhd])\Z")
+
+
+@click.command()
+@click.option("--since", default="24h", show_default=True, help="How far back: 90m, 24h, 30d.")
+@click.option(
+    "--by",
+    "group_by",
+    default="",
+    help="Groups, comma-separated: country, provider, channel, step, client, prefix, hour, day.",
+)
+@click.option("--client", "api_client", default=None, help="One client's verifications only.")
+@click.option("--json", "as_json", is_flag=True, help="The answer of GET /insights/funnel.")
+def insights(since: str, group_by: str, api_client: str | None, as_json: bool) -> None:
+    """What verifications cost and how they convert (the funnel of GET /insights/funnel), as a
+    table. Counted by `otpsvc worker`. More: the docs' "Money and conversion" page."""
+    from otpsvc.core.funnel import BadGrouping, FunnelAsk, funnel, kind_for
+    from otpsvc.store.rollups import Rollups
+
+    found = SINCE.match(since)
+    if not found:
+        raise click.BadParameter("a number and m, h or d, such as 24h", param_hint="--since")
+    groups = tuple(g for g in group_by.replace(" ", "").split(",") if g)
+    try:
+        kind = kind_for(groups)
+    except BadGrouping as exc:
+        raise click.BadParameter(str(exc), param_hint="--by") from exc
+    settings = load()
+    _known_client(api_client)
+    span_ms = int(found.group(1)) * {"m": 60_000, "h": 3_600_000, "d": 86_400_000}[found.group(2)]
+    with redis_errors():
+        client, _, _ = store_parts(settings)
+        rollups = Rollups(client, settings.redis_prefix, days=settings.insights_days)
+        now = int(time.time() * 1000)
+        start = max(now - span_ms, now - settings.insights_days * 86_400_000)
+        span, start, end = rollups.span(start, now, now)
+        ask = FunnelAsk(start, end, groups, api_client)
+        currency = settings.currency if settings.prices else None
+        body = funnel(ask, rollups.read(kind, span, start, end), currency)
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"{body['from']} to {body['to']}" + (f", {currency}" if currency else ""))
+    click.echo(_table(groups, body["rows"], body["total"]))
+
+
+FIGURES = (
+    ("verifications", "verifications"),
+    ("sends", "sends"),
+    ("answered", "answered"),
+    ("approved", "approved"),
+    ("conversion", "conversion"),
+    ("spend", "spend"),
+    ("cost_per_approval", "per approval"),
+)
+
+
+def _table(groups: tuple[str, ...], rows: list[dict[str, Any]], total: dict[str, Any]) -> str:
+    """The rows and their total as aligned columns: the groups left, the figures right."""
+    labels = list(groups) or [""]
+    heads = [*labels, *(title for _, title in FIGURES), "p50 s", "p95 s"]
+    lines = [[str(row[g]) for g in groups] + _figures(row) for row in rows]
+    lines.append(["total", *[""] * (len(labels) - 1), *_figures(total)])
+    widths = [max(len(c) for c in column) for column in zip(heads, *lines, strict=True)]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if j < len(labels) else cell.rjust(width)
+            for j, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+        for cells in [heads, *lines]
+    )
+
+
+def _figures(row: dict[str, Any]) -> list[str]:
+    cells = ["" if row[key] is None else str(row[key]) for key, _ in FIGURES]
+    times = row["seconds_to_approval"]
+    return cells + ["" if times[q] is None else f"<={times[q]}" for q in ("p50", "p95")]

@@ -139,10 +139,12 @@ def dev(host: str, port: int, new_key: bool) -> None:
         app = create_app(env)
         events = app.extensions["otpsvc"].events
         settings = app.extensions["otpsvc"].settings
-        if events.settings.webhooks or _has_ladder(settings):
-            # In dev mode the event worker (and the escalation steps) run inside the dev process.
+        if events.settings.webhooks or _has_ladder(settings) or settings.insights_days:
+            # In dev mode the event worker (the escalation steps, the funnel's folding) runs
+            # inside the dev process.
             ladder = LadderRunner(app.extensions["otpsvc"].service)
-            worker = EventWorker(events, name="dev", periodic=[ladder.run_due])
+            tasks = [ladder.run_due, app.extensions["otpsvc"].rollups.tick]
+            worker = EventWorker(events, name="dev", periodic=tasks)
             block_ms = block_ms_for(app.extensions["otpsvc"].settings.redis_socket_timeout)
             threading.Thread(target=worker.run, args=(block_ms,), daemon=True).start()
         click.echo(
@@ -228,6 +230,7 @@ def worker(heartbeat: Path | None, metrics_port: int | None, metrics_host: str) 
     from otpsvc.app import create_app
     from otpsvc.core.ladder import LadderRunner
     from otpsvc.events import EventWorker, block_ms_for, serve_worker_metrics
+    from otpsvc.store.rollups import Rollups
     from otpsvc.store.velocity import VelocityStore
 
     audit_to_stderr()
@@ -248,9 +251,11 @@ def worker(heartbeat: Path | None, metrics_port: int | None, metrics_host: str) 
             reload_asked.clear()
             _reload_worker(queue, ladder)
 
-    consumer = EventWorker(
-        queue, guard=kill_switch_guard(velocity), periodic=[reload_when_asked, ladder.run_due]
-    )
+    tasks = [reload_when_asked, ladder.run_due]
+    if settings.insights_days:
+        # Fold the outcome entries into the funnel's rollups.
+        tasks.append(Rollups(queue.redis, settings.redis_prefix, days=settings.insights_days).tick)
+    consumer = EventWorker(queue, guard=kill_switch_guard(velocity), periodic=tasks)
     if metrics_port is not None:
         serve_worker_metrics(
             metrics_port,

@@ -251,6 +251,10 @@ def _cross_problems(loaded: _Loaded, provider_settings: Mapping[str, Any]) -> li
             "checks, webhooks and probes"
         )
     problems += _proxy_problems(loaded)
+    if trusted("OTPSVC_API_KEYS", "OTPSVC_OPERATOR_KEYS"):
+        clients = {d for c in core.get("clients", ()) for d in c.key_digests}
+        if any(d in clients for o in core.get("operators", ()) for d in o.key_digests):
+            problems.append("OTPSVC_OPERATOR_KEYS: an operator key must not be an API client's")
     if trusted(
         "OTPSVC_API_KEYS",
         "OTPSVC_EVENT_WEBHOOKS",
@@ -299,6 +303,7 @@ def _secret_problems(relevant: Mapping[str, Any]) -> list[str]:
         "OTPSVC_SECRET_KEY",
         "OTPSVC_SECRET_KEY_FALLBACKS",
         "OTPSVC_API_KEYS",
+        "OTPSVC_OPERATOR_KEYS",
         "OTPSVC_EVENT_WEBHOOK_SECRETS",
         *GUESSABLE_SECRETS,
     }

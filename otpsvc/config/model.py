@@ -213,6 +213,11 @@ class Settings:
     event_failed_days: int = 14
     #: When set, GET /metrics needs "Authorization: Bearer <token>".
     metrics_token: str | None = field(default=None, repr=False)
+    #: Keys that read every client's insights (``OTPSVC_OPERATOR_KEYS``, name:key like the API
+    #: keys); they start no verification.
+    operators: tuple[ApiClient, ...] = field(default=(), repr=False)
+    #: Days the funnel's daily rollups are kept; 0 counts nothing.
+    insights_days: int = 35
     #: The accounting currency (ISO 4217) of the price file and the money budgets.
     currency: str | None = None
     #: The price file (see :mod:`otpsvc.config.prices`), and what it holds.

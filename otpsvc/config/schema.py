@@ -298,6 +298,10 @@ class SettingsSchema(Schema):
     metrics_token = fields.String(
         data_key="OTPSVC_METRICS_TOKEN", load_default=None, validate=validate.Length(min=16)
     )
+    operator_keys = fields.String(data_key="OTPSVC_OPERATOR_KEYS", load_default=None)
+    insights_days = fields.Integer(
+        data_key="OTPSVC_INSIGHTS_DAYS", load_default=35, validate=validate.Range(0, 400)
+    )
     currency = fields.String(
         data_key="OTPSVC_CURRENCY",
         load_default=None,
@@ -314,6 +318,11 @@ class SettingsSchema(Schema):
     @validates("api_keys")
     def _check_api_keys(self, value: str, **_: object) -> None:
         parse_api_keys(value)
+
+    @validates("operator_keys")
+    def _check_operator_keys(self, value: str | None, **_: object) -> None:
+        if value:
+            parse_api_keys(value)
 
     @validates("redis_url")
     def _check_redis_url(self, value: str, **_: object) -> None:
@@ -385,6 +394,8 @@ class SettingsSchema(Schema):
         )
         if "api_keys" in data:  # absent only from a partial load (see _load_the_rest)
             data["clients"] = parse_api_keys(data.pop("api_keys"))
+        operator_keys = data.pop("operator_keys", None)
+        data["operators"] = parse_api_keys(operator_keys) if operator_keys else ()
         data["secret_key_fallbacks"] = parse_fallbacks(data["secret_key_fallbacks"])
         data["test_numbers"] = parse_test_numbers(data["test_numbers"])
         data["trusted_proxy_networks"] = parse_networks(data["trusted_proxy_networks"])

@@ -67,6 +67,10 @@ class Verification:
     #: What its sends cost together (micro-units of the currency, by the price file); None
     #: without one.
     cost: int | None = None
+    #: What its providers reported its sends cost (micro-units of ``reported_currency``), for
+    #: reconciliation; None where no provider reports a price.
+    reported_cost: int | None = None
+    reported_currency: str | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -116,6 +120,8 @@ class Verification:
             delivery_status=f.get("ds"),
             ladder=_ladder(f, next_step_at),
             cost=int(f["co"]) if f.get("co") else None,
+            reported_cost=int(f["rp"]) if f.get("rp") else None,
+            reported_currency=f.get("rc"),
         )
 
 

@@ -24,7 +24,7 @@ from otpsvc.errors import (
     OtpError,
     ProvidersBusy,
 )
-from otpsvc.money import SCALE, show
+from otpsvc.money import SCALE, show, to_micros
 from otpsvc.phones import Phone
 from otpsvc.store import Reservation, VerificationStore
 from otpsvc.store.gate import Gate
@@ -270,6 +270,9 @@ class Starting(ServiceBase):
             "loc": choose_locale(ask.locale, ask.phone.region, policy.default_locale),
             # The verification keeps its cap on attempts, whatever its client's becomes.
             "ma": policy.max_attempts,
+            # Country and the three digits after the calling code ("NG803"; 'pm' holds the
+            # calling code), for the funnel's counts by number range (see store/rollups.py).
+            "px": draft.country + ask.phone.prefix()[len(str(ask.phone.country_code)) :],
         }
         if ask.client_ref:
             fields["ref"] = ask.client_ref
@@ -393,6 +396,7 @@ class Starting(ServiceBase):
             index_message_ms=draft.policy.code_ttl_ms + 3_600_000 if indexed else 0,
             ladder_step=_step_of(record.get("ld"), result.provider, draft.first),
             cost=cost,
+            reported=_reported(result),
         )
         created = reservation.outcome == "new"
         if outcome != "ok":
@@ -419,6 +423,9 @@ class Starting(ServiceBase):
         record.update(p=result.provider, ds=result.status)
         if cost is not None:
             record["co"] = str(int(record.get("co") or 0) + cost)
+        if (reported := _reported(result)) is not None:
+            metrics.REPORTED_SPEND.labels(result.provider, reported[1]).inc(reported[0] / SCALE)
+            record.update(rp=str(int(record.get("rp") or 0) + reported[0]), rc=reported[1])
         if result.message_id:
             record["mid"] = result.message_id
         return StartOutcome(self._to_verification(reservation.id, record), created)
@@ -474,3 +481,10 @@ class Starting(ServiceBase):
             self.get(client=client, verification_id=reservation.id),
             reservation.outcome == "new",
         )
+
+
+def _reported(result: CallResult) -> tuple[int, str] | None:
+    """What the provider said the send cost, in micro-units of its currency."""
+    if result.reported_price is None or result.reported_currency is None:
+        return None
+    return to_micros(result.reported_price), result.reported_currency

@@ -53,4 +53,7 @@ def verification_view(v: Verification, currency: str | None = None) -> dict[str,
         }
     if currency:
         view["cost"] = {"amount": show(v.cost or 0), "currency": currency}
+    if v.reported_cost is not None and v.reported_currency:
+        # What the provider said, kept beside the quote for reconciliation.
+        view["reported_cost"] = {"amount": show(v.reported_cost), "currency": v.reported_currency}
     return view

@@ -64,6 +64,8 @@ class EventSettings:
     failed_ttl: float = 14 * 86400.0
     #: With a price file, its currency: an event's verification shows what its sends cost.
     currency: str | None = None
+    #: Whether the scripts count outcomes for the funnel (``OTPSVC_INSIGHTS_DAYS`` > 0).
+    insights: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventSettings:
@@ -76,11 +78,16 @@ class EventSettings:
             max_attempts=settings.max_check_attempts,
             failed_ttl=settings.event_failed_days * 86400.0,
             currency=settings.currency if settings.prices else None,
+            insights=settings.insights_days > 0,
         )
 
     def options(self) -> EventOptions:
         """What the store's scripts need to write events."""
-        return EventOptions(clients=tuple(self.webhooks), max_age_ms=int(self.max_age * 1000))
+        return EventOptions(
+            clients=tuple(self.webhooks),
+            max_age_ms=int(self.max_age * 1000),
+            outcomes=self.insights,
+        )
 
 
 def render(

@@ -106,9 +106,11 @@ class EventOptions:
     clients: Collection[str] = ()
     #: Events older than this are dropped from a stream when another is added (ms).
     max_age_ms: int = 172_800_000
+    #: Whether the scripts add outcome entries for the funnel (``OTPSVC_INSIGHTS_DAYS`` > 0).
+    outcomes: bool = True
 
     def args(self) -> list[str | int]:
         """The ARGV tail of a script that may write an event: a fresh event id, the age bound,
-        the clients."""
+        the clients, and whether outcomes are counted for the funnel."""
         wanted = "," + ",".join(sorted(self.clients)) + ","
-        return [f"msg_{uuid.uuid4().hex}", self.max_age_ms, wanted]
+        return [f"msg_{uuid.uuid4().hex}", self.max_age_ms, wanted, 1 if self.outcomes else 0]

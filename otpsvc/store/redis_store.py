@@ -199,6 +199,7 @@ class VerificationStore(LadderSteps):
         index_message_ms: int = 0,
         ladder_step: int | None = None,
         cost: int | None = None,
+        reported: tuple[int, str] | None = None,
     ) -> str:
         """Record a send's outcome, and what it cost (micro-units, by the price file). With
         ``index_message_ms`` the provider's message id is also mapped to the verification for
@@ -213,6 +214,7 @@ class VerificationStore(LadderSteps):
             now_ms,
             "" if ladder_step is None else ladder_step,
             "" if cost is None else cost,
+            "" if reported is None else f"{reported[0]} {reported[1]}",
         ]
         keys, args = self._with_events(verification_id, [self.record_key(verification_id)], args)
         with store_guard():

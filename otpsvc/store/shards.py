@@ -53,6 +53,16 @@ def ladder_key(prefix: str, tag: str) -> str:
     return f"{prefix}:{{{tag}}}:lq"
 
 
+def outcomes_key(prefix: str, tag: str) -> str:
+    """The shard's outcome entries for the funnel (see :mod:`otpsvc.store.rollups`)."""
+    return f"{prefix}:{{{tag}}}:in"
+
+
+def insights_key(prefix: str, name: str) -> str:
+    """A key of the funnel's rollups, all in one slot."""
+    return f"{prefix}:{{{prefix}:insights}}:{name}"
+
+
 def event_keys(prefix: str, tag: str) -> list[str]:
     """The shard's keys, in the order the scripts that write events take them (last)."""
     return [
@@ -60,4 +70,5 @@ def event_keys(prefix: str, tag: str) -> list[str]:
         expiring_key(prefix, tag),
         snapshots_key(prefix, tag),
         ladder_key(prefix, tag),
+        outcomes_key(prefix, tag),
     ]

@@ -96,6 +96,10 @@ class CallResult:
     provider: str
     message_id: str | None
     status: str = "queued"
+    #: What the provider said the send cost, as it said it (a decimal string in its account's
+    #: currency); None where it says nothing (see docs/money.md, "Reconciliation").
+    reported_price: str | None = None
+    reported_currency: str | None = None
 
 
 class ProviderError(Exception):

@@ -20,8 +20,10 @@ Sources of the fields:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, fields, post_load, validate
@@ -88,6 +90,8 @@ class SevenioSettings:
     voices: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_VOICES))
     #: Keypress mode on seven.io: off unless the operator confirmed it with seven.io.
     keypress: bool = False
+    #: The currency of the seven.io account, in which its answers report prices.
+    currency: str = "EUR"
 
     def __repr__(self) -> str:
         return f"SevenioSettings(base_url={self.base_url!r}, sender={self.sender!r})"
@@ -113,6 +117,13 @@ class SevenioSettingsSchema(Schema):
         defaults=DEFAULT_VOICES,
     )
     keypress = fields.Boolean(data_key="OTPSVC_SEVENIO_KEYPRESS", load_default=False)
+    currency = fields.String(
+        data_key="OTPSVC_SEVENIO_CURRENCY",
+        load_default="EUR",
+        validate=validate.Regexp(
+            r"\A[A-Z]{3}\Z", error="an ISO 4217 code in capitals, such as EUR"
+        ),
+    )
 
     @post_load
     def _build(self, data: dict[str, Any], **_: object) -> SevenioSettings:
@@ -124,6 +135,7 @@ class SevenioSettingsSchema(Schema):
             webhook_max_age=int(data["webhook_max_age"]),
             voices=dict(data["voices"]),
             keypress=bool(data["keypress"]),
+            currency=str(data["currency"]),
         )
 
 
@@ -179,7 +191,7 @@ class SevenioProvider(HttpProvider):
                 http_status=response.status_code,
                 provider_text=response.text[:200] or None,
             )
-        code, message_id = _parse(response.text, json_body(response))
+        code, message_id, price = _parse(response.text, json_body(response))
         if code != SENT:
             raise ProviderError(
                 self.name,
@@ -188,22 +200,45 @@ class SevenioProvider(HttpProvider):
                 provider_code=code,
                 health=code in HEALTH_CODES or code not in RETURN_CODES,
             )
-        return CallResult(provider=self.name, message_id=message_id)
+        return CallResult(
+            provider=self.name,
+            message_id=message_id,
+            reported_price=price,
+            reported_currency=self.settings.currency if price is not None else None,
+        )
 
 
-def _parse(text: str, payload: object) -> tuple[str, str | None]:
-    """(return code, message id) from a JSON answer, a plain-text one, or a bare code."""
+def _parse(text: str, payload: object) -> tuple[str, str | None, str | None]:
+    """(return code, message id, price) from a JSON answer (``success``, ``messages[].id``,
+    ``total_price``), a plain-text one (code, id and price on three lines), or a bare code."""
     if isinstance(payload, dict):
         messages = payload.get("messages")
         first = messages[0] if isinstance(messages, list) and messages else {}
         message_id = first.get("id") if isinstance(first, dict) else None
-        return str(payload.get("success", "")), str(message_id) if message_id else None
+        price = _price(text, "total_price")
+        return str(payload.get("success", "")), str(message_id) if message_id else None, price
     if isinstance(payload, int):
-        return str(payload), None
+        return str(payload), None, None
     if isinstance(payload, str):
         # A bare code can come back as a JSON string ("900"): the code without its quotes.
-        return payload.strip(), None
-    lines = text.strip().splitlines()
+        return payload.strip(), None, None
+    lines = [line.strip() for line in text.strip().splitlines()]
     if not lines:
-        return "", None
-    return lines[0].strip(), lines[1].strip() if len(lines) > 1 else None
+        return "", None, None
+    price = lines[2] if len(lines) > 2 and PRICE.match(lines[2]) else None
+    return lines[0], lines[1] if len(lines) > 1 else None, price
+
+
+#: A price as seven.io writes it: a plain decimal number.
+PRICE = re.compile(r"\A[0-9]+(\.[0-9]+)?\Z")
+
+
+def _price(text: str, name: str) -> str | None:
+    """A price of a JSON answer exactly as written (read as a decimal, never a float)."""
+    try:
+        value = json.loads(text, parse_float=Decimal).get(name)
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, (Decimal, int)) and not isinstance(value, bool) and value >= 0:
+        return f"{value:f}"
+    return None

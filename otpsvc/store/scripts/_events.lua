@@ -1,17 +1,20 @@
 -- Events are written by the script that makes the change they report, in the same step: a
 -- committed change always has its event, and no event tells of a change that did not happen.
+-- The same holds for the outcome entries the funnel counts (see otpsvc/store/rollups.py).
 -- Included at the top of every script that changes a verification. Such a script takes, last:
---   KEYS  the shard's stream, its expiry index, its snapshots and its escalation steps due (the
---         verification's hash slot)
---   ARGV  the event's id (the prefix of the ids when a script writes several), the stream's age
---         bound in ms, and the API clients with a webhook as ',a,b,' (no one else gets events)
-local EV_STREAM, EV_EXPIRING = KEYS[#KEYS - 3], KEYS[#KEYS - 2]
-local EV_SNAPSHOTS, EV_LADDER = KEYS[#KEYS - 1], KEYS[#KEYS]
-local EV_ID, EV_MAX_AGE, EV_WANTED = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+--   KEYS  the shard's stream, its expiry index, its snapshots, its escalation steps due and its
+--         outcome entries (the verification's hash slot)
+--   ARGV  the event's id (the prefix of the ids when a script writes several), the streams' age
+--         bound in ms, the API clients with a webhook as ',a,b,' (no one else gets events),
+--         and 1 when outcomes are counted (0: OTPSVC_INSIGHTS_DAYS=0)
+local EV_STREAM, EV_EXPIRING = KEYS[#KEYS - 4], KEYS[#KEYS - 3]
+local EV_SNAPSHOTS, EV_LADDER, EV_OUTCOMES = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local EV_ID, EV_MAX_AGE, EV_WANTED = ARGV[#ARGV - 3], ARGV[#ARGV - 2], ARGV[#ARGV - 1]
+local EV_COUNTED = ARGV[#ARGV] == '1'
 
 -- What an event never carries: the code verifier, the sealed number and person of a ladder,
 -- and the person a gateway's verification belongs to.
-local EV_PRIVATE = {h = true, pe = true, pp = true, ow = true}
+local EV_PRIVATE = {h = true, pe = true, pp = true, ow = true, px = true}
 
 -- The record's fields but the private ones, as a table.
 local function ev_snapshot(record)
@@ -55,6 +58,41 @@ local function ev_add(id, event_type, vid, snap, at, extra)
   end
 end
 
+-- The channel of a ladder's step ('voice' without a ladder).
+local function in_channel(record, step)
+  local spec, i = redis.call('HGET', record, 'ld'), 0
+  for entry in string.gmatch(spec or '', '[^,]+') do
+    if i == step then
+      return string.match(entry, '^%s*([%w]+):') or 'voice'
+    end
+    i = i + 1
+  end
+  return 'voice'
+end
+
+-- Count an outcome for the funnel: `kind` (v: a verification begun with its first send, f: one
+-- whose first send failed, r: a ladder step reached, s: a resend, a: a call answered, ok: an
+-- approval), by client|country|prefix|provider|channel|step; `n` is a send's price or the ms
+-- from the start to the approval. `provider` and `step` default to the record's last send.
+local function in_add(record, kind, now, n, provider, step)
+  if not EV_COUNTED then
+    return
+  end
+  local f = redis.call('HMGET', record, 'c', 'px', 'p', 'li', 'pm')
+  step = tonumber(step or f[4] or 0)
+  -- 'px' is the country and the digits after the calling code ('NG803'); the masked number
+  -- ('+234*******567') begins with the calling code.
+  local px = f[2] or ''
+  local range = (string.match(f[5] or '', '^%+(%d+)%*') or '') .. string.sub(px, 3)
+  local dims = (f[1] or '') .. '|' .. string.sub(px, 1, 2) .. '|' .. range .. '|'
+    .. (provider or f[3] or '') .. '|' .. in_channel(record, step) .. '|' .. step
+  local oldest = string.format('%d', tonumber(now) - tonumber(EV_MAX_AGE))
+  redis.call('XADD', EV_OUTCOMES, 'MINID', '~', oldest, '*', 'k', kind, 'd', dims,
+    'n', string.format('%d', n or 0))
+  -- Gone with its last entry's age when nothing is added (and no worker folds) any more.
+  redis.call('PEXPIRE', EV_OUTCOMES, EV_MAX_AGE)
+end
+
 -- The verification in `record` changed (`event_type`, at `now` ms): tell its client. `ended`:
 -- it is over: its expiry is no longer watched, and no escalation step follows.
 local function ev_emit(record, event_type, now, ended, extra)
@@ -65,6 +103,9 @@ local function ev_emit(record, event_type, now, ended, extra)
     redis.call('ZREM', EV_LADDER, vid)
     -- No step follows: the sealed number and person have no more use.
     redis.call('HDEL', record, 'pe', 'pp')
+  end
+  if event_type == 'verification.approved' then
+    in_add(record, 'ok', now, tonumber(now) - tonumber(redis.call('HGET', record, 'ca') or now))
   end
   local snap = ev_snapshot(record)
   if ev_wanted(snap.c) then

@@ -37,6 +37,10 @@ if not new_rank or new_rank <= old_rank then
   return 'ignored'
 end
 redis.call('HSET', KEYS[1], 'ds', ARGV[2])
+if old_rank < 3 and (ARGV[2] == 'in-progress' or ARGV[2] == 'completed') then
+  -- Picked up (or, for an SMS, delivered): counted once per send.
+  in_add(KEYS[1], 'a', ARGV[3], 0)
+end
 if ARGV[2] == 'no-answer' or ARGV[2] == 'busy' or ARGV[2] == 'failed' then
   -- Nobody heard the code: the person may ask for a new call at once, and the next step of an
   -- escalation ladder is due now.

@@ -10,6 +10,9 @@
 --          one's wait, and a later step tells verification.escalated (from, to, why)
 -- ARGV[9]  what an accepted send cost (micro-units of the currency; '' without a price file):
 --          added to the record's total ('co'), and for a ladder's step kept with it ('lc')
+-- ARGV[10] what the provider reported the send cost, "<micro-units> <currency>" ('' when it
+--          reports nothing): added to the record's reported total ('rp', currency 'rc'), kept
+--          for reconciliation with the price file's quote
 -- KEYS and ARGV end with the event shard's (see _events.lua): a failed call sends
 -- verification.delivery_failed; an accepted one starts watching the verification's expiry.
 -- Returns 'ok' | 'failed' | 'superseded' | 'gone'
@@ -21,6 +24,10 @@ if f[1] ~= 'pending' or tonumber(f[2]) ~= tonumber(ARGV[1]) then
   return 'superseded'
 end
 if ARGV[2] == 'failed' then
+  if tonumber(f[2]) == 1 then
+    -- A verification begun whose first send failed still counts in the funnel.
+    in_add(KEYS[1], 'f', ARGV[7], 0, ARGV[4], ARGV[8] ~= '' and ARGV[8] or nil)
+  end
   if tonumber(f[3]) == 1 then
     -- A new verification whose first call failed is dead; the next start opens a new one.
     redis.call('HSET', KEYS[1], 'st', 'failed', 'ds', 'failed', 'p', ARGV[4])
@@ -37,9 +44,25 @@ if ARGV[2] == 'failed' then
   end
   return 'failed'
 end
+-- What the funnel counts: a verification begun (its first send), a ladder's next step
+-- reached, or a resend.
+local counted = 's'
+if tonumber(f[2]) == 1 then
+  counted = 'v'
+elseif ARGV[8] ~= ''
+    and tonumber(ARGV[8]) > tonumber(redis.call('HGET', KEYS[1], 'li') or '-1') then
+  counted = 'r'
+end
 redis.call('HSET', KEYS[1], 'p', ARGV[4], 'ds', ARGV[6])
+in_add(KEYS[1], counted, ARGV[7], tonumber(ARGV[9]) or 0, ARGV[4],
+  ARGV[8] ~= '' and ARGV[8] or nil)
 if ARGV[9] ~= '' then
   redis.call('HINCRBY', KEYS[1], 'co', ARGV[9])
+end
+local reported, currency = string.match(ARGV[10], '^(%d+) (%u+)$')
+if reported then
+  redis.call('HINCRBY', KEYS[1], 'rp', reported)
+  redis.call('HSET', KEYS[1], 'rc', currency)
 end
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'h', ARGV[3])

@@ -1,0 +1,221 @@
+"""The funnel's counts (see docs/money.md, "The funnel").
+
+The scripts that change a verification add an outcome entry to their shard's ``:in`` stream in
+the same step (a new verification and its first send, a further send, an answered call, an
+approval): nothing is counted that did not happen, nothing that happened goes uncounted, and a
+start or a check makes no extra round trip. ``otpsvc worker`` folds those entries into rollup
+hashes, one per hour and one per UTC day, in one slot (``fold.lua``: exactly once, even when
+it is killed or two workers fold at once). A rollup's field is a set of dimensions; its value,
+comma-separated counts (:data:`METRICS`).
+
+Four kinds of rollup, each answering the groupings its dimensions cover with as few fields as
+it can: ``c`` by client and country, ``r`` by client and route (provider, channel, ladder
+step), ``m`` by both, ``x`` by client, country and number prefix (a prefix with the route would
+multiply the fields by the routes). Hours are kept :data:`HOURS_KEPT_MS`, days
+``OTPSVC_INSIGHTS_DAYS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+from otpsvc.store.connection import RedisClient, per_node, store_guard
+from otpsvc.store.records import script_source
+from otpsvc.store.shards import insights_key, outcomes_key, tags
+from otpsvc.telemetry import TracedScript
+
+#: The counts of a rollup field, in order: verifications begun, steps reached (a verification
+#: counts once in each ladder step, provider and channel it reached), sends placed, calls
+#: answered, approvals, money (micro-units), then approvals by seconds from the start, in
+#: the buckets of :data:`APPROVAL_BOUNDS` and one past the last.
+METRICS = ("verifications", "reached", "sends", "answered", "approved", "spend")
+#: Upper bounds, in seconds, of the buckets of the time from start to approval.
+APPROVAL_BOUNDS = (5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+WIDTH = len(METRICS) + len(APPROVAL_BOUNDS) + 1
+#: The dimensions of each kind of rollup, in the order of a field.
+DIMENSIONS = {
+    "c": ("client", "country"),
+    "r": ("client", "provider", "channel", "step"),
+    "m": ("client", "country", "provider", "channel", "step"),
+    "x": ("client", "country", "prefix"),
+}
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+#: How long the hourly rollups are kept; older ranges are answered by whole days.
+HOURS_KEPT_MS = 48 * HOUR_MS
+#: Entries folded per shard and turn.
+BATCH = 1000
+#: How often a worker folds.
+FOLD_SECONDS = 1.0
+
+
+def bucket_of(seconds: float) -> int:
+    """The index of the approval-time bucket ``seconds`` falls in."""
+    for index, bound in enumerate(APPROVAL_BOUNDS):
+        if seconds <= bound:
+            return index
+    return len(APPROVAL_BOUNDS)
+
+
+def increments(kind: str, value: int) -> list[int]:
+    """What one outcome entry adds: ``v`` a verification begun with its first send (``value``:
+    its price), ``f`` one begun whose first send failed, ``r`` a ladder step reached with its
+    send, ``s`` a resend, ``a`` a call answered, ``ok`` an approval (``value``: ms from the
+    start)."""
+    counts = [0] * WIDTH
+    if kind in ("v", "f"):
+        counts[0] = counts[1] = 1
+    if kind == "r":
+        counts[1] = 1
+    if kind in ("v", "r", "s"):
+        counts[2], counts[5] = 1, value
+    if kind == "a":
+        counts[3] = 1
+    if kind == "ok":
+        counts[4] = 1
+        counts[len(METRICS) + bucket_of(value / 1000)] = 1
+    return counts
+
+
+def pack(counts: Iterable[int]) -> str:
+    """Counts as a rollup's value, trailing zeros left off."""
+    values = list(counts)
+    while len(values) > 1 and values[-1] == 0:
+        values.pop()
+    return ",".join(str(v) for v in values)
+
+
+def split_dimensions(dims: str) -> dict[str, str]:
+    """An entry's dimensions (``client|country|prefix|provider|channel|step``) as each kind's
+    field."""
+    values = dict(zip(ENTRY, dims.split("|"), strict=True))
+    return {kind: "|".join(values[d] for d in names) for kind, names in DIMENSIONS.items()}
+
+
+#: The dimensions of an outcome entry, in the order ``_events.lua`` writes them.
+ENTRY = ("client", "country", "prefix", "provider", "channel", "step")
+
+
+class Cell(NamedTuple):
+    """One rollup field: the start of its hour or day (Unix ms), its dimensions
+    (``|``-separated, in the order of its kind's :data:`DIMENSIONS`) and its counts (as
+    :func:`pack` wrote them). A tuple: a month's query makes tens of thousands."""
+
+    at_ms: int
+    dimensions: str
+    counts: str
+
+
+class Rollups:
+    """Folds the shards' outcome entries, and reads the rollups back."""
+
+    def __init__(self, client: RedisClient, prefix: str, *, days: int = 35) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.days_ms = days * DAY_MS
+        self.markers = insights_key(prefix, "folded")
+        self.streams = [outcomes_key(prefix, tag) for tag in tags()]
+        self._fold = TracedScript("fold", client.register_script(script_source("fold")))
+        self._next_fold = 0.0
+
+    def rollup_key(self, kind: str, span: str, start_ms: int) -> str:
+        """An hour's (``span`` ``h``) or a day's (``d``) rollup of ``kind``."""
+        number = start_ms // (HOUR_MS if span == "h" else DAY_MS)
+        return insights_key(self.prefix, f"{kind}:{span}{number}")
+
+    def tick(self) -> None:
+        """Fold, at most once every :data:`FOLD_SECONDS` (a task of the worker's loop)."""
+        if time.monotonic() >= self._next_fold:
+            self._next_fold = time.monotonic() + FOLD_SECONDS
+            self.fold()
+
+    def fold(self) -> int:
+        """Fold what every shard has added since its marker; the entries folded."""
+        with store_guard():
+            return self._fold_all()
+
+    def _fold_all(self) -> int:
+        r: Any = self.redis
+        markers = {_text(k): _text(v) for k, v in r.hgetall(self.markers).items()}
+        starts = {key: markers.get(key.split("{")[1].split("}")[0], "0-0") for key in self.streams}
+        found = per_node(
+            self.redis,
+            self.streams,
+            lambda pipe, key: pipe.xrange(key, f"({starts[key]}", "+", count=BATCH),
+        )
+        folded = 0
+        trims: dict[str, str] = {}
+        for key, entries in found.items():
+            if isinstance(entries, Exception) or not entries:
+                continue
+            tag = key.split("{")[1].split("}")[0]
+            last = _text(entries[-1][0])
+            now = self._fold_batch(tag, starts[key], last, entries)
+            if now == last:
+                folded += len(entries)
+            trims[key] = now
+        if trims:
+            per_node(self.redis, list(trims), lambda pipe, key: _trim(pipe, key, trims[key]))
+        return folded
+
+    def _fold_batch(self, tag: str, after: str, last: str, entries: list[Any]) -> str:
+        sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * WIDTH)
+        for entry_id, fields in entries:
+            at_ms = int(_text(entry_id).split("-")[0])
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            counts = increments(values["k"], int(values.get("n") or 0))
+            for kind, field in split_dimensions(values["d"]).items():
+                for span in ("h", "d"):
+                    total = sums[(self.rollup_key(kind, span, at_ms), field)]
+                    for i, n in enumerate(counts):
+                        total[i] += n
+        keys = sorted({key for key, _ in sums})
+        index = {key: i + 2 for i, key in enumerate(keys)}
+        args: list[str | int] = [tag, after, last, self.days_ms + HOURS_KEPT_MS]
+        args += [self._expiry(key) for key in keys]
+        for (key, field), counts in sums.items():
+            args += [index[key], field, pack(counts)]
+        return _text(self._fold(keys=[self.markers, *keys], args=args))
+
+    def _expiry(self, key: str) -> int:
+        """When a rollup hash expires: an hour's after :data:`HOURS_KEPT_MS`, a day's after the
+        days kept."""
+        span = key.rsplit(":", 1)[1]
+        if span.startswith("h"):
+            return (int(span[1:]) + 1) * HOUR_MS + HOURS_KEPT_MS
+        return (int(span[1:]) + 1) * DAY_MS + self.days_ms
+
+    # Reading ----------------------------------------------------------------------------------
+
+    def span(self, start_ms: int, end_ms: int, now_ms: int) -> tuple[str, int, int]:
+        """How a range is read: by hours while its start is within the hours kept, else by
+        whole UTC days; the range widened to whole hours or days."""
+        if start_ms >= now_ms - HOURS_KEPT_MS + HOUR_MS:
+            return "h", start_ms - start_ms % HOUR_MS, -(-end_ms // HOUR_MS) * HOUR_MS
+        return "d", start_ms - start_ms % DAY_MS, -(-end_ms // DAY_MS) * DAY_MS
+
+    def read(self, kind: str, span: str, start_ms: int, end_ms: int) -> Iterator[Cell]:
+        """Every rollup field of ``kind`` in [start, end), ``span`` ``h`` or ``d``."""
+        step = HOUR_MS if span == "h" else DAY_MS
+        starts = list(range(start_ms, end_ms, step))
+        pipe: Any = self.redis.pipeline(transaction=False)
+        for at in starts:
+            pipe.hgetall(self.rollup_key(kind, span, at))
+        with store_guard():
+            answers = pipe.execute()
+        for at_ms, fields in zip(starts, answers, strict=True):
+            for field, value in fields.items():
+                yield Cell(at_ms, _text(field), _text(value))
+
+
+def _trim(pipe: Any, key: str, marker: str) -> None:
+    """Drop a stream's entries up to ``marker`` (folded)."""
+    ms, _, seq = marker.partition("-")
+    pipe.xtrim(key, minid=f"{ms}-{int(seq or 0) + 1}", approximate=False)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -5,6 +5,7 @@ verifications and by an operator for all."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 
 from otpsvc.cli import main
 from otpsvc.core.funnel import BadGrouping, FunnelAsk, funnel, kind_for
+from otpsvc.core.ladder import LadderRunner
 from otpsvc.store.rollups import (
     APPROVAL_BOUNDS,
     METRICS,
@@ -25,8 +27,10 @@ from otpsvc.store.rollups import (
     pack,
 )
 from tests.conftest import KEY_A, KEY_B, Api, FakeClock, termii_env
+from tests.fakes.sevenio import FakeSevenio
 from tests.fakes.termii import FakeTermii
 from tests.test_money import priced
+from tests.test_webhooks import Seven
 
 OPERATOR_KEY = "op-" + "k3Yq9ZxV7mW2pL5nR8tB4cF6hJ1dG0sA"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_KEY}"}
@@ -276,3 +280,42 @@ def test_the_insights_command_prints_the_same_as_a_table(
     bad = CliRunner().invoke(main, ["insights", "--by", "planet"], env=env)
     assert bad.exit_code == 2
     assert "unknown group 'planet'" in bad.output
+
+
+def test_a_real_ladder_is_counted_by_step(
+    make_app, openapi, clock: FakeClock, sevenio: FakeSevenio, termii: FakeTermii, tmp_path: Path
+):
+    """voice:sevenio then sms:termii, priced: the call is not answered, the SMS step is placed
+    and its code approves. The total counts one verification, two sends and both prices; the
+    step rows count it in each step reached and the approval at the SMS step."""
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        '[sevenio.voice]\ndefault = "0.0300"\n[termii.voice]\ndefault = "0.0350"\n'
+        '[termii.sms]\ndefault = "0.0040"\n'
+    )
+    app = make_app(
+        **insight_env(path),
+        OTPSVC_PROVIDERS="sevenio,termii",
+        OTPSVC_LADDER="voice:sevenio/30,sms:termii",
+        OTPSVC_TERMII_SENDER="Acme",
+    )
+    seven = Seven(Api(app, KEY_A, openapi), clock)
+    started = seven.api.start("+4915123456789").get_json()
+    mid = started["delivery"]["provider_message_id"]
+    seven.hook("voice_status", {"id": mid, "status": "no-answer"})
+    ladder = LadderRunner(app.extensions["otpsvc"].service)
+    assert ladder.run_due() == 1
+    ladder.drain()
+    code = re.search(r"\b[0-9]{6}\b", termii.messages[-1].json["sms"])[0]  # type: ignore[index]
+    clock.advance(50)
+    assert seven.api.check(started["id"], code).get_json()["valid"] is True
+    app.extensions["otpsvc"].rollups.fold()
+    body = read(seven.api, "?group_by=step,channel,provider", OPERATOR)
+    total = body["total"]
+    assert (total["verifications"], total["sends"], total["approved"]) == (1, 2, 1)
+    assert total["spend"] == "0.034"  # 0.030 the call + 0.004 the SMS
+    assert total["seconds_to_approval"]["p50"] == 60  # 50 s: the 60 s bucket
+    assert [
+        (r["step"], r["channel"], r["provider"], r["verifications"], r["approved"], r["spend"])
+        for r in body["rows"]
+    ] == [("0", "voice", "sevenio", 1, 0, "0.03"), ("1", "sms", "termii", 1, 1, "0.004")]

@@ -117,6 +117,8 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             text = ", ".join(f"{name}: {_public(s)}" for name, s in value.items()) or "none"
         elif item.name == "allowed_countries":
             text = "any" if value is None else ",".join(sorted(value))
+        elif item.name in ("allowed_countries_voice", "allowed_countries_sms"):
+            text = "as OTPSVC_ALLOWED_COUNTRIES" if value is None else ",".join(sorted(value))
         elif item.name == "allowed_number_types":
             text = ",".join(sorted(n for n, v in NUMBER_TYPES.items() if v in value))
         elif item.name == "argon2":

@@ -49,6 +49,8 @@ CLIENT_KEYS: dict[str, str] = {
     "modes": "list",
     "ladder": "string",
     "allowed_countries": "list",
+    "allowed_countries_voice": "list",
+    "allowed_countries_sms": "list",
     "allowed_number_types": "list",
     "routes": "routes",
     "default_locale": "string",

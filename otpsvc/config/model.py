@@ -154,6 +154,9 @@ class Settings:
     calls_enabled: bool = True
     #: ISO 3166 alpha-2 codes calls may go to; None (dev mode only) means anywhere.
     allowed_countries: frozenset[str] | None = None
+    #: Narrower lists for one channel (a country must be in both); None: as allowed_countries.
+    allowed_countries_voice: frozenset[str] | None = None
+    allowed_countries_sms: frozenset[str] | None = None
     allowed_number_types: frozenset[int] = frozenset(
         {
             phonenumbers.PhoneNumberType.MOBILE,

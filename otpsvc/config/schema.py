@@ -218,6 +218,12 @@ class SettingsSchema(Schema):
     )
     calls_enabled = fields.Boolean(data_key="OTPSVC_CALLS_ENABLED", load_default=True)
     allowed_countries = fields.String(data_key="OTPSVC_ALLOWED_COUNTRIES", load_default=None)
+    allowed_countries_voice = fields.String(
+        data_key="OTPSVC_ALLOWED_COUNTRIES_VOICE", load_default=None
+    )
+    allowed_countries_sms = fields.String(
+        data_key="OTPSVC_ALLOWED_COUNTRIES_SMS", load_default=None
+    )
     allowed_number_types = fields.String(
         data_key="OTPSVC_ALLOWED_NUMBER_TYPES",
         load_default="mobile,fixed_line,fixed_line_or_mobile",
@@ -356,7 +362,7 @@ class SettingsSchema(Schema):
             raise ValidationError("name at least one provider")
         known_providers(names)
 
-    @validates("allowed_countries")
+    @validates("allowed_countries", "allowed_countries_voice", "allowed_countries_sms")
     def _check_countries(self, value: str | None, **_: object) -> None:
         parse_countries(value)
 
@@ -406,7 +412,8 @@ class SettingsSchema(Schema):
         if "providers" in data:
             data["providers"] = tuple(split(data["providers"]))
         data["routes"] = parse_routes(data["routes"])
-        data["allowed_countries"] = parse_countries(data["allowed_countries"])
+        for name in ("allowed_countries", "allowed_countries_voice", "allowed_countries_sms"):
+            data[name] = parse_countries(data[name])
         data["allowed_number_types"] = parse_number_types(data["allowed_number_types"])
         data["modes"] = parse_modes(data["modes"])
         data["ladder"] = parse_ladder(data["ladder"])

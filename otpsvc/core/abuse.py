@@ -11,7 +11,7 @@ anything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from otpsvc import metrics
@@ -56,12 +56,18 @@ class AbusePolicy:
     #: As configured, for a refusal's message ("50.00 per day").
     spend_text: str = ""
     own_spend_text: str = ""
+    #: Where each channel may go, narrower than ``allowed_countries`` (None: as it).
+    channel_countries: Mapping[str, frozenset[str] | None] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, s: Settings) -> AbusePolicy:
         return cls(
             calls_enabled=s.calls_enabled,
             allowed_countries=s.allowed_countries,
+            channel_countries={
+                "voice": s.allowed_countries_voice,
+                "sms": s.allowed_countries_sms,
+            },
             allowed_number_types=s.allowed_number_types,
             per_phone=s.velocity_phone,
             per_client=s.velocity_client,
@@ -98,16 +104,21 @@ class AbusePolicy:
             own_spend_text=own.budget if "budget" in keys and own.budget else "",
         )
 
-    def screen(self, phone: Phone, client: str) -> None:
-        """Refuse numbers no call may go to; no state is touched."""
+    def screen(self, phone: Phone, client: str, channel: str = "voice") -> None:
+        """Refuse numbers no call (or, for ``channel`` sms, no SMS) may go to; no state is
+        touched."""
         if not self.calls_enabled:
             audit("fraud_block", client=client, phone=phone.masked, reason="calls_disabled")
             metrics.REFUSALS.labels(metrics.client_label(client), "kill_switch").inc()
             raise CallsSuspended(60, "calls are switched off (OTPSVC_CALLS_ENABLED)")
-        if self.allowed_countries is not None and phone.region not in self.allowed_countries:
-            audit("fraud_block", client=client, phone=phone.masked, reason="country")
-            metrics.REFUSALS.labels(metrics.client_label(client), "country").inc()
-            raise CountryNotAllowed(f"calls to {phone.region or 'this country'} are not allowed")
+        what = "SMS" if channel == "sms" else "calls"
+        for allowed in (self.allowed_countries, self.channel_countries.get(channel)):
+            if allowed is not None and phone.region not in allowed:
+                audit("fraud_block", client=client, phone=phone.masked, reason="country")
+                metrics.REFUSALS.labels(metrics.client_label(client), "country").inc()
+                raise CountryNotAllowed(
+                    f"{what} to {phone.region or 'this country'} are not allowed"
+                )
         if phone.number_type not in self.allowed_number_types:
             audit("fraud_block", client=client, phone=phone.masked, reason="number_type")
             metrics.REFUSALS.labels(metrics.client_label(client), "number_type").inc()

@@ -156,7 +156,7 @@ class Starting(ServiceBase):
                 if ask.mode != "code":
                     raise InvalidRequest({"mode": ["a test number takes code mode only"]})
             else:
-                draft.abuse.screen(ask.phone, ask.client)
+                draft.abuse.screen(ask.phone, ask.client, draft.channel)
                 draft.route = self._route(draft)
             draft.now_ms = self._now_ms()
             draft.phone_key = (

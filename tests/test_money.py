@@ -274,3 +274,28 @@ def test_what_sevenio_reports_a_send_cost_is_kept_for_reconciliation(
     (tmp_path / "t.toml").write_text('[termii.voice]\ndefault = "0.0120"\n')
     termii_app = make_app(**priced(tmp_path / "t.toml"))
     assert "reported_cost" not in Api(termii_app, KEY_A, openapi).start().get_json()
+
+
+def test_a_shared_money_budget_without_each_clients_own_is_warned_of(
+    redis_url, prices: Path, tmp_path: Path
+):
+    """One client spending the budget of every client stops the others' calls: said at start-up
+    and by check-config, naming the clients without a budget of their own, until each has one."""
+    env = termii_env(redis_url, **priced(prices), OTPSVC_BUDGET="5 per day")
+    warned = [w for w in load_settings(env).warnings if w.startswith("OTPSVC_BUDGET")]
+    assert warned == [
+        "OTPSVC_BUDGET: no budget of its own (`budget` in the client file) for client-a, "
+        "client-b: any of them can spend the budget of every client and stop the others' calls"
+    ]
+    clients = tmp_path / "clients.toml"
+    clients.write_text('[clients.client-a]\nbudget = "2 per day"\n')
+    half = load_settings({**env, "OTPSVC_CLIENTS_FILE": str(clients)})
+    assert [w for w in half.warnings if w.startswith("OTPSVC_BUDGET")] == [
+        "OTPSVC_BUDGET: no budget of its own (`budget` in the client file) for client-b: any "
+        "of them can spend the budget of every client and stop the others' calls"
+    ]
+    clients.write_text(
+        '[clients.client-a]\nbudget = "2 per day"\n[clients.client-b]\nbudget = "2 per day"\n'
+    )
+    whole = load_settings({**env, "OTPSVC_CLIENTS_FILE": str(clients)})
+    assert not [w for w in whole.warnings if w.startswith("OTPSVC_BUDGET")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -155,8 +155,27 @@ def load_settings(source: Mapping[str, Any] | None = None) -> Settings:
     if client_file is None:
         if file_problems:
             raise ConfigError(sorted(file_problems))
+        return _with_budget_warning(settings)
+    return _with_budget_warning(_with_client_file(settings, relevant, client_file, file_problems))
+
+
+def _with_budget_warning(settings: Settings) -> Settings:
+    """A budget in money of every client together, with clients that have none of their own:
+    any one of them can spend it and stop the others' calls. Said, not refused (one app, or
+    apps that trust each other, may mean it)."""
+    if not settings.budget or len(settings.clients) < 2:
         return settings
-    return _with_client_file(settings, relevant, client_file, file_problems)
+    open_to_all = sorted(
+        c.name for c in settings.clients if "budget" not in settings.client_keys.get(c.name, ())
+    )
+    if not open_to_all:
+        return settings
+    warning = (
+        "OTPSVC_BUDGET: no budget of its own (`budget` in the client file) for "
+        f"{', '.join(open_to_all)}: any of them can spend the budget of every client and stop "
+        "the others' calls"
+    )
+    return replace(settings, warnings=(*settings.warnings, warning))
 
 
 def _price_book(loaded: _Loaded, problems: list[str]) -> PriceBook | None:

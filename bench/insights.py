@@ -7,7 +7,8 @@ SMS step, 100 number prefixes a country (Zipf), 60 % approved. The rollups hold 
 hour (or day) and set of dimensions seen, so what they cost depends on how many distinct sets a
 day sees, not on how each was counted: each hour's counts are drawn (a multinomial over every
 set of dimensions) and written through the worker's own fold script, the last 48 hours by hour
-and by day, the 33 days before by day, as the worker leaves them.
+and by day, the 33 days before by day, as the worker leaves them. The queries are timed as the
+API runs them (``read_funnel``: reading the rollups and summing them, without HTTP).
 
     python bench/insights.py            # about a minute; a fresh redis-server of its own
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from otpsvc.core.funnel import FunnelAsk, funnel, kind_for
+from otpsvc.core.funnel import FunnelAsk, read_funnel
 from otpsvc.dev.redis_server import RedisServer
 from otpsvc.store.connection import connect
 from otpsvc.store.rollups import DAY_MS, HOUR_MS, WIDTH, Rollups, pack
@@ -96,8 +97,9 @@ def _counts(begun: int, reached: int, sends: int, approved: int, spend: int) -> 
     return counts
 
 
-def write(rollups: Rollups, target: dict[str, dict[str, list[int]]]) -> None:
-    """Write cells through the fold script, in batches (its marker advanced as a worker's)."""
+def write(rollups: Rollups, span: str, at_ms: int, target: dict[str, dict[str, list[int]]]) -> None:
+    """Write the cells of the hour or day at ``at_ms`` through the fold script, in batches (its
+    marker advanced as a worker's)."""
     r: Any = rollups.redis
     items = [
         (key, field, counts) for key, fields in target.items() for field, counts in fields.items()
@@ -113,7 +115,7 @@ def write(rollups: Rollups, target: dict[str, dict[str, list[int]]]) -> None:
             marker,
             after,
             rollups.days_ms,
-            *(rollups._expiry(k) for k in keys),
+            *(rollups.expiry(span, at_ms) for _ in keys),
         ]
         for key, field, counts in batch:
             args += [index[key], field, pack(counts)]
@@ -130,8 +132,8 @@ def month(
     for day in range(days):
         day_start = today - (days - 1 - day) * DAY_MS
         by_day: dict[str, dict[str, list[int]]] = {}
-        by_hour: dict[str, dict[str, list[int]]] = {}
         for hour in range(24):
+            by_hour: dict[str, dict[str, list[int]]] = {}
             at = day_start + hour * HOUR_MS
             if at > now_ms:
                 break
@@ -143,8 +145,8 @@ def month(
                     day_cell[i] += v
                 if at >= now_ms - 48 * HOUR_MS:
                     by_hour.setdefault(rollups.rollup_key(kind, "h", at), {})[field] = counts
-        write(rollups, by_day)
-        write(rollups, by_hour)
+            write(rollups, "h", at, by_hour)
+        write(rollups, "d", day_start, by_day)
         yield f"day {day + 1}/{days}"
 
 
@@ -179,17 +181,12 @@ def main() -> None:
             ("24 hours by hour", ("hour",)),
             ("24 hours by prefix", ("prefix",)),
         ):
-            kind = kind_for(group_by)
             span_days = 1 if label.startswith("24 hours") else 30
             runs = []
             for _ in range(7):
                 t0 = time.perf_counter()
-                span, start, end = rollups.span(now - span_days * DAY_MS, now, now)
-                body = funnel(
-                    FunnelAsk(start, end, group_by, None),
-                    rollups.read(kind, span, start, end),
-                    "EUR",
-                )
+                ask = FunnelAsk(now - span_days * DAY_MS, now, group_by, None)
+                body = read_funnel(rollups, ask, now, "EUR")
                 runs.append(time.perf_counter() - t0)
             timings[label] = (
                 statistics.median(runs) * 1000,

@@ -25,11 +25,11 @@ class Phone:
     def masked(self) -> str:
         return mask(self.e164, self.country_code)
 
-    def prefix(self, digits: int = 3) -> str:
-        """The calling code and the next ``digits`` digits (``234803``): a number range, shown
-        without the number."""
-        code = str(self.country_code)
-        return self.e164[1 : 1 + len(code) + digits]
+    def range_digits(self, digits: int = 3) -> str:
+        """The ``digits`` digits after the calling code (``803`` of +234 803...): with the
+        calling code, a number range, shown without the number."""
+        after = 1 + len(str(self.country_code))
+        return self.e164[after : after + digits]
 
     def __repr__(self) -> str:
         return f"Phone({self.masked})"

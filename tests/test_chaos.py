@@ -277,7 +277,7 @@ def _funnel_matches_redis(stack: Stack) -> str:
 
 def _markers(rollups: Rollups) -> dict[str, str]:
     found = rollups.redis.hgetall(rollups.markers)
-    return {key: found.get(key.split("{")[1].split("}")[0], "0-0") for key in rollups.streams}
+    return {key: found.get(tag, "0-0") for key, tag in rollups.streams.items()}
 
 
 @pytest.fixture

@@ -386,9 +386,11 @@ def test_docs_are_served_in_every_mode_from_the_package(make_app):
 
 
 def test_no_page_loads_anything_from_another_site():
-    """The dev page and the reference work offline: no http(s):// asset in their files."""
+    """The dev page, the reference and the insights page work offline: no http(s):// asset in
+    their files."""
     static = resources.files("otpsvc").joinpath("dev", "static")
-    for name in ("dev.html", "dev.js", "dev.css", "docs.html", "docs.js"):
+    names = ("dev.html", "dev.js", "dev.css", "docs.html", "docs.js")
+    for name in (*names, "base.css", "insights.html", "insights.js", "insights.css"):
         text = static.joinpath(name).read_text(encoding="utf-8")
         assert not re.search(r"""(src|href)\s*=\s*["']https?://""", text), name
         assert "cdn" not in text.lower(), name

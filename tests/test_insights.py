@@ -193,7 +193,7 @@ def test_a_folder_that_lost_the_race_folds_nothing(make_app, openapi, prices: Pa
     # The batch as a folder read it, before another folded the same entries.
     found = [(k, rt.redis.xrange(k)) for k in late.streams]
     key, entries = next((k, e) for k, e in found if e)
-    tag = key.split("{")[1].split("}")[0]
+    tag = late.streams[key]
     assert late.fold() == 1
     again = late._fold_batch(tag, "0-0", entries[-1][0], entries)
     assert again == entries[-1][0]  # the marker it found, not a second count

@@ -18,7 +18,6 @@ import ipaddress
 import json
 import time
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +32,7 @@ from otpsvc.api.context import (
     limit_request,
     runtime,
 )
-from otpsvc.api.docs import html_page
+from otpsvc.api.docs import html_page, own_asset
 from otpsvc.api.schemas import VERIFICATION_ID, PhoneField, load
 from otpsvc.api.webhooks import received
 from otpsvc.dev.inbox import FAULTS, CallInbox, InboxCall
@@ -45,8 +44,7 @@ api.before_request(authenticate)
 page = Blueprint("dev_page", __name__, url_prefix="/dev")
 console_hooks = Blueprint("console_hooks", __name__, url_prefix="/webhooks/console")
 
-STATIC = resources.files("otpsvc").joinpath("dev", "static")
-ASSETS = {"dev.css": "text/css", "dev.js": "text/javascript"}
+ASSETS = {"base.css": "text/css", "dev.css": "text/css", "dev.js": "text/javascript"}
 #: The longest ``wait`` of ``GET /dev/calls``, seconds.
 MAX_WAIT = 30.0
 #: How often a waiting request or an open page looks for a change, seconds.
@@ -194,9 +192,7 @@ def index() -> Response:
 
 @page.get("/assets/<name>")
 def asset(name: str) -> Response:
-    if name not in ASSETS:
-        raise NotFound("no such asset")
-    return Response(STATIC.joinpath(name).read_bytes(), mimetype=ASSETS[name])
+    return own_asset(name, ASSETS)
 
 
 def _status_of(call: InboxCall) -> tuple[str, str | None]:

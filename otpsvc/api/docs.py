@@ -6,6 +6,7 @@ and served from it: no CDN, no build step, works offline. Served in every mode.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 
 from flask import Blueprint, Response
@@ -25,15 +26,25 @@ OWN = resources.files("otpsvc").joinpath("dev", "static")
 OWN_ASSETS = {"docs.js": "text/javascript", "docs.css": "text/css"}
 
 
-def html_page(name: str, style_src: str = "'self'") -> Response:
-    """One of the package's pages, allowed to load from this origin only."""
+def html_page(name: str, style_src: str = "'self'", form_action: str = "'self'") -> Response:
+    """One of the package's pages, allowed to load from this origin only. ``form_action``
+    ``'none'``: a page whose form must never be sent by the browser itself (it holds a key)."""
     response = Response(OWN.joinpath(name).read_text(encoding="utf-8"), mimetype="text/html")
     response.headers["Content-Security-Policy"] = (
         f"default-src 'self'; img-src 'self' data:; style-src {style_src}; script-src 'self'; "
-        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        f"connect-src 'self'; frame-ancestors 'none'; form-action {form_action}; base-uri 'none'"
     )
     response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+def own_asset(name: str, types: Mapping[str, str]) -> Response:
+    """A file a page of the package loads, if ``types`` (name -> its type) lists it."""
+    if name not in types:
+        raise NotFound("no such asset")
+    return Response(OWN.joinpath(name).read_bytes(), mimetype=types[name])
 
 
 @bp.get("")

@@ -276,29 +276,28 @@ SINCE = re.compile(r"\A([1-9][0-9]*)([mhd])\Z")
 def insights(since: str, group_by: str, api_client: str | None, as_json: bool) -> None:
     """What verifications cost and how they convert (the funnel of GET /insights/funnel), as a
     table. Counted by `otpsvc worker`. More: the docs' "Money and conversion" page."""
-    from otpsvc.core.funnel import BadGrouping, FunnelAsk, funnel, kind_for
+    from otpsvc.core.funnel import BadGrouping, FunnelAsk, kind_for, parse_groups, read_funnel
     from otpsvc.store.rollups import Rollups
 
     found = SINCE.match(since)
     if not found:
         raise click.BadParameter("a number and m, h or d, such as 24h", param_hint="--since")
-    groups = tuple(g for g in group_by.replace(" ", "").split(",") if g)
+    groups = parse_groups(group_by)
     try:
-        kind = kind_for(groups)
+        kind_for(groups)
     except BadGrouping as exc:
         raise click.BadParameter(str(exc), param_hint="--by") from exc
     settings = load()
     _known_client(api_client)
     span_ms = int(found.group(1)) * {"m": 60_000, "h": 3_600_000, "d": 86_400_000}[found.group(2)]
+    currency = settings.currency if settings.prices else None
     with redis_errors():
         client, _, _ = store_parts(settings)
         rollups = Rollups(client, settings.redis_prefix, days=settings.insights_days)
         now = int(time.time() * 1000)
-        start = max(now - span_ms, now - settings.insights_days * 86_400_000)
-        span, start, end = rollups.span(start, now, now)
-        ask = FunnelAsk(start, end, groups, api_client)
-        currency = settings.currency if settings.prices else None
-        body = funnel(ask, rollups.read(kind, span, start, end), currency)
+        body = read_funnel(
+            rollups, FunnelAsk(now - span_ms, now, groups, api_client), now, currency
+        )
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return

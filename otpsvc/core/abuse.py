@@ -276,7 +276,7 @@ def refusal_error(
 def _spend_error(refusal: Refusal, abuse: AbusePolicy) -> SpendBudgetExceeded:
     own = refusal.kind == "client_spend"
     budget = abuse.own_spend_text if own else abuse.spend_text
-    currency = abuse.prices.currency if abuse.prices else ""
+    currency = abuse.currency
     whose = "this client's own budget" if own else "the budget of every client together"
     return SpendBudgetExceeded(
         refusal.retry_after,

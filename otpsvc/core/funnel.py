@@ -18,7 +18,7 @@ from typing import Any
 
 from otpsvc.core.views import timestamp
 from otpsvc.money import show
-from otpsvc.store.rollups import APPROVAL_BOUNDS, DIMENSIONS, METRICS, WIDTH, Cell
+from otpsvc.store.rollups import APPROVAL_BOUNDS, DIMENSIONS, METRICS, WIDTH, Cell, Rollups
 
 #: What a funnel may be grouped by.
 GROUPS = ("country", "provider", "channel", "step", "client", "prefix", "hour", "day")
@@ -38,6 +38,23 @@ class FunnelAsk:
     group_by: tuple[str, ...]
     #: Only this client's rows (a client key); None: every client's (an operator key).
     client: str | None
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    """``"country, provider"`` -> the groups named (checked by :func:`kind_for`)."""
+    return tuple(g for g in text.replace(" ", "").split(",") if g)
+
+
+def read_funnel(
+    rollups: Rollups, ask: FunnelAsk, now_ms: int, currency: str | None
+) -> dict[str, Any]:
+    """The funnel of ``ask`` from the rollups: its range no further back than they are kept,
+    widened to the whole hours or days they are read by."""
+    start = max(ask.start_ms, now_ms - rollups.days_ms)
+    span, start, end = rollups.span(start, ask.end_ms, now_ms)
+    kind = kind_for(ask.group_by)
+    cells = rollups.read(kind, span, start, end)
+    return funnel(FunnelAsk(start, end, ask.group_by, ask.client), cells, currency)
 
 
 def kind_for(group_by: Sequence[str]) -> str:

@@ -272,7 +272,7 @@ class Starting(ServiceBase):
             "ma": policy.max_attempts,
             # Country and the three digits after the calling code ("NG803"; 'pm' holds the
             # calling code), for the funnel's counts by number range (see store/rollups.py).
-            "px": draft.country + ask.phone.prefix()[len(str(ask.phone.country_code)) :],
+            "px": draft.country + ask.phone.range_digits(),
         }
         if ask.client_ref:
             fields["ref"] = ask.client_ref
@@ -383,6 +383,7 @@ class Starting(ServiceBase):
         gen = int(record["g"])
         indexed = self.dispatcher.providers[result.provider].reports_by_message_id
         cost = draft.abuse.quote(result.provider, draft.channel, ask.phone)
+        reported = _reported(result)
         outcome = self.store.finalize(
             reservation.id,
             gen,
@@ -396,7 +397,7 @@ class Starting(ServiceBase):
             index_message_ms=draft.policy.code_ttl_ms + 3_600_000 if indexed else 0,
             ladder_step=_step_of(record.get("ld"), result.provider, draft.first),
             cost=cost,
-            reported=_reported(result),
+            reported=reported,
         )
         created = reservation.outcome == "new"
         if outcome != "ok":
@@ -423,7 +424,7 @@ class Starting(ServiceBase):
         record.update(p=result.provider, ds=result.status)
         if cost is not None:
             record["co"] = str(int(record.get("co") or 0) + cost)
-        if (reported := _reported(result)) is not None:
+        if reported is not None:
             metrics.REPORTED_SPEND.labels(result.provider, reported[1]).inc(reported[0] / SCALE)
             record.update(rp=str(int(record.get("rp") or 0) + reported[0]), rc=reported[1])
         if result.message_id:

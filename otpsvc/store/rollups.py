@@ -110,14 +110,16 @@ class Cell(NamedTuple):
 
 
 class Rollups:
-    """Folds the shards' outcome entries, and reads the rollups back."""
+    """Folds the shards' outcome entries, and reads the rollups back (on a client that decodes
+    replies, as :func:`otpsvc.store.connection.connect` makes them)."""
 
     def __init__(self, client: RedisClient, prefix: str, *, days: int = 35) -> None:
         self.redis = client
         self.prefix = prefix
         self.days_ms = days * DAY_MS
         self.markers = insights_key(prefix, "folded")
-        self.streams = [outcomes_key(prefix, tag) for tag in tags()]
+        #: Each shard's stream of outcome entries, and the shard's tag.
+        self.streams = {outcomes_key(prefix, tag): tag for tag in tags()}
         self._fold = TracedScript("fold", client.register_script(script_source("fold")))
         self._next_fold = 0.0
 
@@ -125,6 +127,13 @@ class Rollups:
         """An hour's (``span`` ``h``) or a day's (``d``) rollup of ``kind``."""
         number = start_ms // (HOUR_MS if span == "h" else DAY_MS)
         return insights_key(self.prefix, f"{kind}:{span}{number}")
+
+    def expiry(self, span: str, start_ms: int) -> int:
+        """When the rollup of the hour or day that holds ``start_ms`` expires (Unix ms): an
+        hour's after :data:`HOURS_KEPT_MS`, a day's after the days kept."""
+        if span == "h":
+            return start_ms - start_ms % HOUR_MS + HOUR_MS + HOURS_KEPT_MS
+        return start_ms - start_ms % DAY_MS + DAY_MS + self.days_ms
 
     def tick(self) -> None:
         """Fold, at most once every :data:`FOLD_SECONDS` (a task of the worker's loop)."""
@@ -139,11 +148,11 @@ class Rollups:
 
     def _fold_all(self) -> int:
         r: Any = self.redis
-        markers = {_text(k): _text(v) for k, v in r.hgetall(self.markers).items()}
-        starts = {key: markers.get(key.split("{")[1].split("}")[0], "0-0") for key in self.streams}
+        markers = r.hgetall(self.markers)
+        starts = {key: markers.get(tag, "0-0") for key, tag in self.streams.items()}
         found = per_node(
             self.redis,
-            self.streams,
+            list(self.streams),
             lambda pipe, key: pipe.xrange(key, f"({starts[key]}", "+", count=BATCH),
         )
         folded = 0
@@ -151,9 +160,8 @@ class Rollups:
         for key, entries in found.items():
             if isinstance(entries, Exception) or not entries:
                 continue
-            tag = key.split("{")[1].split("}")[0]
-            last = _text(entries[-1][0])
-            now = self._fold_batch(tag, starts[key], last, entries)
+            last = entries[-1][0]
+            now = self._fold_batch(self.streams[key], starts[key], last, entries)
             if now == last:
                 folded += len(entries)
             trims[key] = now
@@ -163,30 +171,24 @@ class Rollups:
 
     def _fold_batch(self, tag: str, after: str, last: str, entries: list[Any]) -> str:
         sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * WIDTH)
+        expiries: dict[str, int] = {}
         for entry_id, fields in entries:
-            at_ms = int(_text(entry_id).split("-")[0])
-            values = {_text(k): _text(v) for k, v in fields.items()}
-            counts = increments(values["k"], int(values.get("n") or 0))
-            for kind, field in split_dimensions(values["d"]).items():
+            at_ms = int(entry_id.split("-")[0])
+            counts = increments(fields["k"], int(fields.get("n") or 0))
+            for kind, field in split_dimensions(fields["d"]).items():
                 for span in ("h", "d"):
-                    total = sums[(self.rollup_key(kind, span, at_ms), field)]
+                    key = self.rollup_key(kind, span, at_ms)
+                    expiries[key] = self.expiry(span, at_ms)
+                    total = sums[(key, field)]
                     for i, n in enumerate(counts):
                         total[i] += n
-        keys = sorted({key for key, _ in sums})
+        keys = sorted(expiries)
         index = {key: i + 2 for i, key in enumerate(keys)}
         args: list[str | int] = [tag, after, last, self.days_ms + HOURS_KEPT_MS]
-        args += [self._expiry(key) for key in keys]
+        args += [expiries[key] for key in keys]
         for (key, field), counts in sums.items():
             args += [index[key], field, pack(counts)]
-        return _text(self._fold(keys=[self.markers, *keys], args=args))
-
-    def _expiry(self, key: str) -> int:
-        """When a rollup hash expires: an hour's after :data:`HOURS_KEPT_MS`, a day's after the
-        days kept."""
-        span = key.rsplit(":", 1)[1]
-        if span.startswith("h"):
-            return (int(span[1:]) + 1) * HOUR_MS + HOURS_KEPT_MS
-        return (int(span[1:]) + 1) * DAY_MS + self.days_ms
+        return str(self._fold(keys=[self.markers, *keys], args=args))
 
     # Reading ----------------------------------------------------------------------------------
 
@@ -208,14 +210,10 @@ class Rollups:
             answers = pipe.execute()
         for at_ms, fields in zip(starts, answers, strict=True):
             for field, value in fields.items():
-                yield Cell(at_ms, _text(field), _text(value))
+                yield Cell(at_ms, field, value)
 
 
 def _trim(pipe: Any, key: str, marker: str) -> None:
     """Drop a stream's entries up to ``marker`` (folded)."""
     ms, _, seq = marker.partition("-")
     pipe.xtrim(key, minid=f"{ms}-{int(seq or 0) + 1}", approximate=False)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -44,7 +45,8 @@ API_KEY = "bench-client-key-0123456789abcdef"
 
 
 class TermiiStandIn(BaseHTTPRequestHandler):
-    """Answers POST /api/sms/otp/call as Termii does and remembers each code it was given.
+    """Answers POST /api/sms/otp/call (and /api/sms/send) as Termii does and remembers each
+    code it was given.
 
     HTTP/1.1 with keep-alive, as a provider's API is: otpsvc's session reuses its connection.
     Nagle's algorithm is off, as on any HTTP server: with it, the body (a second small write after
@@ -61,7 +63,11 @@ class TermiiStandIn(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.lock:
-            self.codes[body["phone_number"]] = str(body["code"])
+            if "sms" in body:
+                # "Send message": the code is in the text.
+                self.codes[body["to"]] = re.findall(r"\d{4,8}", body["sms"])[0]
+            else:
+                self.codes[body["phone_number"]] = str(body["code"])
         delay = type(self).latency()
         if delay:
             time.sleep(delay)

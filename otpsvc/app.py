@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import platform
+import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
@@ -21,6 +23,7 @@ from otpsvc.config import Settings, load_settings
 from otpsvc.config.loading import UNGUARDED_METRICS
 from otpsvc.config.providers import providers_for
 from otpsvc.core.abuse import AbusePolicy
+from otpsvc.core.fraud import conversion_for
 from otpsvc.core.keyring import Keyring
 from otpsvc.core.ladder import lease_ms_for
 from otpsvc.core.service import Policy, VerificationService
@@ -133,7 +136,42 @@ def _runtime(settings: Settings, client: RedisClient, clock: Callable[[], float]
         ),
         inbox=inbox,
         events=EventQueue(client, settings.redis_prefix, event_settings),
-        rollups=Rollups(client, settings.redis_prefix, days=settings.insights_days),
+        rollups=rollups_for(settings, client, clock),
+    )
+
+
+def fold_task(rollups: Rollups) -> Callable[[], None]:
+    """A worker's task: fold the outcome entries (at most once a second), and count what the
+    conversion rule decided in the worker's metrics (the suspensions in force, every 10 s)."""
+    next_count = 0.0
+
+    def fold() -> None:
+        nonlocal next_count
+        rollups.tick()
+        made, rollups.made = rollups.made, []
+        for suspension in made:
+            metrics.FRAUD_SUSPENSIONS.labels(suspension.rule, suspension.channel).inc()
+        conversion = rollups.conversion
+        if conversion is not None and (made or time.monotonic() >= next_count):
+            next_count = time.monotonic() + 10.0
+            counts = Counter(
+                (s.rule, s.channel) for s in conversion.suspensions(int(rollups.clock() * 1000))
+            )
+            for rule in ("prefix", "country", "prefix_all", "country_all"):
+                for channel in ("voice", "sms"):
+                    metrics.FRAUD_SUSPENDED.labels(rule, channel).set(counts[(rule, channel)])
+
+    return fold
+
+
+def rollups_for(settings: Settings, client: RedisClient, clock: Callable[[], float]) -> Rollups:
+    """What reads the outcome entries: the funnel's rollups and the conversion rule."""
+    return Rollups(
+        client,
+        settings.redis_prefix,
+        days=settings.insights_days,
+        conversion=conversion_for(settings, client),
+        clock=clock,
     )
 
 
@@ -187,6 +225,7 @@ def _service(
             name: AbusePolicy.for_client(settings, own, settings.client_keys[name])
             for name, own in settings.client_settings.items()
         },
+        conversion=conversion_for(settings, client),
     )
     service.ladder_lease_ms = lease_ms_for(
         settings.provider_connect_timeout,

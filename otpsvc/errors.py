@@ -169,6 +169,23 @@ class SpendBudgetExceeded(TooManyRequests):
         return {**super().extensions(), "budget": self.budget, "currency": self.currency}
 
 
+class PrefixSuspended(TooManyRequests):
+    """The conversion rule suspended sends to this number's prefix (or its country) on this
+    channel: too few of the codes sent there were entered (see docs/fraud.md). Names the rule
+    and the channel; nothing is counted, no call placed."""
+
+    code = "prefix_suspended"
+
+    def __init__(self, retry_after: float, detail: str, *, rule: str, channel: str) -> None:
+        scope = "global" if rule.endswith("_all") else "client"
+        super().__init__(retry_after, detail, limit="prefix_suspended", scope=scope)
+        self.rule = rule
+        self.channel = channel
+
+    def extensions(self) -> dict[str, object]:
+        return {**super().extensions(), "rule": self.rule, "channel": self.channel}
+
+
 class MaxAttemptsReached(TooManyRequests):
     code = "max_attempts_reached"
 

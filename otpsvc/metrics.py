@@ -114,6 +114,7 @@ REFUSAL_REASONS = (
     "limit_end_user_addresses",
     "spend_budget",
     "spend_budget_client",
+    "prefix_suspended",
 )
 #: Every reason ``otpsvc_provider_errors_total`` counts (``voice.dispatch``).
 PROVIDER_ERROR_REASONS = (
@@ -133,6 +134,29 @@ LADDER_STEPS = Counter(
     "otpsvc_ladder_steps_total",
     "Escalation steps taken, by what made them due (no-answer, busy, failed, timeout).",
     ["reason"],
+)
+FRAUD_WOULD_BLOCK = Counter(
+    "otpsvc_fraud_would_block_total",
+    "Sends placed in monitor mode that the conversion rule would have refused, by rule "
+    "(prefix, country, prefix_all, country_all) and channel.",
+    ["rule", "channel"],
+)
+FRAUD_BLOCKED = Counter(
+    "otpsvc_fraud_blocked_total",
+    "Sends refused by the conversion rule in enforce mode (429 prefix_suspended), by rule and "
+    "channel.",
+    ["rule", "channel"],
+)
+FRAUD_SUSPENSIONS = Counter(
+    "otpsvc_fraud_suspensions_total",
+    "Suspensions the conversion rule made (otpsvc worker), by rule and channel.",
+    ["rule", "channel"],
+)
+FRAUD_SUSPENDED = Gauge(
+    "otpsvc_fraud_suspended",
+    "Suspensions of the conversion rule in force (otpsvc worker), by rule and channel.",
+    ["rule", "channel"],
+    multiprocess_mode="max",
 )
 LADDER_STOPS = Counter(
     "otpsvc_ladder_stops_total",
@@ -415,6 +439,10 @@ def start_at_zero(providers: Iterable[str], clients: Iterable[str] = ()) -> None
             REFUSALS.labels(client, reason)
     for scope in ("auth_failures", "start_ip", "check_ip"):
         REFUSALS.labels("none", f"limit_{scope}")
+    for rule in ("prefix", "country", "prefix_all", "country_all"):
+        for channel in ("voice", "sms"):
+            FRAUD_WOULD_BLOCK.labels(rule, channel)
+            FRAUD_BLOCKED.labels(rule, channel)
     for provider in names:
         BREAKER_OPENINGS.labels(provider)
         for reason in PROVIDER_ERROR_REASONS:

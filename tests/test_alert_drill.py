@@ -268,6 +268,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Drill, dict[str, Any]]]:
         "OTPSVC_BREAKER_THRESHOLD": "2",
         "OTPSVC_BREAKER_COOLOFF": "3",
         "OTPSVC_VELOCITY_COUNTRY": "5000 per hour",
+        # A send the conversion rule judges a second after it (not two minutes).
+        "OTPSVC_FRAUD_GRACE": "1",
     }
     # The shipped sizing of a gunicorn worker, not the in-process test app's.
     for name in (
@@ -472,6 +474,24 @@ def test_every_alert_fires_on_its_fault_and_clears_after(stack, record_property)
 
     drill.phase("calls suspended", {"OtpsvcCallsSuspendedLong"}, suspend, resume,
                 fire_within=62, clear_within=12)  # fmt: skip
+
+    def pump() -> None:
+        # Twenty calls to one prefix whose codes are never entered: the conversion rule (in
+        # monitor mode, as shipped) suspends it a second after the last.
+        auth = {"Authorization": f"Bearer {KEY_A}"}
+        for i in range(20):
+            answer = requests.post(f"{drill.base}/otp/start", headers=auth, timeout=15,
+                                   json={"phone": f"+234905{100 + i}1234"})  # fmt: skip
+            assert answer.status_code == 201, answer.text
+
+    def lift() -> None:
+        runbook = (RUNBOOKS / "OtpsvcDestinationSuspended.md").read_text()
+        assert "otpsvc fraud lift +234803" in runbook
+        done = drill.otpsvc("fraud", "lift", "+234905")
+        assert done.returncode == 0, done.stderr
+
+    drill.phase("a prefix pumped", {"OtpsvcDestinationSuspended"}, pump, lift,
+                fire_within=20, clear_within=20)  # fmt: skip
 
     def redis_down() -> None:
         redis_server.stop()

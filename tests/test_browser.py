@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,6 +280,9 @@ def insights_server(tmp_path_factory) -> Iterator[str]:
         OTPSVC_OPERATOR_KEYS=f"ops:{INSIGHTS_KEY}",
         OTPSVC_CURRENCY="EUR",
         OTPSVC_PRICES_FILE=str(prices),
+        # The conversion rule judges a send a second after it (the page marks what it
+        # suspended).
+        OTPSVC_FRAUD_GRACE="1",
     )
 
 
@@ -353,3 +357,55 @@ def test_insights_page_shows_the_funnel(browser, insights_server: str):
     assert wide == []  # nothing wider than the window
     shot = _screenshot(browser, "insights-page.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_insights_page_marks_the_prefixes_the_conversion_rule_suspended(
+    browser, insights_server: str
+):
+    """20 calls to +234 905 whose codes are never entered: the rule (monitor mode, as shipped)
+    suspends the prefix, and the page's prefix table marks it."""
+    import requests
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    auth = {"Authorization": f"Bearer {APP_KEY}"}
+    for i in range(20):
+        phone = f"+234905{100 + i}1234"
+        started = requests.post(
+            f"{insights_server}/otp/start", json={"phone": phone}, headers=auth, timeout=10
+        )
+        assert started.status_code == 201, started.text
+
+    def listed() -> list[dict[str, object]]:
+        answer = requests.get(
+            f"{insights_server}/insights/suspensions",
+            headers={"Authorization": f"Bearer {INSIGHTS_KEY}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["suspensions"])
+
+    deadline = time.monotonic() + 30
+    while not listed() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    [held] = listed()
+    assert (held["destination"], held["channel"], held["client"]) == ("+234905", "voice", "shop")
+    assert (held["sends"], held["approved"]) == (20, 0)
+    browser.get(insights_server + "/insights")
+    browser.find_element(By.ID, "key").send_keys(INSIGHTS_KEY)
+    browser.find_element(By.ID, "show").click()
+    WebDriverWait(browser, WAIT).until(
+        ec.text_to_be_present_in_element((By.ID, "status"), "Updated")
+    )
+    assert browser.find_element(By.ID, "suspended-count").text == "1"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#by-prefix tbody tr")
+    marked = {
+        r.find_element(By.TAG_NAME, "th").text: r.find_elements(By.TAG_NAME, "td")[-1].text
+        for r in rows
+        if "suspended" in (r.get_attribute("class") or "")
+    }
+    assert list(marked) == ["234905"]
+    assert marked["234905"].startswith("voice until ")
+    assert marked["234905"].endswith("(shop)")
+    assert _axe_violations(browser) == []

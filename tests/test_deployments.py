@@ -281,3 +281,21 @@ def test_ports_chosen_together_are_distinct():
     for _ in range(20):
         ports = free_ports(6)
         assert len(set(ports)) == 6
+
+
+def test_the_conversion_rule_suspends_and_refuses(deployed, openapi, termii: FakeTermii, clock):
+    """On each deployment: the rule's state lives in the funnel's slot and its mirrors in the
+    velocity slot; the fold and the start's gates work across a cluster's nodes."""
+    app = deployed(OTPSVC_FRAUD_MODE="enforce", OTPSVC_FRAUD_GRACE="5")
+    api = Api(app, KEY_A, openapi)
+    for i in range(5):
+        number = f"+2347031234{i:03d}"
+        vid = api.start(number).get_json()["id"]
+        assert api.check(vid, termii.code_for(number)).get_json()["valid"] is True
+    for i in range(20):
+        assert api.start(f"+2348031234{i:03d}").status_code == 201
+    clock.advance(8)
+    app.extensions["otpsvc"].rollups.fold()
+    refused = api.start("+2348031234999")
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "prefix_suspended")
+    assert api.start("+2347031234999").status_code == 201

@@ -201,11 +201,25 @@ def test_a_folder_that_lost_the_race_folds_nothing(make_app, openapi, prices: Pa
 
 
 def test_without_insights_nothing_is_counted(make_app, openapi, prices: Path):
-    app = make_app(**insight_env(prices, OTPSVC_INSIGHTS_DAYS="0"))
+    app = make_app(**insight_env(prices, OTPSVC_INSIGHTS_DAYS="0", OTPSVC_FRAUD_MODE="off"))
     api = Api(app, KEY_A, openapi)
     api.start("+2347031234567")
     rt = app.extensions["otpsvc"]
     assert sum(rt.redis.xlen(k) for k in rt.rollups.streams) == 0
+
+
+def test_without_insights_the_conversion_rule_still_reads_the_outcomes(
+    make_app, openapi, prices: Path
+):
+    """No rollups are kept, but the entries are written and the rule reads (and trims) them."""
+    app = make_app(**insight_env(prices, OTPSVC_INSIGHTS_DAYS="0"))
+    Api(app, KEY_A, openapi).start("+2347031234567")
+    rt = app.extensions["otpsvc"]
+    assert sum(rt.redis.xlen(k) for k in rt.rollups.streams) == 1
+    rt.rollups.fold()
+    assert sum(rt.redis.xlen(k) for k in rt.rollups.streams) == 0
+    assert not rt.redis.keys("*insights}:c:*")
+    assert rt.redis.hlen(rt.service.conversion.keys[1]) == 1  # the send waits for its grace
 
 
 def _cell(client: str, step: str, counts: dict[str, int], approvals: list[int]) -> Cell:

@@ -5,6 +5,7 @@ the insights page that shows it."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, g, jsonify, request
 
@@ -82,6 +83,33 @@ def get_funnel() -> Response:
     answer = jsonify(read_funnel(rt.rollups, funnel_ask(reader, now_ms), now_ms, currency))
     answer.headers["Cache-Control"] = "no-store"
     return answer
+
+
+@bp.get("/insights/suspensions")
+def get_suspensions() -> Response:
+    """The conversion rule's suspensions in force: an operator's all, a client's those that
+    apply to its sends (no other client named)."""
+    reader = _reader()
+    conversion = runtime().service.conversion
+    now_ms = int(time.time() * 1000)
+    found = conversion.suspensions(now_ms) if conversion is not None else []
+    if reader is not None:
+        found = [
+            s for s in found if s.client == reader or (s.client is None and reader not in s.exempt)
+        ]
+    shown = []
+    for s in found:
+        item = s.as_dict(with_clients=reader is None)
+        item["since"] = _moment(item.pop("since_ms"))
+        item["until"] = _moment(item.pop("until_ms"))
+        shown.append(item)
+    answer = jsonify({"suspensions": shown})
+    answer.headers["Cache-Control"] = "no-store"
+    return answer
+
+
+def _moment(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 @bp.get("/insights")

@@ -2,7 +2,8 @@
 
 Every command but ``dev`` works against the configured Redis with the ``OTPSVC_*`` environment,
 exactly as the service sees it. One module per group of commands: :mod:`.serving` (dev, serve,
-worker), :mod:`.operator` (calls, events, unblock, migrate-keys), :mod:`.settings`
+worker), :mod:`.operator` (calls, events, unblock, migrate-keys), :mod:`.fraud` (the
+conversion rule), :mod:`.settings`
 (check-config) and :mod:`.tools` (say, listen). Each imports what its commands need when they
 run, so ``otpsvc --version`` or ``otpsvc calls status`` does not load the web app.
 """
@@ -13,7 +14,7 @@ from importlib import metadata
 
 import click
 
-from otpsvc.cli import operator, serving, settings, tools
+from otpsvc.cli import fraud, operator, serving, settings, tools
 from otpsvc.cli.serving import kill_switch_guard
 from otpsvc.cli.settings import masked_url
 
@@ -36,6 +37,7 @@ for command in (
     operator.events,
     operator.unblock,
     operator.insights,
+    fraud.fraud,
     operator.migrate_keys_command,
     tools.say,
     tools.listen,

@@ -99,7 +99,7 @@ def dev(host: str, port: int, new_key: bool) -> None:
     """
     from werkzeug.serving import run_simple
 
-    from otpsvc.app import create_app
+    from otpsvc.app import create_app, fold_task
     from otpsvc.config import environment
     from otpsvc.core.ladder import LadderRunner
     from otpsvc.dev.redis_server import RedisServer
@@ -139,11 +139,12 @@ def dev(host: str, port: int, new_key: bool) -> None:
         app = create_app(env)
         events = app.extensions["otpsvc"].events
         settings = app.extensions["otpsvc"].settings
-        if events.settings.webhooks or _has_ladder(settings) or settings.insights_days:
-            # In dev mode the event worker (the escalation steps, the funnel's folding) runs
-            # inside the dev process.
+        rollups = app.extensions["otpsvc"].rollups
+        if events.settings.webhooks or _has_ladder(settings) or events.settings.insights:
+            # In dev mode the event worker (the escalation steps, the funnel's folding, the
+            # conversion rule) runs inside the dev process.
             ladder = LadderRunner(app.extensions["otpsvc"].service)
-            tasks = [ladder.run_due, app.extensions["otpsvc"].rollups.tick]
+            tasks = [ladder.run_due, fold_task(rollups)]
             worker = EventWorker(events, name="dev", periodic=tasks)
             block_ms = block_ms_for(app.extensions["otpsvc"].settings.redis_socket_timeout)
             threading.Thread(target=worker.run, args=(block_ms,), daemon=True).start()
@@ -227,10 +228,10 @@ def worker(heartbeat: Path | None, metrics_port: int | None, metrics_host: str) 
     """Deliver events to the apps' webhooks and take the escalation ladders' steps; several
     workers may run. Stops on SIGTERM/SIGINT; SIGHUP reads every setting again. More: the docs'
     "Deploying" and "Operating" (events) pages."""
-    from otpsvc.app import create_app
+    from otpsvc.app import create_app, fold_task, rollups_for
     from otpsvc.core.ladder import LadderRunner
     from otpsvc.events import EventWorker, block_ms_for, serve_worker_metrics
-    from otpsvc.store.rollups import Rollups
+    from otpsvc.store.clock import RedisClock
     from otpsvc.store.velocity import VelocityStore
 
     audit_to_stderr()
@@ -252,9 +253,9 @@ def worker(heartbeat: Path | None, metrics_port: int | None, metrics_host: str) 
             _reload_worker(queue, ladder)
 
     tasks = [reload_when_asked, ladder.run_due]
-    if settings.insights_days:
-        # Fold the outcome entries into the funnel's rollups.
-        tasks.append(Rollups(queue.redis, settings.redis_prefix, days=settings.insights_days).tick)
+    if queue.settings.insights:
+        # Fold the outcome entries into the funnel's rollups, and judge by them what converts.
+        tasks.append(fold_task(rollups_for(settings, queue.redis, RedisClock(queue.redis))))
     consumer = EventWorker(queue, guard=kill_switch_guard(velocity), periodic=tasks)
     if metrics_port is not None:
         serve_worker_metrics(

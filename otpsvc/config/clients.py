@@ -66,6 +66,7 @@ CLIENT_KEYS: dict[str, str] = {
     "velocity_client": "string",
     "call_budget": "string",
     "budget": "string",
+    "fraud_mode": "string",
     "event_webhook": "string",
     "test_numbers": "list",
     "caller": "string",

@@ -221,6 +221,19 @@ class Settings:
     operators: tuple[ApiClient, ...] = field(default=(), repr=False)
     #: Days the funnel's daily rollups are kept; 0 counts nothing.
     insights_days: int = 35
+    #: The conversion rule (see docs/fraud.md): ``monitor`` reports what it would refuse,
+    #: ``enforce`` refuses, ``off`` neither (per client too); its thresholds are everyone's.
+    fraud_mode: str = "monitor"
+    #: Digits after the calling code that make a number's prefix (for the rule and the funnel).
+    fraud_prefix_digits: int = 3
+    fraud_min_sends: int = 20
+    #: Seconds of sends the rule judges.
+    fraud_window: int = 3600
+    fraud_min_conversion: float = 0.2
+    #: Seconds a send has to convert before it counts as not converted.
+    fraud_grace: int = 120
+    #: Seconds each suspension lasts, by repeat (the last repeats).
+    fraud_suspensions: tuple[int, ...] = (900, 3600, 43200)
     #: The accounting currency (ISO 4217) of the price file and the money budgets.
     currency: str | None = None
     #: The price file (see :mod:`otpsvc.config.prices`), and what it holds.

@@ -22,6 +22,7 @@ from otpsvc.config.values import (
     parse_number_types,
     parse_pairs,
     parse_routes,
+    parse_suspensions,
     parse_test_numbers,
     split,
 )
@@ -308,6 +309,31 @@ class SettingsSchema(Schema):
     insights_days = fields.Integer(
         data_key="OTPSVC_INSIGHTS_DAYS", load_default=35, validate=validate.Range(0, 400)
     )
+    fraud_mode = fields.String(
+        data_key="OTPSVC_FRAUD_MODE",
+        load_default="monitor",
+        validate=validate.OneOf(("monitor", "enforce", "off")),
+    )
+    fraud_prefix_digits = fields.Integer(
+        data_key="OTPSVC_FRAUD_PREFIX_DIGITS", load_default=3, validate=validate.Range(1, 6)
+    )
+    fraud_min_sends = fields.Integer(
+        data_key="OTPSVC_FRAUD_MIN_SENDS", load_default=20, validate=validate.Range(2, 100000)
+    )
+    fraud_window = fields.Integer(
+        data_key="OTPSVC_FRAUD_WINDOW", load_default=3600, validate=validate.Range(300, 86400)
+    )
+    fraud_min_conversion = fields.Float(
+        data_key="OTPSVC_FRAUD_MIN_CONVERSION",
+        load_default=0.2,
+        validate=validate.Range(0.0, 1.0, min_inclusive=False, max_inclusive=False),
+    )
+    fraud_grace = fields.Integer(
+        data_key="OTPSVC_FRAUD_GRACE", load_default=120, validate=validate.Range(1, 3600)
+    )
+    fraud_suspensions = fields.String(
+        data_key="OTPSVC_FRAUD_SUSPENSIONS", load_default="900,3600,43200"
+    )
     currency = fields.String(
         data_key="OTPSVC_CURRENCY",
         load_default=None,
@@ -362,6 +388,10 @@ class SettingsSchema(Schema):
             raise ValidationError("name at least one provider")
         known_providers(names)
 
+    @validates("fraud_suspensions")
+    def _check_suspensions(self, value: str, **_: object) -> None:
+        parse_suspensions(value)
+
     @validates("allowed_countries", "allowed_countries_voice", "allowed_countries_sms")
     def _check_countries(self, value: str | None, **_: object) -> None:
         parse_countries(value)
@@ -415,6 +445,7 @@ class SettingsSchema(Schema):
         for name in ("allowed_countries", "allowed_countries_voice", "allowed_countries_sms"):
             data[name] = parse_countries(data[name])
         data["allowed_number_types"] = parse_number_types(data["allowed_number_types"])
+        data["fraud_suspensions"] = parse_suspensions(data["fraud_suspensions"])
         data["modes"] = parse_modes(data["modes"])
         data["ladder"] = parse_ladder(data["ladder"])
         if data["public_url"]:

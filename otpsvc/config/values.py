@@ -45,6 +45,21 @@ def parse_countries(value: str | None) -> frozenset[str] | None:
     return frozenset(codes)
 
 
+def parse_suspensions(value: str) -> tuple[int, ...]:
+    """How long the conversion rule's suspensions last, by repeat: seconds, comma separated,
+    each at least a minute and none shorter than the one before."""
+    try:
+        lengths = tuple(int(part) for part in split(value))
+    except ValueError:
+        lengths = ()
+    if not lengths or min(lengths) < 60 or list(lengths) != sorted(lengths):
+        raise ValidationError(
+            "must list seconds, each at least 60 and none shorter than the one before, "
+            "such as 900,3600,43200"
+        )
+    return lengths
+
+
 def parse_number_types(value: str) -> frozenset[int]:
     names = [name.lower() for name in split(value)]
     unknown = [n for n in names if n not in NUMBER_TYPES]

@@ -58,6 +58,10 @@ class AbusePolicy:
     own_spend_text: str = ""
     #: Where each channel may go, narrower than ``allowed_countries`` (None: as it).
     channel_countries: Mapping[str, frozenset[str] | None] = dataclasses.field(default_factory=dict)
+    #: The conversion rule's mode for this client (monitor, enforce, off), and the digits after
+    #: the calling code that make a prefix (everyone's).
+    fraud_mode: str = "monitor"
+    fraud_digits: int = 3
 
     @classmethod
     def from_settings(cls, s: Settings) -> AbusePolicy:
@@ -83,6 +87,8 @@ class AbusePolicy:
             prices=s.prices,
             spend=parse_budget(s.budget) if s.budget else (),
             spend_text=s.budget or "",
+            fraud_mode=s.fraud_mode,
+            fraud_digits=s.fraud_prefix_digits,
         )
 
     @classmethod
@@ -102,6 +108,7 @@ class AbusePolicy:
             spend_text=shared.spend_text,
             own_spend=parse_budget(own.budget) if "budget" in keys and own.budget else (),
             own_spend_text=own.budget if "budget" in keys and own.budget else "",
+            fraud_digits=shared.fraud_digits,
         )
 
     def screen(self, phone: Phone, client: str, channel: str = "voice") -> None:

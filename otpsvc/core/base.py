@@ -20,6 +20,7 @@ from otpsvc.core.keyring import Keyring
 from otpsvc.core.models import Verification
 from otpsvc.errors import NotFound
 from otpsvc.store import VerificationStore
+from otpsvc.store.conversion import ConversionStore
 from otpsvc.store.velocity import VelocityStore
 from otpsvc.voice.dispatch import Dispatcher
 
@@ -101,9 +102,12 @@ class ServiceBase:
         allowed_countries: frozenset[str] | None = None,
         client_policies: Mapping[str, Policy] | None = None,
         client_abuse: Mapping[str, AbusePolicy] | None = None,
+        conversion: ConversionStore | None = None,
     ) -> None:
         """``policy`` and ``abuse`` apply to every client but those of ``client_policies`` and
-        ``client_abuse`` (the client file's)."""
+        ``client_abuse`` (the client file's); ``conversion``: the conversion rule's store (None:
+        the rule is off)."""
+        self.conversion = conversion
         self.client_policies = dict(client_policies or {})
         self.client_abuse = dict(client_abuse or {})
         self.test_numbers = dict(test_numbers or {})

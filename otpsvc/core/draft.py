@@ -94,3 +94,6 @@ class Draft:
     #: file; None without one): counted against the budgets in money before the call.
     quote: int | None = None
     open_id: str | None = None
+    #: The conversion rule's suspension that monitor mode let this send through
+    #: (``rule channel destination``; '' for none): its event says so.
+    would_block: str = ""

@@ -10,7 +10,7 @@ from typing import NoReturn
 from otpsvc import metrics
 from otpsvc.config import TestNumber
 from otpsvc.config.model import ladder_of
-from otpsvc.core.abuse import refusal_error
+from otpsvc.core import fraud
 from otpsvc.core.audit import audit
 from otpsvc.core.base import Policy, ServiceBase
 from otpsvc.core.codes import generate_code, new_verification_id
@@ -219,11 +219,17 @@ class Starting(ServiceBase):
         if draft.route:
             draft.quote = draft.abuse.quote(draft.route[0].name, draft.channel, ask.phone)
             draft.counted += draft.abuse.money_counters(ask.client, draft.quote, draft.now_ms)
+        rule = fraud.rule_gates(
+            self.conversion,
+            draft,
+            number_key=self.keyring.subject_key("safe", ask.phone.e164),
+        )
         refusal, open_id = self.velocity.count_and_read(
-            draft.counted, draft.member, draft.now_ms, open_key, draft.gate
+            draft.counted, draft.member, draft.now_ms, open_key, draft.gate, rule
         )
         if refusal is not None:
-            raise refusal_error(refusal, ask.phone, ask.client, draft.abuse)
+            # Raises, unless the conversion rule in monitor mode only watched.
+            draft.would_block = fraud.refusal_or_watch(refusal, draft)
         # A step: only its verification, whatever the index says now (reserve checks it).
         draft.open_id = escalation.verification_id if escalation else open_id
 
@@ -270,9 +276,9 @@ class Starting(ServiceBase):
             "loc": choose_locale(ask.locale, ask.phone.region, policy.default_locale),
             # The verification keeps its cap on attempts, whatever its client's becomes.
             "ma": policy.max_attempts,
-            # Country and the three digits after the calling code ("NG803"; 'pm' holds the
-            # calling code), for the funnel's counts by number range (see store/rollups.py).
-            "px": draft.country + ask.phone.range_digits(),
+            # Country and the digits after the calling code ("NG803"; 'pm' holds the calling
+            # code), for the funnel's counts by number range and the conversion rule.
+            "px": draft.country + ask.phone.range_digits(draft.abuse.fraud_digits),
         }
         if ask.client_ref:
             fields["ref"] = ask.client_ref
@@ -398,6 +404,7 @@ class Starting(ServiceBase):
             ladder_step=_step_of(record.get("ld"), result.provider, draft.first),
             cost=cost,
             reported=reported,
+            would_block=draft.would_block,
         )
         created = reservation.outcome == "new"
         if outcome != "ok":

@@ -64,7 +64,8 @@ class EventSettings:
     failed_ttl: float = 14 * 86400.0
     #: With a price file, its currency: an event's verification shows what its sends cost.
     currency: str | None = None
-    #: Whether the scripts count outcomes for the funnel (``OTPSVC_INSIGHTS_DAYS`` > 0).
+    #: Whether the scripts count outcomes (for the funnel, ``OTPSVC_INSIGHTS_DAYS`` > 0, or
+    #: the conversion rule, not ``off``).
     insights: bool = True
 
     @classmethod
@@ -78,7 +79,9 @@ class EventSettings:
             max_attempts=settings.max_check_attempts,
             failed_ttl=settings.event_failed_days * 86400.0,
             currency=settings.currency if settings.prices else None,
-            insights=settings.insights_days > 0,
+            # The funnel and the conversion rule read the outcome entries.
+            insights=settings.insights_days > 0
+            or any(s.fraud_mode != "off" for s in (settings, *settings.client_settings.values())),
         )
 
     def options(self) -> EventOptions:
@@ -108,8 +111,9 @@ def render(
     )
     data = verification_view(verification, currency)
     if "x" in fields:
-        # What the change itself says: an escalation's from, to and why.
-        data["escalation"] = json.loads(fields["x"])
+        # What the change itself says: an escalation's from, to and why; the conversion rule's
+        # rule, channel and destination.
+        data["fraud" if event_type.startswith("fraud.") else "escalation"] = json.loads(fields["x"])
     body = json.dumps({"type": event_type, "timestamp": _rfc3339(at_ms / 1000), "data": data})
     return fields["id"], event_type, body, at_ms / 1000
 

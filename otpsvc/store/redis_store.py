@@ -200,8 +200,11 @@ class VerificationStore(LadderSteps):
         ladder_step: int | None = None,
         cost: int | None = None,
         reported: tuple[int, str] | None = None,
+        would_block: str = "",
     ) -> str:
-        """Record a send's outcome, and what it cost (micro-units, by the price file). With
+        """Record a send's outcome, and what it cost (micro-units, by the price file);
+        ``would_block``: the conversion rule's suspension monitor mode let it through
+        (``rule channel destination``), told by the event ``fraud.would_block``. With
         ``index_message_ms`` the provider's message id is also mapped to the verification for
         that long, in the same round trip, for delivery reports."""
         args = [
@@ -215,6 +218,7 @@ class VerificationStore(LadderSteps):
             "" if ladder_step is None else ladder_step,
             "" if cost is None else cost,
             "" if reported is None else f"{reported[0]} {reported[1]}",
+            would_block,
         ]
         keys, args = self._with_events(verification_id, [self.record_key(verification_id)], args)
         with store_guard():

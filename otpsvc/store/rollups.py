@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from otpsvc.store.connection import RedisClient, per_node, store_guard
+from otpsvc.store.conversion import ConversionStore, Suspension
 from otpsvc.store.records import script_source
 from otpsvc.store.shards import insights_key, outcomes_key, tags
 from otpsvc.telemetry import TracedScript
@@ -113,10 +114,26 @@ class Rollups:
     """Folds the shards' outcome entries, and reads the rollups back (on a client that decodes
     replies, as :func:`otpsvc.store.connection.connect` makes them)."""
 
-    def __init__(self, client: RedisClient, prefix: str, *, days: int = 35) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        prefix: str,
+        *,
+        days: int = 35,
+        conversion: ConversionStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``days`` 0: no rollups. ``conversion``: the conversion rule also reads the entries
+        (see :mod:`otpsvc.store.conversion`), on ``clock``'s time."""
         self.redis = client
         self.prefix = prefix
+        self.days = days
         self.days_ms = days * DAY_MS
+        self.conversion = conversion
+        self.clock = clock
+        #: The suspensions the conversion rule made in the last fold (for the worker's
+        #: metrics).
+        self.made: list[Suspension] = []
         self.markers = insights_key(prefix, "folded")
         #: Each shard's stream of outcome entries, and the shard's tag.
         self.streams = {outcomes_key(prefix, tag): tag for tag in tags()}
@@ -148,23 +165,42 @@ class Rollups:
 
     def _fold_all(self) -> int:
         r: Any = self.redis
-        markers = r.hgetall(self.markers)
-        starts = {key: markers.get(tag, "0-0") for key, tag in self.streams.items()}
+        folded_at = r.hgetall(self.markers) if self.days else {}
+        applied_at = self.conversion.markers() if self.conversion else {}
+        # Each reader of the entries (the rollups, the conversion rule) has its marker per
+        # shard; the entries are read after the earlier of the two, trimmed up to it.
+        starts = {}
+        for key, tag in self.streams.items():
+            read = [m.get(tag, "0-0") for m, on in ((folded_at, self.days), (applied_at, 1)) if on]
+            starts[key] = min(read, key=_entry_order) if read else "0-0"
         found = per_node(
             self.redis,
             list(self.streams),
             lambda pipe, key: pipe.xrange(key, f"({starts[key]}", "+", count=BATCH),
         )
         folded = 0
-        trims: dict[str, str] = {}
+        ends: dict[str, list[str]] = {}
+        batches: list[tuple[str, str, str, list[Any]]] = []
         for key, entries in found.items():
             if isinstance(entries, Exception) or not entries:
                 continue
-            last = entries[-1][0]
-            now = self._fold_batch(self.streams[key], starts[key], last, entries)
-            if now == last:
-                folded += len(entries)
-            trims[key] = now
+            tag, last = self.streams[key], entries[-1][0]
+            if self.days:
+                after = folded_at.get(tag, "0-0")
+                news = _after(entries, after)
+                now = self._fold_batch(tag, after, last, news) if news else after
+                if now == last:
+                    folded += len(entries)
+                ends.setdefault(key, []).append(now)
+            if self.conversion is not None:
+                after = applied_at.get(tag, "0-0")
+                batches.append((tag, after, last, _after(entries, after)))
+        if self.conversion is not None:
+            markers, self.made = self.conversion.apply(batches, int(self.clock() * 1000))
+            by_tag = {tag: key for key, tag in self.streams.items()}
+            for (tag, *_), marker in zip(batches, markers, strict=True):
+                ends.setdefault(by_tag[tag], []).append(marker)
+        trims = {key: min(marks, key=_entry_order) for key, marks in ends.items()}
         if trims:
             per_node(self.redis, list(trims), lambda pipe, key: _trim(pipe, key, trims[key]))
         return folded
@@ -211,6 +247,17 @@ class Rollups:
         for at_ms, fields in zip(starts, answers, strict=True):
             for field, value in fields.items():
                 yield Cell(at_ms, field, value)
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _after(entries: list[Any], marker: str) -> list[Any]:
+    """The entries after ``marker``."""
+    bound = _entry_order(marker)
+    return [entry for entry in entries if _entry_order(entry[0]) > bound]
 
 
 def _trim(pipe: Any, key: str, marker: str) -> None:

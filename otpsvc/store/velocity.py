@@ -24,6 +24,7 @@ import limits
 import redis
 
 from otpsvc.store.connection import RedisClient, is_cluster, store_guard
+from otpsvc.store.conversion import RULES
 from otpsvc.store.gate import Chains, Gate
 from otpsvc.telemetry import TracedScript, span
 
@@ -53,10 +54,24 @@ class Counter:
 
 @dataclass(frozen=True)
 class Refusal:
-    """The limit that refused a call (``kill`` for the kill switch) and when it frees up."""
+    """The limit that refused a call (``kill`` for the kill switch) and when it frees up.
+    ``watched``: the conversion rule in monitor mode would have refused (``suspended_<rule>``),
+    and the call was counted and may go."""
 
     kind: str
     retry_after: int
+    watched: bool = False
+
+
+@dataclass(frozen=True)
+class RuleGates:
+    """The conversion rule's gates of one send (:meth:`ConversionStore.gates`): the number's
+    safe-list entry, then the suspensions in the order of ``RULES``; ``enforce`` False for
+    monitor mode; ``client``, whom a suspension of every client may exempt."""
+
+    keys: tuple[str, ...]
+    enforce: bool
+    client: str
 
 
 @functools.cache
@@ -187,12 +202,13 @@ class VelocityStore:
         return f"{self.tag}:{counter.kind}:{counter.who}:{counter.window}"
 
     def _call(
-        self, items: Sequence[Counter], call_id: str, now_ms: int
+        self, items: Sequence[Counter], call_id: str, now_ms: int, rule: RuleGates | None = None
     ) -> tuple[list[str], list[int | str]]:
         if time.monotonic() - self._guarded_at >= self.guard_seconds:
             self._guarded_at = time.monotonic()
             self.guard_kill_switch(self.memory)
         gates = [self.kill_key, *(self.client_kill_key(c) for c in _clients_of(items))]
+        gates += rule.keys if rule else ()
         keys = [*gates, *(self._key(c) for c in items)]
         spec = " ".join(
             f"{c.limit}:{c.amount} {c.window * 1000} m"
@@ -207,13 +223,16 @@ class VelocityStore:
             # suspends again) should the data have been lost since.
             keys.append(self.epoch_key)
             args += [seen.epoch, json.dumps({**seen.state, "restored": True})]
+        if rule:
+            args += [""] * (8 - len(args))
+            args.append(f"{len(rule.keys)} {'e' if rule.enforce else 'm'} {rule.client}")
         return keys, args
 
     def count(self, items: Sequence[Counter], call_id: str, now_ms: int) -> Refusal | None:
         """Count a call against every counter; a reached limit refuses it and counts nothing."""
         keys, args = self._call(items, call_id, now_ms)
         with store_guard():
-            return self._refusal(items, self._count(keys=keys, args=args), int(args[2]))
+            return self._refusal(items, self._count(keys=keys, args=args), int(args[2]), 0)
 
     def count_and_read(
         self,
@@ -222,16 +241,22 @@ class VelocityStore:
         now_ms: int,
         key: str,
         gate: Gate | None = None,
+        rule: RuleGates | None = None,
     ) -> tuple[Refusal | None, str | None]:
         """:meth:`count`, and read ``key`` (a string) in the same round trip; after ``gate``
         (the request limits), in that round trip too on one server: when it refuses, nothing is
-        counted here."""
+        counted here. ``rule``: the conversion rule's gates of this send, read by the same
+        script."""
+        rules = len(rule.keys) if rule else 0
         if is_cluster(self.redis):
             # A cluster pipeline takes no scripts, and the keys live on different nodes anyway:
             # a round trip each.
             if gate is not None:
                 gate.run()
-            refusal = self.count(items, call_id, now_ms)
+            keys, args = self._call(items, call_id, now_ms, rule)
+            with store_guard():
+                result = self._count(keys=keys, args=args)
+            refusal = self._refusal(items, result, int(args[2]), rules)
             with store_guard():
                 value = self.redis.get(key)
             return refusal, (str(value) if value else None)
@@ -251,19 +276,26 @@ class VelocityStore:
                 raise result
             return result
 
-        keys, args = self._call(items, call_id, now_ms)
+        keys, args = self._call(items, call_id, now_ms, rule)
         with store_guard(), span("redis velocity", client=True, **{"db.system": "redis"}):
             result = self._chains.run(gate, self._count, keys, args, count_and_get)
         value = read[0]
-        return self._refusal(items, result, int(args[2])), (str(value) if value else None)
+        return self._refusal(items, result, int(args[2]), rules), (str(value) if value else None)
 
     @staticmethod
-    def _refusal(items: Sequence[Counter], result: Any, gates: int) -> Refusal | None:
+    def _refusal(items: Sequence[Counter], result: Any, gates: int, rules: int) -> Refusal | None:
+        """What the script's reply means; ``rules``: how many of the ``gates`` are the
+        conversion rule's (its safe-list entry, then the suspensions of ``RULES``)."""
         index = int(result[0])
         if index == 0:
+            if len(result) > 1:
+                return Refusal(f"suspended_{RULES[int(result[1]) - gates + rules - 2]}", 0, True)
             return None
         if index == 1:
             return Refusal("kill", 60)
+        if gates - rules < index <= gates:
+            rule = RULES[index - gates + rules - 2]
+            return Refusal(f"suspended_{rule}", -(-int(result[1]) // 1000))
         if index <= gates:
             return Refusal("client_kill", 60)
         return Refusal(items[index - gates - 1].kind, -(-int(result[1]) // 1000))

@@ -8,6 +8,7 @@
     ["provider", "By provider"],
     ["channel", "By channel"],
     ["step", "By ladder step (0: the first call)"],
+    ["prefix", "By number prefix"],
   ];
   const $ = (id) => document.getElementById(id);
   let charts = [];
@@ -17,9 +18,8 @@
     $("status").className = bad ? "bad" : "";
   }
 
-  async function funnel(key, from, to, groupBy) {
-    const query = new URLSearchParams({from: from, to: to, group_by: groupBy});
-    const answer = await fetch("/insights/funnel?" + query, {
+  async function ask(key, path) {
+    const answer = await fetch(path, {
       headers: {Authorization: "Bearer " + key}, cache: "no-store", credentials: "omit",
     });
     const body = await answer.json();
@@ -27,6 +27,21 @@
       throw new Error(answer.status + " " + (body.detail || body.title || ""));
     }
     return body;
+  }
+
+  function funnel(key, from, to, groupBy) {
+    return ask(key, "/insights/funnel?" + new URLSearchParams({from: from, to: to, group_by: groupBy}));
+  }
+
+  // What the conversion rule suspended, by destination ("+234803", "NG"): "voice until 14:05".
+  function suspendedBy(suspensions) {
+    const found = new Map();
+    for (const s of suspensions) {
+      const whose = s.client ? " (" + s.client + ")" : " (every client)";
+      const text = s.channel + " until " + new Date(s.until).toLocaleTimeString() + whose;
+      found.set(s.destination, (found.has(s.destination) ? found.get(s.destination) + "; " : "") + text);
+    }
+    return found;
   }
 
   const percent = (v) => (v === null ? "–" : (100 * v).toFixed(1) + " %");
@@ -45,13 +60,15 @@
     $("range-text").textContent = body.from + " to " + body.to;
   }
 
-  function table(group, title, body) {
+  function table(group, title, body, suspended) {
     const element = document.createElement("table");
     element.className = "panel";
     element.id = "by-" + group;
     const caption = element.createCaption();
     caption.textContent = title;
+    const marks = group === "prefix" || group === "country";
     const heads = [group, "verifications", "sends", "answered", "approved", "conversion", "spend", "per approval"];
+    if (marks) heads.push("suspended");
     const head = element.createTHead().insertRow();
     for (const name of heads) {
       const cell = document.createElement("th");
@@ -64,6 +81,11 @@
       const line = rows.insertRow();
       const values = [row[group], row.verifications, row.sends, row.answered, row.approved,
         percent(row.conversion), row.spend, row.cost_per_approval === null ? "–" : row.cost_per_approval];
+      if (marks) {
+        const mark = suspended.get(group === "prefix" ? "+" + row[group] : row[group]);
+        values.push(mark || "–");
+        if (mark) line.className = "suspended";
+      }
       values.forEach((value, i) => {
         const cell = i === 0 ? document.createElement("th") : document.createElement("td");
         if (i === 0) cell.scope = "row";
@@ -129,15 +151,18 @@
     const span = $("range").value === "24h" ? "hour" : "day";
     say("Loading…");
     try {
-      const [series, ...groups] = await Promise.all([
+      const [series, held, ...groups] = await Promise.all([
         funnel(key, from.toISOString(), to.toISOString(), span),
+        ask(key, "/insights/suspensions"),
         ...GROUPS.map(([group]) => funnel(key, from.toISOString(), to.toISOString(), group)),
       ]);
+      const suspended = suspendedBy(held.suspensions);
       $("report").hidden = false;
       showTotal(series);
       showCharts(series, span);
       const tables = $("tables");
-      tables.replaceChildren(...GROUPS.map(([group, title], i) => table(group, title, groups[i])));
+      tables.replaceChildren(...GROUPS.map(([group, title], i) => table(group, title, groups[i], suspended)));
+      $("suspended-count").textContent = held.suspensions.length;
       say("Updated " + new Date().toLocaleTimeString() + ".");
     } catch (error) {
       say("Could not read the funnel: " + error.message, true);

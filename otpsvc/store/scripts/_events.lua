@@ -87,8 +87,10 @@ local function in_add(record, kind, now, n, provider, step)
   local dims = (f[1] or '') .. '|' .. string.sub(px, 1, 2) .. '|' .. range .. '|'
     .. (provider or f[3] or '') .. '|' .. in_channel(record, step) .. '|' .. step
   local oldest = string.format('%d', tonumber(now) - tonumber(EV_MAX_AGE))
+  -- 'i' and 't': the verification, and when on the service's clock, for the conversion rule
+  -- (otpsvc/store/conversion.py).
   redis.call('XADD', EV_OUTCOMES, 'MINID', '~', oldest, '*', 'k', kind, 'd', dims,
-    'n', string.format('%d', n or 0))
+    'n', string.format('%d', n or 0), 'i', ev_vid(record), 't', now)
   -- Gone with its last entry's age when nothing is added (and no worker folds) any more.
   redis.call('PEXPIRE', EV_OUTCOMES, EV_MAX_AGE)
 end

@@ -13,6 +13,8 @@
 -- ARGV[10] what the provider reported the send cost, "<micro-units> <currency>" ('' when it
 --          reports nothing): added to the record's reported total ('rp', currency 'rc'), kept
 --          for reconciliation with the price file's quote
+-- ARGV[11] the conversion rule's suspension monitor mode let this send through, "<rule>
+--          <channel> <destination>" ('' for none): an accepted send tells fraud.would_block
 -- KEYS and ARGV end with the event shard's (see _events.lua): a failed call sends
 -- verification.delivery_failed; an accepted one starts watching the verification's expiry.
 -- Returns 'ok' | 'failed' | 'superseded' | 'gone'
@@ -105,6 +107,15 @@ if ladder and ARGV[8] ~= '' then
     local from = steps[was + 1] and steps[was + 1][1] or ''
     ev_emit(KEYS[1], 'verification.escalated', ARGV[7], false,
       {from = from, to = ARGV[4], why = why, step = step + 1})
+  end
+end
+local rule, channel, destination = string.match(ARGV[11], '^(%S+) (%S+) (%S*)$')
+if rule then
+  -- A second event of this step: an id of its own.
+  local snap = ev_snapshot(KEYS[1])
+  if ev_wanted(snap.c) then
+    ev_add(EV_ID .. 'w', 'fraud.would_block', ev_vid(KEYS[1]), snap, ARGV[7],
+      {rule = rule, channel = channel, destination = destination})
   end
 end
 ev_watch(KEYS[1])

@@ -20,7 +20,14 @@
 -- ARGV[8]  this end user's name. An end user none of whose 'p' windows exists yet is new: past
 --          the cap (the HyperLogLog's count), the request is refused until the next hour, so
 --          one client inventing addresses cannot fill Redis with their windows.
--- Returns {0} when allowed (and counted where asked); {i, 0} when gate KEYS[i] exists;
+-- ARGV[9]  optional: "<f> <mode> <client>": the last f gates are the conversion rule's (see
+--          otpsvc/store/conversion.py), the number's safe-list entry first, then the suspensions
+--          that apply to this send. A suspension that exists, not naming the client among its
+--          exempt, refuses in mode 'e' (enforce) like a gate, with the ms until it ends; in mode
+--          'm' (monitor) it refuses nothing, and the reply says which it was. None applies to a
+--          number on the safe list.
+-- Returns {0} when allowed (and counted where asked), {0, i} when allowed while the rule's
+-- gate KEYS[i] would have refused; {i, 0} when gate KEYS[i] exists (a suspension: {i, ms left});
 -- {i, ms until KEYS[i] has room} when its limit is reached; {i, ms until the next hour, 1} when
 -- KEYS[i] is a new end user's window past the cap. A refusal counts nothing anywhere.
 local now, gates = tonumber(ARGV[1]), tonumber(ARGV[3])
@@ -37,9 +44,30 @@ if ARGV[7] and ARGV[7] ~= '' then
   persons = KEYS[last]
   last = last - 1
 end
-for i = 1, gates do
+local rule, watched = 0, nil
+local rule_mode, rule_client
+if ARGV[9] and ARGV[9] ~= '' then
+  local f
+  f, rule_mode, rule_client = string.match(ARGV[9], '^(%d+) (%a) (%S*)$')
+  rule = tonumber(f)
+end
+for i = 1, gates - rule do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     return {i, 0}
+  end
+end
+if rule > 0 and redis.call('EXISTS', KEYS[gates - rule + 1]) == 0 then
+  for i = gates - rule + 2, gates do
+    local held = redis.call('GET', KEYS[i])
+    held = held and cjson.decode(held)
+    -- In force until its 'until' on the service's clock (the key itself outlives it a little).
+    if held and tonumber(held['until']) > now
+        and not string.find(held.exempt or '', ',' .. rule_client .. ',', 1, true) then
+      if rule_mode == 'e' then
+        return {i, tonumber(held['until']) - now}
+      end
+      watched = watched or i
+    end
   end
 end
 local spec = {}
@@ -86,5 +114,8 @@ for i = gates + 1, last do
     redis.call('ZADD', KEYS[i], now, ARGV[2])
     redis.call('PEXPIRE', KEYS[i], arg(i, 2))
   end
+end
+if watched then
+  return {0, watched}
 end
 return {0}

@@ -125,6 +125,7 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver()
     yield server
     server.close()
+    assert not server.violations, f"events broke openapi.yaml's webhooks: {server.violations}"
 
 
 @pytest.fixture

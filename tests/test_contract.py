@@ -11,6 +11,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.response.exceptions import InvalidData
 from openapi_spec_validator import validate
 
+from otpsvc.api.health import served_contract
 from tests.conftest import SPEC_PATH, Api
 
 
@@ -56,11 +57,34 @@ def test_every_route_and_method_is_documented(app, make_app, spec):
     assert _served(dev) == documented
 
 
-def test_top_level_openapi_yaml_is_the_served_document(api: Api):
-    """The repository's openapi.yaml and GET /openapi.yaml are the same text."""
+def test_top_level_openapi_yaml_is_the_served_document(make_app, openapi):
+    """The repository's openapi.yaml is the package's; a server cuts from it only the paths
+    it does not serve (the dev server: every provider's webhooks but the console's)."""
+    text = SPEC_PATH.read_text()
+    assert (SPEC_PATH.parent.parent / "openapi.yaml").read_text() == text
+    assert served_contract(text, True, ("termii", "sevenio", "cequens", "console")) == text
+    app = make_app(OTPSVC_DEV_MODE="true", OTPSVC_PROVIDERS="console")
+    served = Api(app, None, openapi).request("GET", "/openapi.yaml").get_data(as_text=True)
+    assert served == served_contract(text, True, ("console",))
+    paths = set(yaml.safe_load(served)["paths"])
+    assert {"/dev/calls", "/dev/faults", "/webhooks/console/{token}/status"} <= paths
+    assert not [p for p in paths if p.startswith(("/webhooks/termii", "/webhooks/seven"))]
+
+
+def test_a_production_server_serves_the_contract_of_the_routes_it_has(api: Api):
+    """No dev routes outside dev mode, no webhooks of providers it does not use: those answer
+    404 there, which the whole document would promise as 401 or 422."""
     served = api.request("GET", "/openapi.yaml").get_data(as_text=True)
-    top = SPEC_PATH.parent.parent / "openapi.yaml"
-    assert served == top.read_text() == SPEC_PATH.read_text()
+    document = yaml.safe_load(served)
+    validate(document)
+    paths = set(document["paths"])
+    assert {"/otp/start", "/otp/check", "/webhooks/termii", "/openapi.yaml"} <= paths
+    assert not [p for p in paths if p.startswith(("/dev/", "/webhooks/console", "/webhooks/seven"))]
+    assert not [p for p in paths if p.startswith("/webhooks/cequens")]
+    for path in ("/dev/calls", "/webhooks/sevenio"):
+        assert api.request("GET" if "dev" in path else "POST", path).status_code == 404
+    # The rest of the text is the document's own, as written.
+    assert served.split("\ncomponents:\n")[1] == SPEC_PATH.read_text().split("\ncomponents:\n")[1]
 
 
 def test_contract_check_catches_a_wrong_response(openapi):
@@ -77,3 +101,35 @@ def test_undocumented_status_is_caught(openapi):
     teapot = MockResponse(b"{}", status_code=418, content_type="application/json")
     with pytest.raises(ResponseNotFound):
         openapi.validate_response(request, teapot)
+
+
+def test_every_event_the_scripts_write_has_a_webhooks_entry_and_no_other():
+    """The events are the contract too: each type a Lua script can write is declared under
+    ``webhooks`` (with its Standard Webhooks headers), and the spec declares no type the
+    scripts never write. What each delivered body holds is checked by tests/fakes/receiver.py
+    on every event the suite delivers."""
+    scripts = SPEC_PATH.parent / "store" / "scripts"
+    written = {
+        kind
+        for path in scripts.glob("*.lua")
+        for kind in re.findall(r"'((?:verification|delivery|fraud)\.[a-z_]+)'", path.read_text())
+    }
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    assert set(spec["webhooks"]) == written
+    assert set(spec["components"]["schemas"]["Event"]["properties"]["type"]["enum"]) == written
+    for kind, hook in spec["webhooks"].items():
+        names = [p["$ref"].rsplit("/", 1)[1] for p in hook["post"]["parameters"]]
+        assert names == ["WebhookId", "WebhookTimestamp", "WebhookSignature"], kind
+        schema = hook["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["allOf"][1]["properties"]["type"] == {"const": kind}
+
+
+def test_the_check_route_advertises_only_what_it_answers(api: Api):
+    """``OPTIONS /otp/check`` said GET too (``/otp/{id}`` caught the word); a GET is 405."""
+    # (The raw client: neither method is in the contract.)
+    auth = {"Authorization": f"Bearer {api.key}"}
+    allowed = api.client.options("/otp/check", headers=auth).headers["Allow"]
+    assert set(allowed.replace(" ", "").split(",")) == {"POST", "OPTIONS"}
+    answer = api.client.get("/otp/check", headers=auth)
+    assert answer.status_code == 405
+    assert answer.get_json()["code"] == "method_not_allowed"

@@ -29,19 +29,19 @@ def wait_for(url: str, timeout: float = 20) -> None:
 
 
 def start_dev(
-    output: Any, state: Path | None = None, *args: str
+    output: Any, state: Path | None = None, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``otpsvc dev`` as the README's first command runs it (no OTPSVC_* setting of this
     environment), on a free port, its output to ``output``: (the process, its base URL) once it
     answers. ``state`` is its state directory (where it keeps its key; a new one by default)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
-    env["XDG_STATE_HOME"] = str(state or tempfile.mkdtemp(prefix="otpsvc-dev-state-"))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTPSVC_")}
+    environment["XDG_STATE_HOME"] = str(state or tempfile.mkdtemp(prefix="otpsvc-dev-state-"))
     process = subprocess.Popen(
         [sys.executable, "-m", "otpsvc", "dev", "--port", str(port), *args],
         stdout=output,
         stderr=subprocess.STDOUT,
-        env=env,
+        env={**environment, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
     try:

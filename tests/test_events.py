@@ -136,12 +136,24 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
                 process.wait(10)
 
 
+def canceled_event(app, openapi) -> str:  # type: ignore[no-untyped-def]
+    """The body of a real verification.canceled event, to queue by hand (not through the
+    scripts): a verification canceled, as its view shows it (client B's: it has no webhook,
+    so no event of its own is queued)."""
+    api = Api(app, KEY_B, openapi)
+    vid = api.start("+2348039876543").get_json()["id"]
+    data = api.cancel(vid).get_json()
+    return json.dumps(
+        {"type": "verification.canceled", "timestamp": data["created_at"], "data": data}
+    )
+
+
 def test_an_event_past_its_window_is_kept_failed_and_can_be_replayed(
     make_app, openapi, termii: FakeTermii, redis_url, receiver: Receiver
 ):
     app = make_app(**event_env(a=receiver))
     events = app.extensions["otpsvc"].events
-    body = json.dumps({"type": "verification.canceled", "timestamp": "x", "data": {}})
+    body = canceled_event(app, openapi)
     events.add("msg_old", "client-a", body, queued=time.time() - 90_000)
     worker = EventWorker(events)
     worker.ensure_group()
@@ -590,7 +602,7 @@ def test_after_an_outage_events_are_caught_up_at_once(
     worker = EventWorker(events)
     worker.ensure_group()
     receiver.statuses = [503]
-    body = json.dumps({"type": "verification.canceled", "timestamp": "x", "data": {}})
+    body = canceled_event(app, openapi)
     events.add("msg_waiting", "client-a", body)
     worker.step(block_ms=100)
     worker.drain()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import re
 import time
+from collections.abc import Collection
 from importlib import resources
 
 from flask import Blueprint, Response, jsonify, request
@@ -161,5 +163,41 @@ def _spend(velocity: VelocityStore, items: list[Counter], kind: str) -> list[tup
 
 @bp.get("/openapi.yaml")
 def openapi() -> Response:
+    """The contract of this server: the dev routes only in dev mode, a provider's webhooks only
+    when the provider is configured (elsewhere those answer 404)."""
+    settings = runtime().settings
     text = resources.files("otpsvc").joinpath("openapi.yaml").read_text()
-    return Response(text, mimetype="application/yaml")
+    served = served_contract(text, settings.dev_mode, settings.all_providers)
+    return Response(served, mimetype="application/yaml")
+
+
+#: A path of the document and what it needs: dev mode, or a provider configured.
+_PATH = re.compile(r"^  (/[^:]*):\n", re.M)
+
+
+def served_contract(text: str, dev_mode: bool, providers: Collection[str]) -> str:
+    """``text`` (openapi.yaml) without the paths this server does not serve: each path is a
+    block of its own lines, cut as it stands (the rest of the text is kept as written)."""
+    starts = [m.start() for m in _PATH.finditer(text)]
+    end_of_paths = min(
+        i for i in (text.find("\nwebhooks:\n"), text.find("\ncomponents:\n")) if i >= 0
+    )
+    kept, last = [], 0
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else end_of_paths + 1
+        path = _PATH.match(text, start)
+        assert path is not None
+        if not _served(path.group(1), dev_mode, providers):
+            kept.append(text[last:start])
+            last = end
+    kept.append(text[last:])
+    return "".join(kept)
+
+
+def _served(path: str, dev_mode: bool, providers: Collection[str]) -> bool:
+    parts = path.split("/")
+    if parts[1] == "dev" or path.startswith("/webhooks/console/"):
+        return dev_mode
+    if parts[1] == "webhooks":
+        return parts[2] in providers
+    return True

@@ -247,7 +247,7 @@ def check() -> Response:
     return jsonify(check_view(outcome))
 
 
-@bp.get("/<verification_id>")
+@bp.get("/<string(length=36):verification_id>")
 def read(verification_id: str) -> Response:
     limit_request()
     verification = runtime().service.get(
@@ -256,7 +256,7 @@ def read(verification_id: str) -> Response:
     return jsonify(verification_view(verification, _currency()))
 
 
-@bp.post("/<verification_id>/cancel")
+@bp.post("/<string(length=36):verification_id>/cancel")
 def cancel(verification_id: str) -> Response:
     limit_request()
     verification = runtime().service.cancel(

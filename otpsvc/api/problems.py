@@ -56,7 +56,13 @@ def render(error: OtpError) -> Response:
     )
 
 
+#: Codes the documentation gives that differ from werkzeug's name of the status.
+HTTP_CODES = {413: "payload_too_large"}
+
+
 def _http_code(exc: HTTPException) -> str:
+    if exc.code in HTTP_CODES:
+        return HTTP_CODES[exc.code]
     return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from otpsvc.store.connection import RedisClient
 
 #: What the console provider can be told to do with a call, instead of ringing normally.
-FAULTS = ("no-answer", "busy", "failed", "timeout", "error")
+FAULTS = ("no-answer", "busy", "failed", "timeout", "error", "slow")
 #: How long the inbox and per-number faults live after their last change.
 TTL_SECONDS = 24 * 3600
 

@@ -10,7 +10,10 @@ next call, or every call to a number, as a real provider's call could go otherwi
 - ``timeout``: the request "went out" and no answer came: an ambiguous failure, so the start
   answers with ``delivery.status: unknown`` and the code stays valid;
 - ``error``: the provider refused the call: ``502 delivery_failed`` when no other provider
-  takes it.
+  takes it;
+- ``slow``: the provider takes :data:`SLOW_SECONDS` to accept the call (which then goes as
+  usual): the start holds one of the server's provider slots that long, so an app can meet
+  ``503 providers_busy`` and its own timeouts.
 
 Key presses on a keypress-mode call come from the dev page's "press 1" / "press 9", through
 the same token check a provider's callback goes through.
@@ -35,6 +38,8 @@ log = logging.getLogger("otpsvc.voice.console")
 
 #: Seconds between a faulty call being accepted and its report, as a real call rings first.
 REPORT_DELAY = 1.0
+#: Seconds a ``slow`` call keeps the start waiting.
+SLOW_SECONDS = 3.0
 
 
 class ConsoleProvider:
@@ -65,6 +70,9 @@ class ConsoleProvider:
 
     def place_call(self, call: CallRequest) -> CallResult:
         fault = self.inbox.take_fault(call.phone)
+        if fault == "slow":
+            time.sleep(SLOW_SECONDS)
+            fault = None
         if fault == "error":
             # Refused before anything rang: nothing reaches the inbox, as with a real refusal.
             raise ProviderError(

@@ -65,26 +65,52 @@ def test_top_level_openapi_yaml_is_the_served_document(make_app, openapi):
     assert served_contract(text, True, ("termii", "sevenio", "cequens", "console")) == text
     app = make_app(OTPSVC_DEV_MODE="true", OTPSVC_PROVIDERS="console")
     served = Api(app, None, openapi).request("GET", "/openapi.yaml").get_data(as_text=True)
-    assert served == served_contract(text, True, ("console",))
+    assert served == served_contract(text, True, ("console",), brand=False)
     paths = set(yaml.safe_load(served)["paths"])
     assert {"/dev/calls", "/dev/faults", "/webhooks/console/{token}/status"} <= paths
     assert not [p for p in paths if p.startswith(("/webhooks/termii", "/webhooks/seven"))]
 
 
 def test_a_production_server_serves_the_contract_of_the_routes_it_has(api: Api):
-    """No dev routes outside dev mode, no webhooks of providers it does not use: those answer
-    404 there, which the whole document would promise as 401 or 422."""
+    """No dev routes outside dev mode, no webhooks it does not take (a provider it does not
+    use, or one without its webhook secret), no ``brand`` where no client may name one: those
+    answer 404 or 422 there, which the whole document would promise as 401 or 2xx."""
     served = api.request("GET", "/openapi.yaml").get_data(as_text=True)
     document = yaml.safe_load(served)
     validate(document)
     paths = set(document["paths"])
-    assert {"/otp/start", "/otp/check", "/webhooks/termii", "/openapi.yaml"} <= paths
-    assert not [p for p in paths if p.startswith(("/dev/", "/webhooks/console", "/webhooks/seven"))]
-    assert not [p for p in paths if p.startswith("/webhooks/cequens")]
-    for path in ("/dev/calls", "/webhooks/sevenio"):
+    assert {"/otp/start", "/otp/check", "/openapi.yaml"} <= paths
+    assert not [p for p in paths if p.startswith(("/dev/", "/webhooks/"))]
+    for path in ("/dev/calls", "/webhooks/sevenio", "/webhooks/termii"):
         assert api.request("GET" if "dev" in path else "POST", path).status_code == 404
+    start = document["components"]["schemas"]["StartRequest"]["properties"]
+    assert "brand" not in start
+    assert {"phone", "mode", "end_user"} <= set(start)
+    answer = api.start(brand="Partner Co")
+    assert answer.get_json()["errors"] == {"brand": ["this client may not name a brand"]}
     # The rest of the text is the document's own, as written.
-    assert served.split("\ncomponents:\n")[1] == SPEC_PATH.read_text().split("\ncomponents:\n")[1]
+    whole = SPEC_PATH.read_text()
+    assert (
+        served.split("\n    StartRequest:")[0].split("\ncomponents:\n")[1]
+        == (whole.split("\n    StartRequest:")[0].split("\ncomponents:\n")[1])
+    )
+
+
+def test_a_server_whose_clients_may_name_a_brand_serves_it_and_its_webhooks(
+    make_app, openapi, tmp_path
+):
+    path = tmp_path / "clients.toml"
+    path.write_text("[clients.client-a]\nrequest_brand = true\n")
+    app = make_app(
+        OTPSVC_CLIENTS_FILE=str(path),
+        OTPSVC_PROVIDERS="termii,sevenio",
+        OTPSVC_TERMII_WEBHOOK_SECRET="termii-webhook-secret-0123456789",
+    )
+    served = Api(app, None, openapi).request("GET", "/openapi.yaml").get_data(as_text=True)
+    document = yaml.safe_load(served)
+    assert "brand" in document["components"]["schemas"]["StartRequest"]["properties"]
+    assert {"/webhooks/termii", "/webhooks/sevenio"} <= set(document["paths"])
+    assert served == served_contract(SPEC_PATH.read_text(), False, ("termii", "sevenio"))
 
 
 def test_contract_check_catches_a_wrong_response(openapi):

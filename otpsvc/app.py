@@ -158,8 +158,8 @@ def fold_task(rollups: Rollups) -> Callable[[], None]:
             counts = Counter(
                 (s.rule, s.channel) for s in conversion.suspensions(int(rollups.clock() * 1000))
             )
-            for rule in ("prefix", "country", "prefix_all", "country_all"):
-                for channel in ("voice", "sms"):
+            for rule in metrics.FRAUD_RULES:
+                for channel in metrics.FRAUD_CHANNELS:
                     metrics.FRAUD_SUSPENDED.labels(rule, channel).set(counts[(rule, channel)])
 
     return fold

@@ -135,6 +135,10 @@ LADDER_STEPS = Counter(
     "Escalation steps taken, by what made them due (no-answer, busy, failed, timeout).",
     ["reason"],
 )
+#: The conversion rule's names (by target and scope) and the channels it judges: the labels of
+#: the otpsvc_fraud_* metrics.
+FRAUD_RULES = ("prefix", "country", "prefix_all", "country_all")
+FRAUD_CHANNELS = ("voice", "sms")
 FRAUD_WOULD_BLOCK = Counter(
     "otpsvc_fraud_would_block_total",
     "Sends placed in monitor mode that the conversion rule would have refused, by rule "
@@ -439,8 +443,8 @@ def start_at_zero(providers: Iterable[str], clients: Iterable[str] = ()) -> None
             REFUSALS.labels(client, reason)
     for scope in ("auth_failures", "start_ip", "check_ip"):
         REFUSALS.labels("none", f"limit_{scope}")
-    for rule in ("prefix", "country", "prefix_all", "country_all"):
-        for channel in ("voice", "sms"):
+    for rule in FRAUD_RULES:
+        for channel in FRAUD_CHANNELS:
             FRAUD_WOULD_BLOCK.labels(rule, channel)
             FRAUD_BLOCKED.labels(rule, channel)
     for provider in names:

@@ -286,21 +286,28 @@ def insights_server(tmp_path_factory) -> Iterator[str]:
     )
 
 
+def _started(base: str, phone: str) -> dict[str, object]:
+    """A start as the app's backend makes it; the verification."""
+    import requests
+
+    auth = {"Authorization": f"Bearer {APP_KEY}"}
+    started = requests.post(f"{base}/otp/start", json={"phone": phone}, headers=auth, timeout=10)
+    assert started.status_code == 201, started.text
+    return dict(started.json())
+
+
 def _twenty_verifications_ten_approved(base: str) -> None:
     import requests
 
     auth = {"Authorization": f"Bearer {APP_KEY}"}
     for i in range(20):
         phone = f"+2348031239{i:03d}"
-        started = requests.post(
-            f"{base}/otp/start", json={"phone": phone}, headers=auth, timeout=10
-        )
-        assert started.status_code == 201, started.text
+        started = _started(base, phone)
         if i % 2:
             continue
         calls = requests.get(f"{base}/dev/calls", params={"phone": phone}, headers=auth, timeout=10)
         code = calls.json()["calls"][0]["code"]
-        body = {"id": started.json()["id"], "code": code}
+        body = {"id": started["id"], "code": code}
         assert requests.post(f"{base}/otp/check", json=body, headers=auth, timeout=10).ok
 
 
@@ -369,13 +376,8 @@ def test_insights_page_marks_the_prefixes_the_conversion_rule_suspended(
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    auth = {"Authorization": f"Bearer {APP_KEY}"}
     for i in range(20):
-        phone = f"+234905{100 + i}1234"
-        started = requests.post(
-            f"{insights_server}/otp/start", json={"phone": phone}, headers=auth, timeout=10
-        )
-        assert started.status_code == 201, started.text
+        _started(insights_server, f"+234905{100 + i}1234")
 
     def listed() -> list[dict[str, object]]:
         answer = requests.get(

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from otpsvc import metrics
 from otpsvc.store.connection import RedisClient, store_guard
 from otpsvc.store.records import script_source
 from otpsvc.store.shards import insights_key
@@ -29,7 +30,7 @@ from otpsvc.telemetry import TracedScript
 #: The most outcome entries one call of ``conversion.lua`` applies.
 OPS_PER_CALL = 5000
 #: The rule's names, by scope and target, in the order a start's gates take them.
-RULES = ("prefix", "country", "prefix_all", "country_all")
+RULES = metrics.FRAUD_RULES
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class ConversionStore:
         groups: list[list[tuple[str, str, str, list[str]]]] = [[]]
         size = 0
         for tag, after, last, entries in batches:
-            ops = [op for entry in entries if (op := _op(0, *entry)) is not None]
+            ops = [op for entry in entries if (op := _op(*entry)) is not None]
             if groups[-1] and size + len(ops) > OPS_PER_CALL:
                 groups.append([])
                 size = 0
@@ -219,7 +220,7 @@ class ConversionStore:
         for index, (tag, after, last, shard_ops) in enumerate(group, start=1):
             args += [tag, after, last]
             # Each op names its batch by its place in this call.
-            ops += (f"{index}{op[1:]}" for op in shard_ops)
+            ops += (f"{index} {op}" for op in shard_ops)
         with store_guard():
             markers, made = self._apply(keys=self.keys, args=[*args, *ops])
         found = [Suspension.parse(made[i], made[i + 1]) for i in range(0, len(made), 2)]
@@ -303,7 +304,7 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _op(batch: int, entry_id: str, fields: dict[str, str]) -> str | None:
+def _op(entry_id: str, fields: dict[str, str]) -> str | None:
     """An outcome entry as the script's op: a send placed (``v``, ``r``, ``s``) or an approval
     (``ok``); None for the rest, for test numbers and for entries without a verification (from a
     version before the rule)."""
@@ -312,8 +313,8 @@ def _op(batch: int, entry_id: str, fields: dict[str, str]) -> str | None:
         return None
     ms = fields.get("t") or entry_id.split("-")[0]
     if kind == "ok":
-        return f"{batch} ok {vid} {ms}"
+        return f"ok {vid} {ms}"
     client, country, prefix, provider, channel, _ = fields["d"].split("|")
     if provider == "test" or not (client and country and prefix):
         return None
-    return f"{batch} s {vid} {ms} {client} {channel} {prefix} {country}"
+    return f"s {vid} {ms} {client} {channel} {prefix} {country}"

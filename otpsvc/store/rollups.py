@@ -171,7 +171,8 @@ class Rollups:
         # shard; the entries are read after the earlier of the two, trimmed up to it.
         starts = {}
         for key, tag in self.streams.items():
-            read = [m.get(tag, "0-0") for m, on in ((folded_at, self.days), (applied_at, 1)) if on]
+            readers = ((folded_at, self.days), (applied_at, self.conversion is not None))
+            read = [m.get(tag, "0-0") for m, on in readers if on]
             starts[key] = min(read, key=_entry_order) if read else "0-0"
         found = per_node(
             self.redis,

@@ -287,15 +287,17 @@ class VelocityStore:
         """What the script's reply means; ``rules``: how many of the ``gates`` are the
         conversion rule's (its safe-list entry, then the suspensions of ``RULES``)."""
         index = int(result[0])
+
+        def suspended(gate: int) -> str:
+            # The rule's gates: the safe-list entry, then one suspension per rule.
+            return f"suspended_{RULES[gate - (gates - rules) - 2]}"
+
         if index == 0:
-            if len(result) > 1:
-                return Refusal(f"suspended_{RULES[int(result[1]) - gates + rules - 2]}", 0, True)
-            return None
+            return Refusal(suspended(int(result[1])), 0, True) if len(result) > 1 else None
         if index == 1:
             return Refusal("kill", 60)
         if gates - rules < index <= gates:
-            rule = RULES[index - gates + rules - 2]
-            return Refusal(f"suspended_{rule}", -(-int(result[1]) // 1000))
+            return Refusal(suspended(index), -(-int(result[1]) // 1000))
         if index <= gates:
             return Refusal("client_kill", 60)
         return Refusal(items[index - gates - 1].kind, -(-int(result[1]) // 1000))

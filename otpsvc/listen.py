@@ -21,6 +21,7 @@ downloaded at run time) and Debian's ``libttspico-utils``, ``rhvoice-ukrainian``
 from __future__ import annotations
 
 import array
+import difflib
 import hashlib
 import random
 import re
@@ -119,6 +120,24 @@ def model_dir(cache: Path | None = None) -> Path:
     return cache
 
 
+#: A script without a code (match mode) passes when the recognizer wrote at least this share of
+#: its words, in order, and every digit it says (the key that denies).
+SCRIPT_RECALL = 0.8
+
+
+@dataclass(frozen=True)
+class ScriptCheck:
+    """A script with no code (match mode): were its words understood?"""
+
+    locale: str
+    form: str
+    source: str
+    heard: str
+    recall: float
+    verdict: bool
+    reason: str
+
+
 class Listener:
     """Speaks, degrades and transcribes; one model for every check."""
 
@@ -195,6 +214,25 @@ class Listener:
             locale, form, source, code, heard, digits, pauses, not reasons, "; ".join(reasons)
         )
 
+    def check_script(self, spoken: Spoken, form: str, voice: str | None = None) -> ScriptCheck:
+        """A script that reads no code, as a provider would be sent it; ``voice``: read by
+        another locale's voice (the negative control)."""
+        text = render_ssml(spoken, "") if form == "ssml" else render_text(spoken, "")
+        audio = self.audio(text, voice or spoken.locale, form)
+        heard = self.transcribe(audio, spoken.locale)
+        expected = render_text(spoken, "")
+        recall = words_recalled(expected, heard, spoken.locale)
+        reasons = []
+        if recall < SCRIPT_RECALL:
+            reasons.append(f"{recall:.0%} of its words heard, under {SCRIPT_RECALL:.0%}")
+        # The keys it names (numerals in the script: "press 9"), each heard, in order.
+        said = "".join(re.findall(r"\d", expected))
+        if not _in_order(said, digits_heard(heard, spoken.locale)):
+            reasons.append(f"the keys it names ({said}) not all heard")
+        return ScriptCheck(
+            spoken.locale, form, spoken.source, heard, recall, not reasons, "; ".join(reasons)
+        )
+
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -220,6 +258,31 @@ def digits_heard(text: str, locale: str) -> str:
         elif token in words:
             found.append(words[token])
     return "".join(found)
+
+
+def words_of(text: str, locale: str) -> list[str]:
+    """The words of a text, lowercase, each digit word as its numeral (a recognizer writes
+    "9" or "nine" alike)."""
+    words = {word: str(d) for d, word in enumerate(SCRIPTS[locale].digits)}
+    words.update(EXTRA_WORDS.get(locale, {}))
+    text = re.sub(r"(?<=\w)[\u2019\u02bc`](?=\w)", "'", text.lower())
+    return [words.get(t, t) for t in re.findall(r"\d|[^\W\d_]+(?:'[^\W\d_]+)*", text)]
+
+
+def words_recalled(expected: str, heard: str, locale: str) -> float:
+    """The share of ``expected``'s words found in ``heard``, in order (longest matching
+    blocks)."""
+    want, got = words_of(expected, locale), words_of(heard, locale)
+    if not want:
+        return 1.0
+    blocks = difflib.SequenceMatcher(None, want, got, autojunk=False).get_matching_blocks()
+    return sum(block.size for block in blocks) / len(want)
+
+
+def _in_order(needed: str, found: str) -> bool:
+    """Every digit of ``needed`` in ``found``, in order."""
+    rest = iter(found)
+    return all(digit in rest for digit in needed)
 
 
 def count_pauses(audio: Path) -> int:

@@ -38,8 +38,15 @@ STARTS = Counter(
 )
 APPROVALS = Counter(
     "otpsvc_verifications_approved_total",
-    "Approved verifications (a right code or key 1), by client, provider and country.",
+    "Approved verifications (a right code, key 1 or the matched digits), by client, provider and "
+    "country.",
     ["client", "provider", "country"],
+)
+KEYPAD_ANSWERS = Counter(
+    "otpsvc_keypad_answers_total",
+    "How keypress- and match-mode calls were answered, by client, mode and answer (confirmed, "
+    "matched, wrong_digits, denied, no_answer).",
+    ["client", "mode", "answer"],
 )
 CHECKS = Counter(
     "otpsvc_checks_total",

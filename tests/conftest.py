@@ -229,6 +229,17 @@ def make_app(
         runtime.redis.close()
 
 
+@pytest.fixture
+def dev_app(make_app: Callable[..., Flask]) -> Flask:
+    """A dev-mode app: the console provider, the dev page and its inbox."""
+    return make_app(OTPSVC_DEV_MODE="true", OTPSVC_PROVIDERS="console")
+
+
+@pytest.fixture
+def dev_api(dev_app: Flask, openapi: OpenAPI) -> Api:
+    return Api(dev_app, KEY_A, openapi)
+
+
 @pytest.fixture(scope="session")
 def openapi() -> OpenAPI:
     config = Config(

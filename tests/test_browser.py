@@ -232,6 +232,76 @@ def test_dev_page_keypress_call_pressed_from_the_page(browser, dev_server: str):
     )
 
 
+def test_dev_page_match_call_keyed_from_the_keypad(browser, dev_server: str):
+    """A match start shows the digits for the screen; the call's card shows them and a keypad:
+    other digits are refused (an attempt used), the digits shown approve."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(dev_server + "/dev")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live-text"), "live"))
+    Select(browser.find_element(By.ID, "start-mode")).select_by_value("match")
+    keyed = {}
+    for phone, right in (("+2348031234522", False), ("+2348031234533", True)):
+        field = browser.find_element(By.ID, "start-phone")
+        field.clear()
+        field.send_keys(phone)
+        browser.find_element(By.ID, "start-button").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "start-result"), "show the person"))
+        said = browser.find_element(By.ID, "start-result").text
+        digits = re.search(r"show the person (\d\d)", said).group(1)
+        verification_id = browser.find_element(By.ID, "check-id").get_attribute("value")
+        card_selector = f'#calls li.call[data-id="{verification_id}"]'
+        # Heard to the end (the console's report) before keying, as a person would.
+        wait.until(
+            ec.text_to_be_present_in_element(
+                (By.CSS_SELECTOR, card_selector + " .delivery"), "completed"
+            )
+        )
+        card = browser.find_element(By.CSS_SELECTOR, card_selector)
+        assert card.find_element(By.CSS_SELECTOR, ".code").text == digits
+        keys = digits if right else ("12" if digits != "12" else "34")
+        wait.until(lambda b, s=card_selector, k=keys: _key(b, s, k))
+        want = "approved" if right else "wrong"
+        wait.until(
+            ec.text_to_be_present_in_element(
+                (By.CSS_SELECTOR, card_selector + " .press-result"), f"{keys}: {want}"
+            )
+        )
+        keyed[want] = card_selector
+    wait.until(
+        ec.presence_of_element_located(
+            (By.CSS_SELECTOR, keyed["approved"] + '[data-status="approved"]')
+        )
+    )
+    assert browser.find_elements(By.CSS_SELECTOR, keyed["wrong"] + '[data-status="pending"]')
+    assert _axe_violations(browser) == []
+
+
+def _key(browser, card_selector: str, digits: str) -> bool:
+    """Key digits on a card's keypad and send them; False (to be tried again) when the list was
+    redrawn meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        card = browser.find_element(By.CSS_SELECTOR, card_selector)
+        pad = card.find_element(By.CSS_SELECTOR, "input.keypad")
+        pad.clear()
+        pad.send_keys(digits)
+        if pad.get_attribute("value") != digits:
+            return False
+        button = next(
+            b for b in card.find_elements(By.TAG_NAME, "button") if "Key digits" in b.text
+        )
+        button.click()
+    except StaleElementReferenceException:
+        return False
+    return True
+
+
 def _click(browser, card_selector: str, label: str) -> bool:
     """Click a card's button; False (to be tried again) when the list was redrawn meanwhile."""
     from selenium.common.exceptions import StaleElementReferenceException

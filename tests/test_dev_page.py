@@ -27,16 +27,6 @@ OTHER = "+2348031234599"
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 
 
-@pytest.fixture
-def dev_app(make_app: Callable[..., Flask]) -> Flask:
-    return make_app(OTPSVC_DEV_MODE="true", OTPSVC_PROVIDERS="console")
-
-
-@pytest.fixture
-def dev_api(dev_app: Flask, openapi) -> Api:
-    return Api(dev_app, KEY_A, openapi)
-
-
 @contextmanager
 def served(make_app: Callable[..., Flask], **env: str) -> Iterator[str]:
     """A dev-mode app on a real loopback HTTP server, its public URL its own address, so the

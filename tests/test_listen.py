@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from otpsvc.listen import GROUPED, ListenError, count_pauses, digits_heard, model_dir, sample_codes
+from otpsvc.listen import (
+    GROUPED,
+    ListenError,
+    count_pauses,
+    digits_heard,
+    model_dir,
+    sample_codes,
+    words_recalled,
+)
 
 
 def test_digits_are_read_from_numerals_and_the_locales_words():
@@ -129,6 +137,54 @@ def test_ukrainian_and_portuguese_are_heard_through_rhvoice(locale: str):
             locale, "text", "control", "483291", numeral_script("483291", locale), 2
         )
         assert not bad.verdict
+    finally:
+        listener.close()
+
+
+def test_words_are_recalled_in_order_and_digit_words_count_as_numerals():
+    expected = "If it is not you, press 9."
+    assert words_recalled(expected, "if it is not you press nine", "en") == 1.0
+    assert words_recalled(expected, "press 9 if it is not you", "en") < 0.8
+    assert words_recalled(expected, "", "en") == 0.0
+    assert words_recalled("натисніть дев'ять", "натисніть дев\u2019ять", "uk") == 1.0
+
+
+@speech
+@pytest.mark.parametrize("locale", ["en", "fr", "de", "es", "uk", "pt"])
+def test_the_match_and_keypress_scripts_are_understood_and_a_wrong_voice_is_not(locale: str):
+    """Each built-in script without a code is heard, its words and the keys it names; read by
+    another language's voice, the match script is not."""
+    from otpsvc.listen import Listener
+    from otpsvc.voice.templates import Spoken
+
+    listener = Listener()
+    try:
+        for kind in ("match", "keypress"):
+            heard = listener.check_script(Spoken(kind, locale, "Acme", 5), "ssml")
+            assert heard.verdict, heard
+        other = "de" if locale == "en" else "en"
+        control = listener.check_script(Spoken("match", locale, "Acme", 5), "text", voice=other)
+        assert not control.verdict, control
+    finally:
+        listener.close()
+
+
+@speech
+def test_the_german_keypress_script_as_it_was_is_heard_as_ordinals():
+    """The script before the listening test heard it: "die 1." and "die 9." are read as "die
+    erste" and "die Neunte", so the keys are never heard; the script now names "die Taste 1,"."""
+    from otpsvc.listen import Listener
+    from otpsvc.voice.templates import Spoken
+
+    before = (
+        "Jemand möchte sich mit dieser Telefonnummer bei {brand} anmelden. "
+        "Wenn Sie das waren, drücken Sie die 1. Wenn nicht, drücken Sie die 9."
+    )
+    listener = Listener()
+    try:
+        old = listener.check_script(Spoken("keypress", "de", "Acme", 5, before, "before"), "text")
+        assert not old.verdict
+        assert "keys it names" in old.reason
     finally:
         listener.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from otpsvc.voice.scripts import SCRIPTS, choose_locale
@@ -97,6 +99,19 @@ def test_keypress_text_asks_for_1_or_9():
     assert "Acme" in text
     assert "press 1" in text
     assert "press 9" in text
+
+
+@pytest.mark.parametrize("locale", sorted(SCRIPTS))
+def test_every_locale_has_a_match_script_naming_the_brand_and_the_deny_key(locale):
+    """Match mode's script, in each locale: the brand, the key that denies, no code and no digit
+    but 9 (the digits to key are on the screen, never in the call); as SSML too."""
+    text = render_text(Spoken("match", locale, "Acme", 5), "")
+    assert "Acme" in text
+    assert re.findall(r"\d", text) == ["9"]
+    assert text != render_text(Spoken("keypress", locale, "Acme", 5), "")
+    ssml = render_ssml(Spoken("match", locale, "A&B", 5), "")
+    assert "A&amp;B" in ssml
+    assert ssml.startswith("<speak")
 
 
 @pytest.mark.parametrize(

@@ -216,7 +216,7 @@ def test_keypress_1_approves(seven: Seven, sevenio: FakeSevenio):
     """mode=keypress: the call asks for 1 or 9; pressing 1 approves, polled through GET."""
     data = started(seven, mode="keypress")
     assert data["mode"] == "keypress"
-    assert "drücken Sie die 1" in sevenio.calls[-1].form["text"]
+    assert "drücken Sie die Taste 1" in sevenio.calls[-1].form["text"]
     mid = data["delivery"]["provider_message_id"]
     assert seven.api.get(data["id"]).get_json()["status"] == "pending"
     assert (

@@ -75,7 +75,13 @@ class PressRequest(Schema):
         required=True,
         validate=validate.Regexp(VERIFICATION_ID, error="must be a verification id"),
     )
-    key = fields.String(required=True, validate=validate.OneOf(["1", "9"], error="must be 1 or 9"))
+    #: 1 or 9 on a keypress call; two digits or 9 on a match call.
+    key = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"\A(?:[19]|[0-9]{2})\Z", error="must be 1, 9 or two digits (0-9)"
+        ),
+    )
 
 
 FAULT_SCHEMA = FaultRequest()
@@ -270,15 +276,16 @@ def page_check() -> Response:
 
 @page.post("/page/press")
 def page_press() -> Response:
-    """A key pressed on a keypress call, as the person would: through the send's own token."""
+    """Keys pressed on a keypress or match call, as the person would: through the send's own
+    token. The inbox keeps what was pressed on each call, to show it beside the digits asked."""
     data = load(PRESS_SCHEMA, otp._json_body())
     call = _inbox().find(data["id"])
-    if call is None or call.mode != "keypress" or not call.dtmf_token:
-        raise NotFound("no keypress call with this id")
+    if call is None or call.mode not in ("keypress", "match") or not call.dtmf_token:
+        raise NotFound("no keypress or match call with this id")
     service = runtime().service
     named = service.keyring.verify_callback_token(call.dtmf_token, "dtmf")
     if named is None:
-        raise NotFound("no keypress call with this id")
+        raise NotFound("no keypress or match call with this id")
     verification_id, gen, key_id = named
     result = service.keypress(
         key=data["key"],
@@ -287,7 +294,7 @@ def page_press() -> Response:
         gen=gen,
         key_id=key_id,
     )
-    _inbox().touch()
+    _inbox().pressed(verification_id, gen, data["key"], result)
     return jsonify({"result": result})
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from otpsvc.api.context import (
@@ -188,7 +189,7 @@ def start() -> Response:
         )
     if claim.outcome == "done":
         replay = Response(
-            claim.body,
+            _opened(rt, claim.body),
             status=claim.status,
             mimetype="application/json" if claim.status < 400 else PROBLEM_JSON,
         )
@@ -210,9 +211,7 @@ def start() -> Response:
         rt.idempotency.release(claim_key, claim)
     else:
         kept = {k: v for k, v in response.headers.items() if k in KEPT_HEADERS}
-        rt.idempotency.finish(
-            claim_key, claim, response.status_code, response.get_data(as_text=True), kept
-        )
+        rt.idempotency.finish(claim_key, claim, response.status_code, _sealed(rt, response), kept)
     return response
 
 
@@ -230,9 +229,41 @@ def _start(rt: Runtime, data: dict[str, Any], person: Person, gate: Gate | None 
         end_user_scope=person.scope,
     )
     outcome = rt.service.start(ask, gate)
-    response = jsonify(verification_view(outcome.verification, _currency()))
+    view = verification_view(outcome.verification, _currency())
+    if outcome.match is not None:
+        view["match"] = outcome.match
+    response = jsonify(view)
     response.status_code = 201 if outcome.created else 200
     return response
+
+
+def _sealed(rt: Runtime, response: Response) -> str:
+    """The answer to keep for an idempotent replay: a match start's digits sealed (Redis holds
+    only their keyed hash in the clear)."""
+    text = response.get_data(as_text=True)
+    if response.status_code >= 300 or '"match"' not in text:
+        return text
+    view = json.loads(text)
+    if "match" not in view:  # "match" was the mode
+        return text
+    view["match"] = rt.service.keyring.seal_text(view["id"], "match", view["match"])
+    return str(current_app.json.dumps(view)) + "\n"
+
+
+def _opened(rt: Runtime, body: str) -> str:
+    """A kept answer as it was sent: a match start's digits unsealed (left out when the secret
+    they were sealed with is gone)."""
+    if '"match"' not in body:
+        return body
+    view = json.loads(body)
+    if not isinstance(view, dict) or not isinstance(view.get("match"), str):
+        return body
+    digits = rt.service.keyring.open_text(view["id"], "match", view["match"])
+    if digits is None:
+        del view["match"]
+    else:
+        view["match"] = digits
+    return str(current_app.json.dumps(view)) + "\n"
 
 
 @bp.post("/check")

@@ -60,7 +60,9 @@ class StartRequest(Schema):
     )
     mode = fields.String(
         load_default="code",
-        validate=validate.OneOf(["code", "keypress"], error="must be 'code' or 'keypress'"),
+        validate=validate.OneOf(
+            ["code", "keypress", "match"], error="must be 'code', 'keypress' or 'match'"
+        ),
     )
     client_ref = fields.String(
         validate=[

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from otpsvc.cli.common import load, store_parts
+
+if TYPE_CHECKING:
+    from otpsvc.listen import Listener
 
 #: A number and a code to render scripts with (``otpsvc say``).
 SAMPLE_PHONE = "+2348031234567"
@@ -17,7 +21,9 @@ SAMPLE_DIGITS = "48291375"
 @click.command()
 @click.option("--client", "client_name", default=None, help="An API client (default: none).")
 @click.option("--locale", default=None, help="One locale (default: every one).")
-@click.option("--mode", type=click.Choice(["code", "keypress"]), default="code", show_default=True)
+@click.option(
+    "--mode", type=click.Choice(["code", "keypress", "match"]), default="code", show_default=True
+)
 def say(client_name: str | None, locale: str | None, mode: str) -> None:
     """Print exactly what each provider on the client's routes would be sent (text or SSML),
     with a sample code, and which template it comes from. More: the docs' "Several apps" page,
@@ -43,7 +49,7 @@ def say(client_name: str | None, locale: str | None, mode: str) -> None:
         call = CallRequest(
             verification_id="0" * 36,
             phone=SAMPLE_PHONE,
-            code="" if mode == "keypress" else SAMPLE_DIGITS[: own.code_length],
+            code="" if mode != "code" else SAMPLE_DIGITS[: own.code_length],
             locale=language,
             mode=mode,
             client=client_name or "",
@@ -75,7 +81,7 @@ def say(client_name: str | None, locale: str | None, mode: str) -> None:
     "--templates",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="A client file whose code templates are checked too.",
+    help="A client file whose templates (code, match, keypress) are checked too.",
 )
 @click.option("--client", "client_name", default=None, help="Only this client's templates.")
 @click.option("--seed", default=0, show_default=True, help="Picks the random codes (repeatable).")
@@ -84,8 +90,8 @@ def say(client_name: str | None, locale: str | None, mode: str) -> None:
     "--gate",
     type=click.FloatRange(0, 1),
     default=None,
-    help="Exit 1 unless every locale has this share of checks right (0.9) and every negative "
-    "control fails.",
+    help="Exit 1 unless every locale has this share of code checks right (0.9), every script "
+    "without a code (match, keypress) is understood, and every negative control fails.",
 )
 def listen(
     locales: tuple[str, ...],
@@ -99,9 +105,10 @@ def listen(
 ) -> None:
     """The listening test: an offline voice reads each script (plain text and SSML), a
     telephone line degrades it, an offline recognizer writes down what it heard; per code, the
-    digits heard in every reading, the pauses, and a verdict. Needs otpsvc[speech], and Debian's
-    libttspico-utils, rhvoice-ukrainian, rhvoice-brazilian-portuguese and sox. More: the docs'
-    "Listening test" page."""
+    digits heard in every reading, the pauses, and a verdict; per script without a code
+    (match, keypress), the share of its words heard and the keys it names. Needs
+    otpsvc[speech], and Debian's libttspico-utils, rhvoice-ukrainian,
+    rhvoice-brazilian-portuguese and sox. More: the docs' "Listening test" page."""
     from otpsvc.listen import (
         NOT_CHECKABLE,
         VOICES,
@@ -113,7 +120,7 @@ def listen(
     from otpsvc.voice.scripts import SCRIPTS
     from otpsvc.voice.templates import Spoken
 
-    sources = _listen_sources(templates, client_name)
+    sources = _listen_sources(templates, client_name, "code")
     try:
         listener = Listener(telephone=not clean)
     except ListenError as exc:
@@ -150,14 +157,53 @@ def listen(
             )
             if gate is not None and (rate < gate or control.verdict):
                 failed_gate = True
+            understood = _listen_scripts(listener, locale, templates, client_name)
+            if gate is not None and not understood:
+                failed_gate = True
     finally:
         listener.close()
     if failed_gate:
         raise click.ClickException("the listening gate failed")
 
 
-def _listen_sources(path: Path | None, client_name: str | None) -> dict[str, list[tuple[str, str]]]:
-    """Per locale, the code templates of a client file to check: (where from, template)."""
+def _listen_scripts(
+    listener: Listener, locale: str, templates: Path | None, client_name: str | None
+) -> bool:
+    """The scripts of ``locale`` that read no code (match, keypress; built in and the client
+    file's): each understood, in both forms; and a negative control, the match script read by
+    another language's voice, not. True when all went as they must."""
+    from otpsvc.voice.templates import Spoken
+
+    checks = []
+    for kind in ("match", "keypress"):
+        sources = _listen_sources(templates, client_name, kind).get(locale, [])
+        for source, template in [("built-in", None), *sources]:
+            for form in ("text", "ssml"):
+                check = listener.check_script(
+                    Spoken(kind, locale, "Acme", 5, template, source), form
+                )
+                checks.append(check)
+                verdict = "ok" if check.verdict else f"FAIL: {check.reason}"
+                click.echo(
+                    f"{locale} {form:4} {source} {kind} script: heard {check.heard!r}; "
+                    f"{check.recall:.0%} of its words; {verdict}"
+                )
+    other = "de" if locale == "en" else "en"
+    control = listener.check_script(Spoken("match", locale, "Acme", 5), "text", voice=other)
+    right = sum(c.verdict for c in checks)
+    click.echo(
+        f"{locale}: {right} of {len(checks)} scripts without a code understood; negative control "
+        f"(read by the {other} voice, {control.recall:.0%} of its words): "
+        + ("failed, as it must" if not control.verdict else "PASSED: the test is blind")
+    )
+    return right == len(checks) and not control.verdict
+
+
+def _listen_sources(
+    path: Path | None, client_name: str | None, kind: str
+) -> dict[str, list[tuple[str, str]]]:
+    """Per locale, the templates of ``kind`` in a client file to check: (where from,
+    template)."""
     if path is None:
         return {}
     import tomllib
@@ -166,12 +212,12 @@ def _listen_sources(path: Path | None, client_name: str | None) -> dict[str, lis
     found: dict[str, list[tuple[str, str]]] = {}
     if client_name is None:
         for locale, kinds in document.get("templates", {}).items():
-            if "code" in kinds:
-                found.setdefault(locale, []).append(("templates", kinds["code"]))
+            if kind in kinds:
+                found.setdefault(locale, []).append(("templates", kinds[kind]))
     for name, table in document.get("clients", {}).items():
         if client_name not in (None, name):
             continue
         for locale, kinds in table.get("templates", {}).items():
-            if "code" in kinds:
-                found.setdefault(locale, []).append((f"clients.{name}", kinds["code"]))
+            if kind in kinds:
+                found.setdefault(locale, []).append((f"clients.{name}", kinds[kind]))
     return found

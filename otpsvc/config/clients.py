@@ -83,7 +83,7 @@ SECRETS = {
     "event_webhook_secrets": "OTPSVC_EVENT_WEBHOOK_SECRETS",
     "secret_key": "OTPSVC_SECRET_KEY",
 }
-TEMPLATE_KINDS = ("code", "keypress", "sms")
+TEMPLATE_KINDS = ("code", "keypress", "match", "sms")
 LOCALE = re.compile(r"\A[a-z]{2}\Z")
 CLIENT_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
 
@@ -203,11 +203,11 @@ def _templates(value: Any, path: str, problems: list[str]) -> dict[str, dict[str
             problems.append(f"{where}: the locale must be a two-letter language code")
             continue
         if not isinstance(kinds, dict):
-            problems.append(f"{where}: must be a table with code and keypress")
+            problems.append(f"{where}: must be a table with code, keypress, match or sms")
             continue
         for kind, text in kinds.items():
             if kind not in TEMPLATE_KINDS:
-                problems.append(f"{where}.{kind}: unknown key (code, keypress or sms)")
+                problems.append(f"{where}.{kind}: unknown key (code, keypress, match or sms)")
             elif not isinstance(text, str):
                 problems.append(f"{where}.{kind}: must be a string")
             else:

@@ -99,8 +99,8 @@ class Settings:
     #: With Sentinel or Cluster: how long a check waits for a replica to acknowledge its attempt.
     redis_wait_ms: int = 100
     code_length: int = 6
-    #: The modes a start may ask for (``code``, ``keypress``).
-    modes: frozenset[str] = frozenset({"code", "keypress"})
+    #: The modes a start may ask for (``code``, ``keypress``, ``match``).
+    modes: frozenset[str] = frozenset({"code", "keypress", "match"})
     #: A start may name the brand its call speaks (resellers); off unless a client allows it.
     request_brand: bool = False
     #: The client file (``OTPSVC_CLIENTS_FILE``): per-client policies and spoken scripts.
@@ -248,7 +248,7 @@ class Settings:
     #: Per API client of the client file, the keys its table sets.
     client_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
     #: The client file's spoken scripts: per client ("" for every client), per locale, per
-    #: kind (``code``, ``keypress``), the template.
+    #: kind (``code``, ``keypress``, ``match``, ``sms``), the template.
     templates: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
 
     def for_client(self, client: str) -> Settings:

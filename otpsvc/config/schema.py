@@ -102,7 +102,7 @@ class SettingsSchema(Schema):
     code_length = fields.Integer(
         data_key="OTPSVC_CODE_LENGTH", load_default=6, validate=validate.Range(4, 8)
     )
-    modes = fields.String(data_key="OTPSVC_MODES", load_default="code,keypress")
+    modes = fields.String(data_key="OTPSVC_MODES", load_default="code,keypress,match")
     ladder = fields.String(data_key="OTPSVC_LADDER", load_default="")
     request_brand = fields.Boolean(data_key="OTPSVC_REQUEST_BRAND", load_default=False)
     clients_file = fields.String(data_key="OTPSVC_CLIENTS_FILE", load_default=None)

@@ -79,11 +79,11 @@ def known_providers(names: list[str]) -> None:
 
 
 #: How a verification may be made: a code read out, or a key pressed (1 yes, 9 no).
-MODES = ("code", "keypress")
+MODES = ("code", "keypress", "match")
 
 
 def parse_modes(value: str) -> frozenset[str]:
-    """``code,keypress`` -> the modes a start may ask for."""
+    """``code,keypress,match`` -> the modes a start may ask for."""
     modes = split(value)
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:

@@ -41,7 +41,7 @@ class Policy:
     max_failures_all: int
     slow_ms: int
     #: The modes a start may ask for.
-    modes: frozenset[str] = frozenset({"code", "keypress"})
+    modes: frozenset[str] = frozenset({"code", "keypress", "match"})
     #: The brand calls speak, and whether a start may name its own.
     brand: str = "otpsvc"
     request_brand: bool = False

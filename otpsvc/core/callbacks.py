@@ -5,6 +5,10 @@ from __future__ import annotations
 from otpsvc import metrics
 from otpsvc.core.audit import audit
 from otpsvc.core.base import ServiceBase
+from otpsvc.core.models import UNANSWERED, mode_of
+
+#: What a key press's result counts as in ``otpsvc_keypad_answers_total``.
+ANSWERED = {"approved": "approved", "denied": "denied", "wrong": "wrong_digits"}
 
 
 class ProviderCallbacks(ServiceBase):
@@ -39,6 +43,13 @@ class ProviderCallbacks(ServiceBase):
         )
         audit("delivery", id=verification_id, provider=provider, status=status, result=result)
         metrics.DELIVERY_REPORTS.labels(provider, status).inc()
+        if status in UNANSWERED and result == "applied":
+            # A keypress or match call nobody answered: no key can come from it.
+            fields = self.store.load(verification_id)
+            if fields.get("m"):
+                metrics.KEYPAD_ANSWERS.labels(
+                    metrics.client_label(fields["c"]), mode_of(fields["m"]), "no_answer"
+                ).inc()
         return result
 
     def keypress(
@@ -51,9 +62,11 @@ class ProviderCallbacks(ServiceBase):
         gen: int | None = None,
         key_id: str = "",
     ) -> str:
-        """Apply a key pressed on a keypress-mode call: 1 approves, 9 denies and blocks the
-        number for the client whose call it was (for every client once several clients' calls
-        were denied).
+        """Apply the keys pressed on a keypress- or match-mode call. Keypress mode: 1 approves.
+        Match mode: the two digits the app showed approve, other digits are a failed attempt
+        (counted against the number's failure caps as a wrong code is). Either mode: 9 denies
+        and blocks the number for the client whose call it was (for every client once several
+        clients' calls were denied).
 
         The press must be bound to the send: it comes from the provider that took the call, and
         either with the call's message id or through the send's callback token made with the
@@ -63,22 +76,48 @@ class ProviderCallbacks(ServiceBase):
         fields = self.store.load(verification_id) if verification_id else {}
         if not verification_id or not fields:
             return "unknown"
+        client, mode = fields["c"], mode_of(fields.get("m"))
+        matched, verifier = None, ""
+        if mode == "match" and key != "9":
+            verifier = fields.get("h", "")
+            if not (verifier and len(key) == 2 and key.isascii() and key.isdigit()):
+                audit("keypress", id=verification_id, client=client, result="ignored")
+                return "ignored"
+            matched = self.keyring.verify_code(verifier, verification_id, key)
+        max_attempts = self.policy_for(client).max_attempts
+        now_ms = self._now_ms()
         result = self.store.record_keypress(
             verification_id,
-            client=fields["c"],
+            client=client,
             phone_key=fields["pk"],
             key=key,
-            now_ms=self._now_ms(),
+            now_ms=now_ms,
             deny_ms=self.policy.deny_block_ms,
             provider=provider,
             message_id=message_id,
             gen=gen,
             key_id=key_id,
+            matched=matched,
+            verifier=verifier,
+            max_attempts=max_attempts,
         )
-        audit("keypress", id=verification_id, client=fields["c"], phone=fields["pm"], result=result)
+        audit("keypress", id=verification_id, client=client, phone=fields["pm"], result=result)
+        if result == "wrong":
+            self.store.count_failure(
+                verification_id,
+                client=client,
+                phone_key=fields["pk"],
+                now_ms=now_ms,
+                max_attempts=int(fields.get("ma", max_attempts)),
+            )
+        answer = ANSWERED.get(result)
+        if answer is not None:
+            if answer == "approved":
+                answer = "matched" if mode == "match" else "confirmed"
+            metrics.KEYPAD_ANSWERS.labels(metrics.client_label(client), mode, answer).inc()
         if result == "approved":
             metrics.APPROVALS.labels(
-                metrics.client_label(fields["c"]),
+                metrics.client_label(client),
                 fields.get("p") or "none",
                 self._country_of(fields["pm"]),
             ).inc()

@@ -18,6 +18,12 @@ def generate_code(length: int, *, leading_zero: bool = True) -> str:
     return str(low + secrets.randbelow(9 * low))
 
 
+def match_digits() -> str:
+    """The two digits a match-mode app shows and the person keys on the call: 01 to 89, never
+    00, and never 9 first (9 alone is the key that denies); uniform over those 89."""
+    return f"{secrets.randbelow(89) + 1:02d}"
+
+
 def new_verification_id(tag: str) -> str:
     """Four hex digits of the number's keyed hash (its store tag first), then 128 random bits:
     36 lowercase hex digits."""

@@ -94,22 +94,38 @@ class Keyring:
         secret: ``<secret id>.<base64 nonce + ciphertext>``. A verification with an escalation
         ladder keeps it until it ends, to place its later steps; without the secret, which never
         reaches Redis, it gives nothing back."""
-        nonce = secrets.token_bytes(12)
-        sealed = AESGCM(self._current.seal).encrypt(nonce, e164.encode(), verification_id.encode())
-        # Unpadded: the field stays under 64 bytes, so Redis keeps the record's hash compact.
-        body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
-        return f"{self._current.id}.{body}"
+        return self._seal(e164, verification_id)
 
     def open_phone(self, verification_id: str, sealed: str) -> str | None:
         """The number :meth:`seal_phone` sealed for this verification; None when it cannot be
         opened (another verification's, a removed secret, tampered)."""
+        return self._open(sealed, verification_id)
+
+    def seal_text(self, verification_id: str, purpose: str, text: str) -> str:
+        """``text`` sealed like a number, bound to the verification and to ``purpose``: what
+        must be kept for a while but never in the clear (a match start's digits in its
+        idempotent answer)."""
+        return self._seal(text, f"{purpose}:{verification_id}")
+
+    def open_text(self, verification_id: str, purpose: str, sealed: str) -> str | None:
+        """What :meth:`seal_text` sealed for this verification and purpose; None otherwise."""
+        return self._open(sealed, f"{purpose}:{verification_id}")
+
+    def _seal(self, plain: str, bound: str) -> str:
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self._current.seal).encrypt(nonce, plain.encode(), bound.encode())
+        # Unpadded: the field stays under 64 bytes, so Redis keeps the record's hash compact.
+        body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+        return f"{self._current.id}.{body}"
+
+    def _open(self, sealed: str, bound: str) -> str | None:
         secret_id, _, body = sealed.partition(".")
         keys = self._by_id.get(secret_id)
         if keys is None:
             return None
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            plain = AESGCM(keys.seal).decrypt(raw[:12], raw[12:], verification_id.encode())
+            plain = AESGCM(keys.seal).decrypt(raw[:12], raw[12:], bound.encode())
         except (binascii.Error, ValueError, InvalidTag):
             return None
         return plain.decode()

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from otpsvc import metrics
 from otpsvc.config.model import ladder_of
 from otpsvc.core.draft import Escalation, StartAsk, StepNotTaken
+from otpsvc.core.models import mode_of
 from otpsvc.core.start import Starting
 from otpsvc.errors import OtpError, ProvidersBusy
 from otpsvc.phones import InvalidPhone, parse_phone
@@ -90,7 +91,7 @@ class Escalating(Starting):
                     phone=phone,
                     locale=claim.locale,
                     brand=claim.brand or None,
-                    mode="keypress" if claim.mode == "k" else "code",
+                    mode=mode_of(claim.mode),
                     escalation=escalation,
                 )
             )

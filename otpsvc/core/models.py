@@ -7,6 +7,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from otpsvc.config.model import LadderStep, ladder_of
+from otpsvc.store.records import MODES_BY_FIELD
+
+#: How a keypress or match call was answered (the record's ``ke``): see keypress.lua.
+ANSWERS = {"c": "confirmed", "m": "matched", "w": "wrong_digits", "d": "denied"}
+#: Delivery statuses of a call nobody answered.
+UNANSWERED = frozenset({"no-answer", "busy", "failed"})
+
+
+def mode_of(field: str | None) -> str:
+    """The mode a record's ``m`` field names."""
+    return MODES_BY_FIELD.get(field or "", "code")
 
 
 class Status(StrEnum):
@@ -71,6 +82,9 @@ class Verification:
     #: reconciliation; None where no provider reports a price.
     reported_cost: int | None = None
     reported_currency: str | None = None
+    #: Keypress and match mode: how the call was answered (``confirmed``, ``matched``,
+    #: ``wrong_digits``, ``denied``, ``no_answer``); None in code mode and while no answer came.
+    answer: str | None = None
 
     @property
     def attempts_remaining(self) -> int:
@@ -104,7 +118,7 @@ class Verification:
             id=verification_id,
             client=f["c"],
             phone_masked=f["pm"],
-            mode="keypress" if f.get("m") == "k" else "code",
+            mode=mode_of(f.get("m")),
             code_length=int(f["len"]),
             locale=f["loc"],
             client_ref=f.get("ref"),
@@ -122,7 +136,20 @@ class Verification:
             cost=int(f["co"]) if f.get("co") else None,
             reported_cost=int(f["rp"]) if f.get("rp") else None,
             reported_currency=f.get("rc"),
+            answer=_answer(f, status),
         )
+
+
+def _answer(f: Mapping[str, str], status: Status) -> str | None:
+    """How a keypress or match call was answered: the last key press taken, else ``no_answer``
+    once the call went unanswered or the verification ended without one."""
+    if not f.get("m"):
+        return None
+    if f.get("ke"):
+        return ANSWERS.get(f["ke"])
+    if f.get("ds") in UNANSWERED or status is not Status.PENDING:
+        return "no_answer"
+    return None
 
 
 #: What made a ladder's next step due, as the record's history spells it.
@@ -151,6 +178,9 @@ def _ladder(f: Mapping[str, str], next_at: float | None) -> Ladder | None:
 class StartOutcome:
     verification: Verification
     created: bool
+    #: Match mode: the two digits the app shows on its screen for this send's call (never
+    #: stored; only their keyed hash is).
+    match: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from otpsvc.config.model import ladder_of
 from otpsvc.core import fraud
 from otpsvc.core.audit import audit
 from otpsvc.core.base import Policy, ServiceBase
-from otpsvc.core.codes import generate_code, new_verification_id
+from otpsvc.core.codes import generate_code, match_digits, new_verification_id
 from otpsvc.core.draft import Draft, StartAsk, StepNotTaken
 from otpsvc.core.keyring import Person
 from otpsvc.core.models import StartOutcome
@@ -28,6 +28,7 @@ from otpsvc.money import SCALE, show, to_micros
 from otpsvc.phones import Phone
 from otpsvc.store import Reservation, VerificationStore
 from otpsvc.store.gate import Gate
+from otpsvc.store.records import MODE_FIELDS
 from otpsvc.voice.base import CallRequest, CallResult, VoiceProvider
 from otpsvc.voice.dispatch import DeliveryError, NoRoute
 from otpsvc.voice.scripts import choose_locale
@@ -284,8 +285,8 @@ class Starting(ServiceBase):
             fields["ref"] = ask.client_ref
         if draft.owner != ask.client:
             fields["ow"] = draft.owner
-        if ask.mode == "keypress":
-            fields["m"] = "k"
+        if ask.mode != "code":
+            fields["m"] = MODE_FIELDS[ask.mode]
         if len(draft.ladder) > 1 and test is None and ask.escalation is None:
             # Its later steps call the number again: kept sealed until it ends.
             fields["ld"] = ",".join(str(step) for step in draft.ladder)
@@ -322,15 +323,20 @@ class Starting(ServiceBase):
             result = self.dispatcher.place(draft.route, call, may_retry=may_retry)
         except DeliveryError as exc:
             self._failed(ask, reservation, exc)
-        return self._finish(draft, reservation, result, verifier)
+        return self._finish(draft, reservation, result, verifier, call.match)
 
     def _call_request(self, draft: Draft, reservation: Reservation) -> tuple[CallRequest, str]:
-        """The call to place, and the keyed hash of its code (none for a keypress call)."""
+        """The call to place, and the keyed hash of its code (none for a keypress call) or of
+        its match digits (none for a ladder's later call, which asks for the digits the app
+        already shows: reserve kept their hash)."""
         ask, policy, record = draft.ask, draft.policy, reservation.record
         gen = int(record["g"])
-        if ask.mode == "keypress":
-            code, verifier = "", ""
-        else:
+        code, digits, verifier = "", "", ""
+        if ask.mode == "match":
+            if ask.escalation is None:
+                digits = match_digits()
+                verifier = self.keyring.hash_code(reservation.id, digits)
+        elif ask.mode == "code":
             numeric = not self.dispatcher.needs_numeric_code(draft.route)
             code = generate_code(int(record["len"]), leading_zero=numeric)
             verifier = self.keyring.hash_code(reservation.id, code)
@@ -353,6 +359,7 @@ class Starting(ServiceBase):
             template_source=source,
             channel=draft.channel,
             send=gen,
+            match=digits,
         )
         return call, verifier
 
@@ -382,9 +389,15 @@ class Starting(ServiceBase):
         ) from exc
 
     def _finish(
-        self, draft: Draft, reservation: Reservation, result: CallResult, verifier: str
+        self,
+        draft: Draft,
+        reservation: Reservation,
+        result: CallResult,
+        verifier: str,
+        match: str = "",
     ) -> StartOutcome:
-        """The call was taken: its code's hash, provider and message id go in the record."""
+        """The call was taken: its code's hash, provider and message id go in the record (and
+        in match mode the digits go back to the app: they are not kept)."""
         ask, record = draft.ask, reservation.record
         gen = int(record["g"])
         indexed = self.dispatcher.providers[result.provider].reports_by_message_id
@@ -436,7 +449,7 @@ class Starting(ServiceBase):
             record.update(rp=str(int(record.get("rp") or 0) + reported[0]), rc=reported[1])
         if result.message_id:
             record["mid"] = result.message_id
-        return StartOutcome(self._to_verification(reservation.id, record), created)
+        return StartOutcome(self._to_verification(reservation.id, record), created, match or None)
 
     @staticmethod
     def _refuse_unless_allowed(

@@ -33,6 +33,8 @@ def verification_view(v: Verification, currency: str | None = None) -> dict[str,
         "provider": v.provider,
         "delivery": {"status": v.delivery_status, "provider_message_id": v.provider_message_id},
     }
+    if v.mode != "code":
+        view["answer"] = v.answer
     if v.ladder is not None:
         calls = v.ladder.calls
         view["ladder"] = {

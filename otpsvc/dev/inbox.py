@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from otpsvc.store.connection import RedisClient
@@ -51,12 +51,22 @@ class InboxCall:
     #: Server side only: the keyed hash of the number, and the send's key-press token.
     phone_key: str = field(default="", repr=False)
     dtmf_token: str = field(default="", repr=False)
+    #: Match mode: the digits the app was given to show ('' on a ladder's later call, which
+    #: asks for those already shown).
+    match: str = ""
+    #: The keys pressed on this call through the dev page, and what they did ("94: wrong").
+    pressed: str = ""
 
     def public(self) -> dict[str, Any]:
         """What a page or an API client may see: no phone key, no token."""
         view = asdict(self)
         del view["phone_key"], view["dtmf_token"]
         return view
+
+
+def _with_pressed(call: InboxCall, pressed: dict[str, str]) -> InboxCall:
+    keys = pressed.get(f"{call.verification_id}:{call.send}")
+    return call if keys is None else replace(call, pressed=keys)
 
 
 class CallInbox:
@@ -77,6 +87,7 @@ class CallInbox:
         self._version = f"{tag}:version"
         self._next_fault = f"{tag}:fault:next"
         self._number_faults = f"{tag}:fault:numbers"
+        self._pressed = f"{tag}:pressed"
 
     def phone_key(self, e164: str) -> str:
         return self._phone_key(e164)
@@ -98,9 +109,21 @@ class CallInbox:
         return int(self._redis.get(self._version) or 0)
 
     def calls(self) -> list[InboxCall]:
-        """Every call, newest first."""
-        raw = self._redis.lrange(self._list, 0, self.size - 1)
-        return [InboxCall(**json.loads(item)) for item in raw]
+        """Every call, newest first, with the keys pressed on it."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lrange(self._list, 0, self.size - 1)
+        pipe.hgetall(self._pressed)
+        raw, pressed = pipe.execute()
+        calls = [InboxCall(**json.loads(item)) for item in raw]
+        return [_with_pressed(call, pressed) for call in calls]
+
+    def pressed(self, verification_id: str, send: int, keys: str, result: str) -> None:
+        """Keys pressed on a send's call through the dev page, and what they did."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._pressed, f"{verification_id}:{send}", f"{keys}: {result}")
+        pipe.expire(self._pressed, TTL_SECONDS)
+        pipe.incr(self._version)
+        pipe.execute()
 
     def latest(self, client: str) -> list[dict[str, Any]]:
         """The client's own calls, newest first: one client never sees another's codes."""

@@ -11,6 +11,10 @@ from importlib import resources
 
 log = logging.getLogger("otpsvc.store")
 
+#: A record's mode field ``m`` per mode (absent for code mode), and back.
+MODE_FIELDS = {"code": "", "keypress": "k", "match": "n"}
+MODES_BY_FIELD = {field: mode for mode, field in MODE_FIELDS.items()}
+
 #: How long a number's failed checks are remembered.
 FAILURE_WINDOW_MS = 86_400_000
 
@@ -35,7 +39,7 @@ class LadderClaim:
     #: The number, sealed by the keyring.
     sealed: str
     client: str
-    #: ``k`` for keypress, ``''`` for code.
+    #: The record's mode field: ``k`` for keypress, ``n`` for match, ``''`` for code.
     mode: str
     locale: str
     #: What made the step due: the last call's failed status, or ``timeout``.

@@ -26,7 +26,9 @@ Field names of the record are short on purpose (memory per pending verification 
 client reference, ``st`` status, ``a`` attempts taken, ``s`` sends, ``g`` send generation, ``ca``
 created, ``ea`` expires, ``ra`` resend allowed, ``fa`` finished (ms), ``h`` argon2 verifier,
 ``p`` provider, ``mid`` provider message id, ``ds`` delivery status, ``m`` mode (``k`` for
-keypress; absent for code), ``kg`` the send whose key press was taken, ``k`` the id of the secret
+keypress, ``n`` for match; absent for code), ``kg`` the send whose key press was taken, ``ke`` how
+the call was answered (``c`` confirmed, ``m`` matched, ``w`` wrong digits, ``d`` denied; see
+keypress.lua), ``k`` the id of the secret
 the current send's callback tokens were made with, ``lk`` set once the lock-out was told.
 """
 
@@ -43,6 +45,7 @@ from otpsvc.store.gate import Gate
 from otpsvc.store.ladder import LadderSteps
 from otpsvc.store.records import (
     FAILURE_WINDOW_MS,
+    MODE_FIELDS,
     CheckTicket,
     EventOptions,
     LadderClaim,
@@ -169,7 +172,7 @@ class VerificationStore(LadderSteps):
                         open_id or "",
                         deny_ms,
                         deny_clients,
-                        "k" if mode == "keypress" else "",
+                        MODE_FIELDS[mode],
                         key_id,
                         "" if ladder_step is None else ladder_step,
                         *pairs,
@@ -368,9 +371,13 @@ class VerificationStore(LadderSteps):
         message_id: str | None = None,
         gen: int | None = None,
         key_id: str = "",
+        matched: bool | None = None,
+        verifier: str = "",
+        max_attempts: int = 0,
     ) -> str:
         """Apply a key press bound to the send by its token's secret (``key_id``) or by the
-        provider's ``message_id``; see keypress.lua."""
+        provider's ``message_id``; see keypress.lua. In match mode, ``matched`` tells whether
+        the digits keyed matched ``verifier`` (which must still be the record's)."""
         keys, args = self._with_events(
             verification_id,
             [
@@ -378,7 +385,18 @@ class VerificationStore(LadderSteps):
                 self.deny_key(client, phone_key),
                 self.denials_key(phone_key),
             ],
-            [key, now_ms, deny_ms, "" if gen is None else gen, provider, message_id or "", key_id],
+            [
+                key,
+                now_ms,
+                deny_ms,
+                "" if gen is None else gen,
+                provider,
+                message_id or "",
+                key_id,
+                {None: "", True: "match", False: "wrong"}[matched],
+                verifier,
+                max_attempts,
+            ],
         )
         with store_guard():
             return str(self._run(self._keypress, keys, args))

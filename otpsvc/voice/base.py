@@ -41,6 +41,8 @@ class CallRequest:
 
     In ``keypress`` mode there is no code: the call asks the person to press 1 (it was me) or 9
     (it was not), and the provider reports the key on the callback that ``dtmf_token`` names.
+    In ``match`` mode the call asks for the two digits the app's screen shows (``match``, which
+    only the dev console keeps, to show in its inbox; the call never says them) or 9.
     """
 
     verification_id: str
@@ -67,6 +69,9 @@ class CallRequest:
     channel: str = "voice"
     #: Which send of the verification this is (1 for the first call).
     send: int = 1
+    #: Match mode: the digits the app shows for this send ('' otherwise, and on a ladder's
+    #: later call, which asks for the digits already shown).
+    match: str = ""
 
     def spoken(self, default_brand: str, locale: str | None = None) -> Spoken:
         """What to say, ready to render. A provider that can only speak another ``locale``
@@ -170,6 +175,12 @@ class VoiceProvider(Protocol):
         ...
 
     @property
+    def supports_match(self) -> bool:
+        """True when the provider collects two keys pressed during a call and reports them
+        together (match mode)."""
+        ...
+
+    @property
     def reports_by_message_id(self) -> bool:
         """True when this provider's verified webhooks name a call only by its message id."""
         ...
@@ -236,6 +247,7 @@ class HttpProvider:
     name: ClassVar[str]
     numeric_code: ClassVar[bool] = False
     supports_dtmf: bool = False
+    supports_match: bool = False
     supports_sms: bool = False
     reports_by_message_id: bool = False
 

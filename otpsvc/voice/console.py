@@ -15,8 +15,9 @@ next call, or every call to a number, as a real provider's call could go otherwi
   usual): the start holds one of the server's provider slots that long, so an app can meet
   ``503 providers_busy`` and its own timeouts.
 
-Key presses on a keypress-mode call come from the dev page's "press 1" / "press 9", through
-the same token check a provider's callback goes through.
+Key presses on a keypress-mode call come from the dev page's "press 1" / "press 9", and on a
+match-mode call from its keypad (two digits, or 9), through the same token check a provider's
+callback goes through.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ConsoleProvider:
     name = "console"
     numeric_code = False
     supports_dtmf = True
+    supports_match = True
     supports_sms = True
     reports_by_message_id = False
 
@@ -98,6 +100,7 @@ class ConsoleProvider:
                 send=call.send,
                 phone_key=self.inbox.phone_key(call.phone),
                 dtmf_token=call.dtmf_token,
+                match=call.match,
             )
         )
         if fault == "timeout":

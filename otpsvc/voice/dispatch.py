@@ -34,7 +34,8 @@ class DeliveryError(Exception):
 
 
 class NoRoute(Exception):
-    """No configured provider can serve this call (keypress mode needs key-press reports)."""
+    """No configured provider can serve this call (keypress mode needs key-press reports, match
+    mode two keys collected and reported together)."""
 
 
 class Bulkhead:
@@ -103,12 +104,7 @@ class Dispatcher:
         ``default`` when given (a client's policy), else by the service's."""
         table = self.routes if routes is None else routes
         names = table.get(country_code, default or self.default_route)
-        route = tuple(self.providers[name] for name in names)
-        if mode == "keypress":
-            route = tuple(p for p in route if p.supports_dtmf)
-            if not route:
-                raise NoRoute("no provider for this number reports key presses")
-        return route
+        return _keys_route(tuple(self.providers[name] for name in names), mode, "for this number")
 
     def route_of(
         self, names: Sequence[str], mode: str = "code", channel: str = "voice"
@@ -118,16 +114,12 @@ class Dispatcher:
         route = tuple(self.providers[name] for name in dict.fromkeys(names))
         if channel == "sms":
             if mode != "code":
-                raise NoRoute("an SMS carries a code: no SMS step for a keypress verification")
+                raise NoRoute(f"an SMS carries a code: no SMS step for a {mode} verification")
             route = tuple(p for p in route if p.supports_sms)
             if not route:
                 raise NoRoute("no provider of the ladder sends SMS")
             return route
-        if mode == "keypress":
-            route = tuple(p for p in route if p.supports_dtmf)
-            if not route:
-                raise NoRoute("no provider of the ladder reports key presses")
-        return route
+        return _keys_route(route, mode, "of the ladder")
 
     @staticmethod
     def needs_numeric_code(route: Sequence[VoiceProvider]) -> bool:
@@ -229,3 +221,22 @@ def _reason(error: ProviderError) -> str:
     if error.health:
         return "unavailable"
     return "refused"
+
+
+def _keys_route(
+    route: tuple[VoiceProvider, ...], mode: str, where: str
+) -> tuple[VoiceProvider, ...]:
+    """The providers of ``route`` that can take a call of ``mode``: a keypress call needs the
+    keys pressed reported, a match call two keys collected and reported together."""
+    if mode == "keypress":
+        route = tuple(p for p in route if p.supports_dtmf)
+        if not route:
+            raise NoRoute(f"no provider {where} reports key presses")
+    elif mode == "match":
+        route = tuple(p for p in route if p.supports_match)
+        if not route:
+            raise NoRoute(
+                f"no provider {where} collects two keys pressed on a call: match mode is "
+                "not available here"
+            )
+    return route

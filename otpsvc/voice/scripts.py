@@ -1,9 +1,10 @@
 """What a call says, per locale: the built-in words, digits and languages; the scripts are
 rendered as templates by :mod:`otpsvc.voice.templates` (these are their defaults).
 
-Digits are written as words ("four, eight, two"), never as numerals: a text-to-speech engine reads
-"482913" as a big number, "4, 8" as a decimal in languages with a decimal comma, and "4." as an
-ordinal in German. Words joined by the language's comma keep every digit's own word. Where a
+Digits of a code are written as words ("four, eight, two"), never as numerals: a text-to-speech
+engine reads "482913" as a big number, "4, 8" as a decimal in languages with a decimal comma,
+and "4." as an ordinal in German (so the German scripts never end a sentence on a key: "die
+Taste 9, um abzulehnen"). Words joined by the language's comma keep every digit's own word. Where a
 provider takes SSML the pauses are ``<break>`` elements instead.
 """
 
@@ -20,6 +21,8 @@ class Script:
     digits: tuple[str, ...]
     separator: str
     keypress: str
+    #: Match mode: key the two digits the screen shows, or 9; the digits are never said.
+    match: str
     #: The code by SMS (an escalation ladder's last resort): short, naming the brand; the code
     #: in numerals. {brand}, {code}, {minutes}.
     sms: str = "{brand}: your verification code is {code}. It expires in {minutes} min."
@@ -35,6 +38,11 @@ SCRIPTS: dict[str, Script] = {
             "Someone asked to sign in to {brand} with this phone number. "
             "If it was you, press 1. If it was not you, press 9."
         ),
+        match=(
+            "Someone is signing in to {brand} with this phone number. "
+            "If it is you, key in the two digits shown on your screen. "
+            "If it is not you, press 9."
+        ),
     ),
     "fr": Script(
         intro="Votre code de vérification {brand} est",
@@ -43,7 +51,12 @@ SCRIPTS: dict[str, Script] = {
         separator=", ",
         keypress=(
             "Quelqu'un a demandé à se connecter à {brand} avec ce numéro. "
-            "Si c'est vous, appuyez sur 1. Sinon, appuyez sur 9."
+            "Si c'est vous, tapez 1 pour confirmer. Sinon, tapez 9 pour refuser."
+        ),
+        match=(
+            "Quelqu'un se connecte à {brand} avec ce numéro. "
+            "Si c'est vous, tapez les deux chiffres affichés sur votre écran. "
+            "Sinon, tapez 9 pour refuser."
         ),
         sms="{brand} : votre code de vérification est {code}. Il expire dans {minutes} min.",
     ),
@@ -54,7 +67,13 @@ SCRIPTS: dict[str, Script] = {
         separator=", ",
         keypress=(
             "Jemand möchte sich mit dieser Telefonnummer bei {brand} anmelden. "
-            "Wenn Sie das waren, drücken Sie die 1. Wenn nicht, drücken Sie die 9."
+            "Wenn Sie das waren, drücken Sie die Taste 1, um zu bestätigen. "
+            "Wenn nicht, drücken Sie die Taste 9, um abzulehnen."
+        ),
+        match=(
+            "Jemand meldet sich mit dieser Telefonnummer bei {brand} an. "
+            "Wenn Sie das sind, tippen Sie die zwei Ziffern ein, die Ihr Bildschirm zeigt. "
+            "Wenn nicht, drücken Sie die Taste 9, um abzulehnen."
         ),
         sms="{brand}: Ihr Bestätigungscode lautet {code}. Er gilt {minutes} Min.",
     ),
@@ -76,7 +95,12 @@ SCRIPTS: dict[str, Script] = {
         separator=", ",
         keypress=(
             "Хтось хоче увійти до {brand} з цим номером телефону. "
-            "Якщо це ви, натисніть 1. Якщо ні, натисніть 9."
+            "Якщо це ви, натисніть 1, щоб підтвердити. Якщо ні, натисніть 9, щоб відхилити."
+        ),
+        match=(
+            "Хтось входить до {brand} з цим номером телефону. "
+            "Якщо це ви, наберіть дві цифри, які показує ваш екран. "
+            "Якщо ні, натисніть 9, щоб відхилити."
         ),
         sms="{brand}: ваш код підтвердження {code}. Дійсний {minutes} хв.",
     ),
@@ -89,6 +113,11 @@ SCRIPTS: dict[str, Script] = {
             "طلب شخص ما تسجيل الدخول إلى {brand} بهذا الرقم. "
             "إذا كنت أنت، اضغط 1. إذا لم تكن أنت، اضغط 9."
         ),
+        match=(
+            "شخص ما يسجل الدخول إلى {brand} بهذا الرقم. "
+            "إذا كنت أنت، أدخل الرقمين الظاهرين على شاشتك. "
+            "إذا لم تكن أنت، اضغط 9."
+        ),
         sms="{brand}: رمز التحقق الخاص بك هو {code}. صالح لمدة {minutes} دقيقة.",
     ),
     "pt": Script(
@@ -100,6 +129,11 @@ SCRIPTS: dict[str, Script] = {
             "Alguém pediu para entrar em {brand} com este número. "
             "Se foi você, pressione 1. Se não foi, pressione 9."
         ),
+        match=(
+            "Alguém está entrando em {brand} com este número. "
+            "Se for você, digite os dois números que aparecem na sua tela. "
+            "Se não for você, pressione 9."
+        ),
         sms="{brand}: o seu código de verificação é {code}. Expira em {minutes} min.",
     ),
     "es": Script(
@@ -110,6 +144,11 @@ SCRIPTS: dict[str, Script] = {
         keypress=(
             "Alguien pidió iniciar sesión en {brand} con este número. "
             "Si fue usted, pulse 1. Si no fue usted, pulse 9."
+        ),
+        match=(
+            "Alguien está iniciando sesión en {brand} con este número. "
+            "Si es usted, marque los dos dígitos que aparecen en su pantalla. "
+            "Si no es usted, pulse 9."
         ),
         sms="{brand}: su código de verificación es {code}. Caduca en {minutes} min.",
     ),

@@ -2,7 +2,8 @@
 
 A template is text with placeholders: ``{brand}``, ``{code}`` (the code, read digit by digit
 with the locale's pacing), ``{repeat}`` (the code again) and ``{minutes}`` (how long the code
-lives). A code template must read ``{code}``; a keypress template reads no code. ``{{`` and
+lives). A code template must read ``{code}``; a keypress template reads no code, nor does a
+match template (the two digits are on the person's screen, never in the call). ``{{`` and
 ``}}`` are a literal brace.
 
 The same template is rendered as plain text (CEQUENS, AlphaSMS, the dev console) or as SSML
@@ -25,6 +26,7 @@ from otpsvc.voice.scripts import PAUSE_MS, SCRIPTS, language_of, script_for, spe
 PLACEHOLDERS = {
     "code": ("brand", "code", "repeat", "minutes"),
     "keypress": ("brand", "minutes"),
+    "match": ("brand", "minutes"),
     "sms": ("brand", "code", "minutes"),
 }
 #: One SMS holds 160 characters of the GSM 03.38 alphabet (7 bits each; the extension characters
@@ -78,6 +80,8 @@ def default_template(mode: str, locale: str, repeats: int = 2) -> str:
     script = script_for(locale)
     if mode == "keypress":
         return _literal(script.keypress)
+    if mode == "match":
+        return _literal(script.match)
     if mode == "sms":
         return (
             _literal(script.sms).replace("{{code}}", "{code}").replace("{{minutes}}", "{minutes}")

@@ -49,7 +49,8 @@
       const v = result.data;
       const verb = result.status === 201 ? "started" : "resent";
       const delivery = v.delivery && v.delivery.status ? `, delivery ${v.delivery.status}` : "";
-      show(out, true, `${result.status}: verification ${v.id} ${verb} (${v.status}${delivery})`);
+      const digits = v.match ? `; show the person ${v.match}` : "";
+      show(out, true, `${result.status}: verification ${v.id} ${verb} (${v.status}${delivery})${digits}`);
       $("check-id").value = v.id;
     } else {
       show(out, false, problemText(result));
@@ -156,13 +157,34 @@
         $("check-code").focus();
       }, "secondary"));
     } else {
-      const pressed = element("span", "meta press-result");
+      const pressed = element("span", "meta press-result", call.pressed ? `pressed ${call.pressed}` : "");
       pressed.setAttribute("role", "status");
       const press = (key) => async () => {
         const result = await send("POST", "/dev/page/press", { id: call.verification_id, key });
         pressed.textContent = result.status === 200 ? `pressed ${key}: ${result.data.result}` : problemText(result);
       };
-      row.append(button("Press 1 (it was me)", press("1")));
+      if (call.mode === "match") {
+        // The digits the app shows, and a keypad to key them as the person would on the call.
+        if (call.match) {
+          const shown = element("span", "code", call.match);
+          shown.setAttribute("aria-label", `digits on screen ${call.match.split("").join(" ")}`);
+          shown.title = "the digits the app shows on its screen";
+          row.append(shown);
+        }
+        const keyed = element("input", "keypad");
+        const id = `keypad-${call.verification_id}-${call.send}`;
+        keyed.id = id;
+        keyed.inputMode = "numeric";
+        keyed.maxLength = 2;
+        keyed.autocomplete = "off";
+        keyed.pattern = "[0-9]{2}";
+        const label = element("label", "meta", "Keys");
+        label.htmlFor = id;
+        row.append(label, keyed);
+        row.append(button("Key digits", async () => press(keyed.value.trim())()));
+      } else {
+        row.append(button("Press 1 (it was me)", press("1")));
+      }
       row.append(button("Press 9 (it was not me)", press("9"), "secondary"));
       row.append(pressed);
     }

@@ -9,14 +9,14 @@
 -- number, max attempts, escalation step of the send ('' without a ladder)}; outcome
 -- is one of
 --   verify (an attempt was taken; compare the code) | not_found | locked | no_code | bad_length
--- A keypress-mode verification has no code: checking one is not_found.
+-- A keypress- or match-mode verification has no code to check: checking one is not_found.
 -- KEYS and ARGV end with the event shard's (see _events.lua): the attempt is kept in the watched
 -- snapshot, so that a verification locked by a check whose process died before failure.lua ran
 -- is told as verification.max_attempts_reached when it expires.
 local f = redis.call('HMGET', KEYS[1], 'c', 'st', 'ea', 'a', 'h', 'g', 'len', 'm', 'pk', 'p', 'pm',
   'ma', 'li')
 local max = tonumber(f[12] or ARGV[3])
-if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] == 'k' then
+if f[1] ~= ARGV[2] or f[2] ~= 'pending' or tonumber(f[3]) <= tonumber(ARGV[1]) or f[8] then
   return {'not_found', '', 0, 0, 0, 0}
 end
 local attempts, gen, expires, length = tonumber(f[4]), tonumber(f[6]), tonumber(f[3]), tonumber(f[7])

@@ -22,7 +22,7 @@
 -- ARGV[8]  max failed checks per number per day, all clients together
 -- ARGV[9]  slow-down period, ms          ARGV[10] the open id the caller read ('' for none)
 -- ARGV[11] how long a denial blocks, ms   ARGV[12] clients whose denials block every client
--- ARGV[13] the mode asked for: 'k' (keypress) or '' (code)
+-- ARGV[13] the mode asked for: 'k' (keypress), 'n' (match) or '' (code)
 -- ARGV[14] the id of the secret this send's callback tokens are made with (field 'k')
 -- ARGV[15] an escalation ladder's step this send is ('' for a start by the app): only a resend of
 --          the open verification ARGV[10] while it is pending, and each step once (field 'lt';
@@ -126,8 +126,13 @@ if open_id then
     local sends, gen = tonumber(f[3]) + 1, tonumber(f[5]) + 1
     local expires = now + ttl
     local resend_at = now + cooldown * 2 ^ (sends - 1)
-    -- The old code dies here: until finalize stores the new hash, no code is valid.
-    redis.call('HDEL', rec, 'h', 'mid')
+    if step ~= '' and ARGV[13] == 'n' then
+      -- A ladder's call in match mode asks for the digits the app's screen already shows.
+      redis.call('HDEL', rec, 'mid')
+    else
+      -- The old code dies here: until finalize stores the new hash, no code is valid.
+      redis.call('HDEL', rec, 'h', 'mid')
+    end
     redis.call('HSET', rec, 'g', gen, 's', sends, 'ea', expires, 'ra', resend_at, 'ds', 'sending',
       'k', ARGV[14])
     if step ~= '' then

@@ -97,3 +97,5 @@ class Draft:
     #: The conversion rule's suspension that monitor mode let this send through
     #: (``rule channel destination``; '' for none): its event says so.
     would_block: str = ""
+    #: Match mode: the digits this send's answer gives the app to show ('' on a ladder step).
+    match: str = ""

@@ -1,9 +1,13 @@
-"""A reservation that refuses: what each refusing outcome becomes, audited."""
+"""Refusals of a start: what it asks for against its client's policy, and what each refusing
+outcome of a reservation becomes, audited."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from otpsvc.core.audit import audit
 from otpsvc.errors import (
+    InvalidRequest,
     MaxAttemptsReached,
     MaxSendsReached,
     NumberBlocked,
@@ -14,6 +18,9 @@ from otpsvc.errors import (
 )
 from otpsvc.phones import Phone
 from otpsvc.store import Reservation
+
+if TYPE_CHECKING:
+    from otpsvc.core.base import Policy
 
 #: What each refusing outcome of a reservation becomes: the error, the record field that says
 #: until when, the message, and the limit that refused with whose count it was (``client``: this
@@ -97,3 +104,18 @@ def refuse_unless_sendable(
         limit=limit,
         scope=scope,
     )
+
+
+def refuse_unless_allowed(
+    policy: Policy, mode: str, code_length: int | None, brand: str | None
+) -> None:
+    """What a start asks for must be within its client's policy."""
+    if mode not in policy.modes:
+        allowed = " or ".join(sorted(policy.modes))
+        raise InvalidRequest({"mode": [f"this client's verifications are {allowed}"]})
+    if code_length is not None and code_length < policy.min_code_length:
+        raise InvalidRequest(
+            {"code_length": [f"this client's codes have at least {policy.min_code_length}"]}
+        )
+    if brand is not None and not policy.request_brand:
+        raise InvalidRequest({"brand": ["this client may not name a brand"]})

@@ -12,12 +12,12 @@ from otpsvc.config import TestNumber
 from otpsvc.config.model import ladder_of
 from otpsvc.core import fraud
 from otpsvc.core.audit import audit
-from otpsvc.core.base import Policy, ServiceBase
+from otpsvc.core.base import ServiceBase
 from otpsvc.core.codes import generate_code, match_digits, new_verification_id
 from otpsvc.core.draft import Draft, StartAsk, StepNotTaken
 from otpsvc.core.keyring import Person
 from otpsvc.core.models import StartOutcome
-from otpsvc.core.refusals import refuse_unless_sendable
+from otpsvc.core.refusals import refuse_unless_allowed, refuse_unless_sendable
 from otpsvc.errors import (
     DeliveryFailed,
     InvalidRequest,
@@ -152,7 +152,7 @@ class Starting(ServiceBase):
         ask, policy = draft.ask, draft.policy
         try:
             if ask.escalation is None:
-                self._refuse_unless_allowed(policy, ask.mode, ask.code_length, ask.brand)
+                refuse_unless_allowed(policy, ask.mode, ask.code_length, ask.brand)
             if draft.test is not None:
                 if ask.mode != "code":
                     raise InvalidRequest({"mode": ["a test number takes code mode only"]})
@@ -323,7 +323,7 @@ class Starting(ServiceBase):
             result = self.dispatcher.place(draft.route, call, may_retry=may_retry)
         except DeliveryError as exc:
             self._failed(ask, reservation, exc)
-        return self._finish(draft, reservation, result, verifier, call.match)
+        return self._finish(draft, reservation, result, verifier)
 
     def _call_request(self, draft: Draft, reservation: Reservation) -> tuple[CallRequest, str]:
         """The call to place, and the keyed hash of its code (none for a keypress call) or of
@@ -331,11 +331,10 @@ class Starting(ServiceBase):
         already shows: reserve kept their hash)."""
         ask, policy, record = draft.ask, draft.policy, reservation.record
         gen = int(record["g"])
-        code, digits, verifier = "", "", ""
-        if ask.mode == "match":
-            if ask.escalation is None:
-                digits = match_digits()
-                verifier = self.keyring.hash_code(reservation.id, digits)
+        code, verifier = "", ""
+        if ask.mode == "match" and ask.escalation is None:
+            draft.match = match_digits()
+            verifier = self.keyring.hash_code(reservation.id, draft.match)
         elif ask.mode == "code":
             numeric = not self.dispatcher.needs_numeric_code(draft.route)
             code = generate_code(int(record["len"]), leading_zero=numeric)
@@ -359,7 +358,7 @@ class Starting(ServiceBase):
             template_source=source,
             channel=draft.channel,
             send=gen,
-            match=digits,
+            match=draft.match,
         )
         return call, verifier
 
@@ -389,15 +388,10 @@ class Starting(ServiceBase):
         ) from exc
 
     def _finish(
-        self,
-        draft: Draft,
-        reservation: Reservation,
-        result: CallResult,
-        verifier: str,
-        match: str = "",
+        self, draft: Draft, reservation: Reservation, result: CallResult, verifier: str
     ) -> StartOutcome:
-        """The call was taken: its code's hash, provider and message id go in the record (and
-        in match mode the digits go back to the app: they are not kept)."""
+        """The call was taken: its code's hash, provider and message id go in the record (a
+        match start's digits go back to the app only)."""
         ask, record = draft.ask, reservation.record
         gen = int(record["g"])
         indexed = self.dispatcher.providers[result.provider].reports_by_message_id
@@ -449,22 +443,9 @@ class Starting(ServiceBase):
             record.update(rp=str(int(record.get("rp") or 0) + reported[0]), rc=reported[1])
         if result.message_id:
             record["mid"] = result.message_id
-        return StartOutcome(self._to_verification(reservation.id, record), created, match or None)
-
-    @staticmethod
-    def _refuse_unless_allowed(
-        policy: Policy, mode: str, code_length: int | None, brand: str | None
-    ) -> None:
-        """What a start asks for must be within its client's policy."""
-        if mode not in policy.modes:
-            allowed = " or ".join(sorted(policy.modes))
-            raise InvalidRequest({"mode": [f"this client's verifications are {allowed}"]})
-        if code_length is not None and code_length < policy.min_code_length:
-            raise InvalidRequest(
-                {"code_length": [f"this client's codes have at least {policy.min_code_length}"]}
-            )
-        if brand is not None and not policy.request_brand:
-            raise InvalidRequest({"brand": ["this client may not name a brand"]})
+        return StartOutcome(
+            self._to_verification(reservation.id, record), created, draft.match or None
+        )
 
     def _test_number(self, phone: Phone, client: str) -> TestNumber | None:
         """The number's test entry while it is active and open to this client; after its last

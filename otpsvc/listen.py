@@ -246,18 +246,7 @@ def run(argv: list[str], stdin: str | None = None) -> None:
 
 def digits_heard(text: str, locale: str) -> str:
     """Every digit in the transcript, in order: numerals and the locale's digit words."""
-    words = {word: str(d) for d, word in enumerate(SCRIPTS[locale].digits)}
-    words.update(EXTRA_WORDS.get(locale, {}))
-    found = []
-    # An apostrophe inside a word is part of it (Ukrainian "п'ять", "дев'ять"), whichever a
-    # recognizer writes (also U+2019, U+02BC or a grave accent).
-    text = re.sub(r"(?<=\w)[\u2019\u02bc`](?=\w)", "'", text.lower())
-    for token in re.findall(r"\d|[^\W\d_]+(?:'[^\W\d_]+)*", text):
-        if token.isdigit():
-            found.append(token)
-        elif token in words:
-            found.append(words[token])
-    return "".join(found)
+    return "".join(word for word in words_of(text, locale) if word.isdigit())
 
 
 def words_of(text: str, locale: str) -> list[str]:
@@ -265,6 +254,8 @@ def words_of(text: str, locale: str) -> list[str]:
     "9" or "nine" alike)."""
     words = {word: str(d) for d, word in enumerate(SCRIPTS[locale].digits)}
     words.update(EXTRA_WORDS.get(locale, {}))
+    # An apostrophe inside a word is part of it (Ukrainian "п'ять", "дев'ять"), whichever a
+    # recognizer writes (also U+2019, U+02BC or a grave accent).
     text = re.sub(r"(?<=\w)[\u2019\u02bc`](?=\w)", "'", text.lower())
     return [words.get(t, t) for t in re.findall(r"\d|[^\W\d_]+(?:'[^\W\d_]+)*", text)]
 

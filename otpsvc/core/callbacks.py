@@ -7,9 +7,6 @@ from otpsvc.core.audit import audit
 from otpsvc.core.base import ServiceBase
 from otpsvc.core.models import UNANSWERED, mode_of
 
-#: What a key press's result counts as in ``otpsvc_keypad_answers_total``.
-ANSWERED = {"approved": "approved", "denied": "denied", "wrong": "wrong_digits"}
-
 
 class ProviderCallbacks(ServiceBase):
     """What providers report about their calls: delivery, and key presses."""
@@ -110,10 +107,10 @@ class ProviderCallbacks(ServiceBase):
                 now_ms=now_ms,
                 max_attempts=int(fields.get("ma", max_attempts)),
             )
-        answer = ANSWERED.get(result)
+        # What the result counts as in otpsvc_keypad_answers_total (nothing when ignored).
+        approved = "matched" if mode == "match" else "confirmed"
+        answer = {"approved": approved, "denied": "denied", "wrong": "wrong_digits"}.get(result)
         if answer is not None:
-            if answer == "approved":
-                answer = "matched" if mode == "match" else "confirmed"
             metrics.KEYPAD_ANSWERS.labels(metrics.client_label(client), mode, answer).inc()
         if result == "approved":
             metrics.APPROVALS.labels(
